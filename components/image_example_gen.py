@@ -1,0 +1,259 @@
+"""Image ExampleGen: ``<images>/<label>/<file>`` folders to tf.Example TFRecords.
+
+A FileBasedExampleGen with its own executor. Per image it writes:
+
+  image          bytes   canonical encoded image (see image_io: JPEG/PNG)
+  label          int64   index into the label vocabulary (sorted folder names)
+  label_name     bytes   folder name
+  relative_path  bytes   path under the images root
+  height, width  int64   pixel size
+  content_sha256 bytes   sha256 of the *original* file bytes
+
+The train/eval split partitions on ``content_sha256`` (TFX's own hash split
+with ``partition_feature_name``), so a split is a pure function of content and
+identical files can never sit on both sides. Identical files under one label
+are kept once; under different labels they are a conflict and left out.
+
+Next to the splits, in the Examples artifact's folder, the executor writes
+``labels.txt`` (the vocabulary, one per line, index = line number) and
+``ingestion_report.jsonl`` (every file: used or skipped, with a reason), and
+records ``label_names``, ``skipped_files`` and per-split counts as custom
+properties, so every later step and the TFLite labels agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx import types
+from tfx.components.example_gen import driver, utils
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+
+from components import image_io
+
+INGEST_CONFIG_KEY = "ingest_config"
+LABELS_FILE = "labels.txt"
+REPORT_FILE = "ingestion_report.jsonl"
+COUNTS_PREFIX = "split_count"
+_URI_KEY = "_examples_uri"
+
+
+class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        # JSON: label_names, max_pixels, extensions, exclude_label_conflicts.
+        INGEST_CONFIG_KEY: ExecutionParameter(type=str),
+    }
+
+
+def split_config(eval_percent: int) -> example_gen_pb2.Output:
+    if not 0 < eval_percent < 100:
+        raise ValueError(f"eval_percent must be between 1 and 99, got {eval_percent}")
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+        splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent),
+        ],
+        partition_feature_name="content_sha256"))
+
+
+def _example(record: Dict[str, Any]) -> tf.train.Example:
+    def b(v): return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+    def i(v): return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": b(record["image"]),
+        "label": i(record["label"]),
+        "label_name": b(record["label_name"].encode()),
+        "relative_path": b(record["relpath"].encode()),
+        "height": i(record["height"]),
+        "width": i(record["width"]),
+        "content_sha256": b(record["sha256"].encode()),
+    }))
+
+
+class _DecodeFn(beam.DoFn):
+    """Candidate -> (sha, record) on the main output, or a report row when rejected."""
+
+    def __init__(self, label_index: Dict[str, int], max_pixels: int):
+        self._label_index = label_index
+        self._max_pixels = max_pixels
+        self._decoded = beam.metrics.Metrics.counter("image_example_gen", "decoded")
+        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
+
+    def process(self, cand: image_io.Candidate):
+        try:
+            raw = image_io.read_bytes(cand.path)
+        except Exception as e:  # permissions, vanished file, remote error
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, f"unreadable file: {e}"))
+            return
+        try:
+            img = image_io.decode(raw, self._max_pixels)
+        except image_io.ImageRejected as e:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, str(e)))
+            return
+        self._decoded.inc()
+        sha = image_io.content_hash(raw)
+        yield sha, {
+            "image": img.data, "label": self._label_index[cand.label], "label_name": cand.label,
+            "relpath": cand.relpath, "height": img.height, "width": img.width, "sha256": sha,
+        }
+
+
+def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:
+    status = "skipped" if reason else "used"
+    return json.dumps({"path": relpath, "label": label, "status": status, "reason": reason},
+                      ensure_ascii=False, sort_keys=True)
+
+
+def _resolve_duplicates(item, exclude_conflicts: bool):
+    """One content hash, all files with it -> kept record + report rows."""
+    _, records = item
+    records = sorted(records, key=lambda r: r["relpath"])
+    labels = sorted({r["label_name"] for r in records})
+    if len(labels) > 1 and exclude_conflicts:
+        paths = ", ".join(r["relpath"] for r in records)
+        for r in records:
+            yield beam.pvalue.TaggedOutput("report", _row(
+                r["relpath"], r["label_name"],
+                f"label conflict: identical content filed under labels {labels} ({paths})"))
+        return
+    keep = records[0]
+    yield keep
+    yield beam.pvalue.TaggedOutput("report", _row(keep["relpath"], keep["label_name"], None))
+    for r in records[1:]:
+        yield beam.pvalue.TaggedOutput("report", _row(
+            r["relpath"], r["label_name"], f"duplicate of {keep['relpath']} (identical content)"))
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
+                     split_pattern: str) -> beam.pvalue.PCollection:
+    del split_pattern  # we walk the tree ourselves: gfile.glob has no '**'
+    cfg = json.loads(exec_properties[INGEST_CONFIG_KEY])
+    root = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    label_names: List[str] = cfg["label_names"]
+    label_index = {name: i for i, name in enumerate(label_names)}
+
+    candidates, listing_skips = [], []
+    for item in image_io.walk_images(root, cfg.get("extensions") or image_io.DEFAULT_EXTENSIONS):
+        if isinstance(item, image_io.Skipped):
+            listing_skips.append(_row(item.relpath, item.label, item.reason))
+        elif item.label not in label_index:
+            listing_skips.append(_row(item.relpath, item.label,
+                                      f"class '{item.label}' is not in the pipeline's label vocabulary"))
+        else:
+            candidates.append(item)
+
+    decoded = (pipeline
+               | "ListImages" >> beam.Create(candidates)
+               | "Spread" >> beam.Reshuffle()
+               | "Decode" >> beam.ParDo(_DecodeFn(label_index, int(cfg["max_pixels"])))
+               .with_outputs("report", main="ok"))
+    resolved = (decoded.ok
+                | "GroupByContent" >> beam.GroupByKey()
+                | "ResolveDuplicates" >> beam.FlatMap(
+                    _resolve_duplicates, bool(cfg.get("exclude_label_conflicts", True)))
+                .with_outputs("report", main="kept"))
+
+    report_uri = exec_properties[_URI_KEY]
+    ((decoded.report, resolved.report, pipeline | "ListingSkips" >> beam.Create(listing_skips))
+     | "MergeReport" >> beam.Flatten()
+     | "WriteReport" >> beam.io.WriteToText(
+         os.path.join(report_uri, REPORT_FILE), shard_name_template="", num_shards=1))
+    return resolved.kept | "ToExample" >> beam.Map(_example)
+
+
+class Executor(BaseExampleGenExecutor):
+    """Writes the splits, then the vocabulary, report and counts beside them."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _ImagesToExample
+
+    def GenerateExamplesByBeam(self, pipeline, exec_properties):
+        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        for name, pcoll in splits.items():
+            (pcoll
+             | f"Count[{name}]" >> beam.combiners.Count.Globally()
+             | f"CountToStr[{name}]" >> beam.Map(str)
+             | f"WriteCount[{name}]" >> beam.io.WriteToText(
+                 os.path.join(exec_properties[_URI_KEY], f"{COUNTS_PREFIX}_{name}.txt"),
+                 shard_name_template="", num_shards=1))
+        return splits
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        exec_properties = dict(exec_properties)
+        exec_properties[_URI_KEY] = examples.uri
+        super().Do(input_dict, output_dict, exec_properties)
+
+        cfg = json.loads(exec_properties[INGEST_CONFIG_KEY])
+        with tf.io.gfile.GFile(os.path.join(examples.uri, LABELS_FILE), "w") as f:
+            f.write("".join(f"{name}\n" for name in cfg["label_names"]))
+        examples.set_string_custom_property("label_names", json.dumps(cfg["label_names"]))
+        report = read_report(examples.uri)
+        examples.set_int_custom_property(
+            "skipped_files", sum(1 for r in report if r["status"] == "skipped"))
+        for split in artifact_utils.decode_split_names(examples.split_names):
+            examples.set_int_custom_property(f"{COUNTS_PREFIX}_{split}", split_count(examples.uri, split))
+
+
+def read_report(examples_uri: str) -> List[Dict[str, Any]]:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, REPORT_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def split_count(examples_uri: str, split: str) -> int:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, f"{COUNTS_PREFIX}_{split}.txt")) as f:
+        text = f.read().strip()
+    return int(text or 0)
+
+
+def read_labels(examples_uri: str) -> List[str]:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, LABELS_FILE)) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+class ImageExampleGen(FileBasedExampleGen):
+    """ExampleGen for ``<images>/<label>/<file>`` trees. See module docstring."""
+
+    SPEC_CLASS = ImageExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+    DRIVER_CLASS = driver.FileBasedDriver
+
+    def __init__(self, input_base: str, label_names: Sequence[str], eval_percent: int = 20,
+                 max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
+                 extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS,
+                 exclude_label_conflicts: bool = True):
+        if len(label_names) < 2:
+            raise ValueError(f"need at least 2 classes, got {list(label_names)}")
+        ingest = {
+            "label_names": list(label_names), "max_pixels": int(max_pixels),
+            "extensions": [e.lower() for e in extensions],
+            "exclude_label_conflicts": bool(exclude_label_conflicts),
+        }
+        # The pattern only feeds the driver's input fingerprint; the executor walks the tree.
+        input_config = example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="images", pattern="*/*")])
+        spec = ImageExampleGenSpec(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=split_config(eval_percent),
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            ingest_config=json.dumps(ingest, sort_keys=True),
+            examples=types.Channel(type=standard_artifacts.Examples))
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

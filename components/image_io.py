@@ -1,0 +1,193 @@
+"""Finding, checking and normalising image files (pure Python + Pillow, no TF).
+
+Shared by the ExampleGen executor and the `retrain predict` path, so training
+and serving see an image through the same rules:
+
+* Files are found as ``<root>/<label>/<any depth>/<file>``. Hidden files and
+  folders (leading ``.``) and unknown extensions are skipped with a reason.
+* Decoding is bounded: the pixel count is read from the header and checked
+  against ``max_pixels`` *before* any pixel buffer is allocated.
+* What gets stored ("canonical bytes") is what TensorFlow's decoder in the
+  Transform graph will decode to exactly the pixels Pillow saw: plain RGB/grey
+  JPEGs and 8-bit PNGs are kept byte-for-byte; anything TF would decode
+  differently (EXIF-rotated or CMYK JPEG, GIF/BMP/WebP/TIFF, 16-bit or palette
+  PNG) is converted here and re-encoded as a lossless RGB PNG.
+* Transparency is composited on white (``BACKGROUND``), here for re-encoded
+  images and in the Transform graph for kept PNGs, with the same formula.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from typing import Iterator, Optional, Sequence
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse to guess at truncated files: a half-synced image must be skipped, not
+# silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+BACKGROUND = (255, 255, 255)
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any phone photo, below a bomb.
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A file found under the images root."""
+    path: str        # absolute path or URI
+    relpath: str     # path relative to the root, '/'-separated
+    label: str       # top-level folder name
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    relpath: str
+    reason: str
+    label: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    data: bytes      # canonical bytes (JPEG or PNG)
+    width: int
+    height: int
+    source_format: str
+    reencoded: bool
+
+
+class ImageRejected(ValueError):
+    """The file is not an image we can use; the message is the reason."""
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_label_folders(root: str) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of `root`: the label vocabulary."""
+    import tensorflow as tf  # local: tf.io.gfile reads gs:// and s3:// too
+    names = []
+    for entry in tf.io.gfile.listdir(root):
+        name = entry.rstrip("/")
+        if not _is_hidden(name) and tf.io.gfile.isdir(os.path.join(root, name)):
+            names.append(name)
+    return sorted(names)
+
+
+def walk_images(root: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+                max_depth: int = 16) -> Iterator[Candidate | Skipped]:
+    """Yields every file under `root` as a Candidate or a Skipped.
+
+    Uses tf.io.gfile so local paths and gs:// URIs behave the same. Symlinked
+    folders are not followed (gfile.walk lists them as files on local disk; we
+    skip anything that isn't a regular file), so a symlink loop can't hang it.
+    """
+    import tensorflow as tf
+    exts = tuple(e.lower() for e in extensions)
+    root = root.rstrip("/")
+    for label in tf.io.gfile.listdir(root):
+        label = label.rstrip("/")
+        top = os.path.join(root, label)
+        if not tf.io.gfile.isdir(top):
+            yield Skipped(label, "file directly under the images root (put images in <root>/<label>/)")
+            continue
+        if _is_hidden(label):
+            yield Skipped(label + "/", "hidden folder")
+            continue
+        yield from _walk_label(tf, root, top, label, exts, max_depth)
+
+
+def _walk_label(tf, root, top, label, exts, max_depth):
+    stack = [(top, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        for name in sorted(tf.io.gfile.listdir(folder)):
+            name = name.rstrip("/")
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if _is_hidden(name):
+                yield Skipped(rel, "hidden file or folder", label)
+            elif os.path.islink(path) and os.path.isdir(path):
+                yield Skipped(rel, "symlinked folder not followed", label)
+            elif tf.io.gfile.isdir(path):
+                if depth + 1 > max_depth:
+                    yield Skipped(rel, f"folder nesting deeper than {max_depth}", label)
+                else:
+                    stack.append((path, depth + 1))
+            elif not name.lower().endswith(exts):
+                yield Skipped(rel, f"unsupported extension (allowed: {', '.join(exts)})", label)
+            else:
+                yield Candidate(path, rel, label)
+
+
+def read_bytes(path: str) -> bytes:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Checks and normalises one image. Raises ImageRejected with the reason."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not a recognised image format") from None
+    except Exception as e:  # Pillow raises many types on garbage headers
+        raise ImageRejected(f"unreadable image header: {e}") from None
+    fmt = img.format or "?"
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+    try:
+        img.load()  # first frame only for GIF/WebP animations
+    except Exception as e:
+        raise ImageRejected(f"corrupt or truncated image data ({fmt}): {e}") from None
+
+    if _can_keep_original(img, fmt):
+        return DecodedImage(data, width, height, fmt, reencoded=False)
+    try:
+        rgb = to_rgb(img)
+    except Exception as e:
+        raise ImageRejected(f"cannot convert {fmt} mode {img.mode} to RGB: {e}") from None
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
+    return DecodedImage(out.getvalue(), rgb.width, rgb.height, fmt, reencoded=True)
+
+
+def _can_keep_original(img: Image.Image, fmt: str) -> bool:
+    """True when TF's decoder gives the same pixels as Pillow for these bytes."""
+    orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if fmt == "JPEG" else 1
+    if fmt == "JPEG":
+        return img.mode in ("RGB", "L") and orientation in (1, None)
+    if fmt == "PNG":
+        return img.mode in ("RGB", "RGBA", "L", "LA")
+    return False
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """EXIF-rotated RGB image; transparency composited on BACKGROUND."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bits rather than clip.
+        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, BACKGROUND + (255,))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")

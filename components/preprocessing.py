@@ -1,0 +1,72 @@
+"""Transform module: raw image bytes -> frozen-backbone features ("bottlenecks").
+
+Referenced by the pipeline as ``components.preprocessing.preprocessing_fn``.
+The backbone runs here, once per image; its weights end up inside the
+transform graph, so the serving model (which embeds this graph) needs no
+separate weight files.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from components import backbones  # noqa: E402
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+FEATURES_KEY = "features"
+# Raw features that are metadata, not model inputs; dropped at serving time.
+NON_INPUT_KEYS = ("label", "label_name", "relative_path", "height", "width", "content_sha256")
+
+
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """One encoded image (JPEG/PNG/GIF/BMP) -> float32 [H, W, 3] RGB in 0..255.
+
+    GIFs give their first frame. Transparency is composited on white, the same
+    rule image_io applies to the files it re-encodes.
+    """
+    def gif():
+        rgb = tf.io.decode_gif(image_bytes)[0]
+        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
+
+    def other():
+        return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
+
+    is_gif = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF")
+    rgba = tf.cond(is_gif, gif, other)
+    rgba = tf.cast(tf.ensure_shape(rgba, [None, None, 4]), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+
+
+def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+    """[N] encoded images -> float32 [N, size, size, 3] RGB 0..255.
+
+    Bilinear with antialiasing, aspect ratio not preserved (the whole image is
+    squeezed to a square, as retrain.py and Model Maker do). A phone app feeding
+    the TFLite model should resize the same way.
+    """
+    def one(b):
+        img = tf.image.resize(decode_rgb(b), [size, size], method="bilinear", antialias=True)
+        return tf.clip_by_value(img, 0.0, 255.0)
+    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def preprocessing_fn(inputs, custom_config):
+    """custom_config: {'backbone': name, 'weights': 'imagenet'|'keras'|'random'|path}."""
+    name = custom_config["backbone"]
+    weights = custom_config.get("weights", "imagenet")
+    spec = backbones.get_spec(name)
+    extractor = tft.make_and_track_object(
+        lambda: backbones.build_feature_extractor(name, weights), name="backbone")
+    images = tf.reshape(inputs[IMAGE_KEY], [-1])
+    features = extractor(decode_and_resize(images, spec.input_size))
+    outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, spec.feature_dim])}
+    if LABEL_KEY in inputs:
+        outputs[LABEL_KEY] = tf.reshape(inputs[LABEL_KEY], [-1])
+    return outputs

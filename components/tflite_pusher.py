@@ -1,0 +1,130 @@
+"""TFLite Pusher: publishes a blessed model as ``<serving_dir>/<version>/``.
+
+A version folder holds ``model.tflite``, ``labels.txt`` and ``metrics.json``
+(the evaluation it was blessed on). Versions are integers counting up from 1.
+The folder is assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
+into place, so a reader sees a complete version or none (on local disks,
+where rename is atomic; object stores have no atomic rename and are left to
+the Kubeflow work).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import io_utils
+
+from components import evaluation, trainer
+
+METRICS_FILE = "metrics.json"
+_VERSION_RE = re.compile(r"^[0-9]+$")
+
+
+class TFLitePusherSpec(ComponentSpec):
+    PARAMETERS = {
+        "serving_dir": ExecutionParameter(type=str),
+        "label_names": ExecutionParameter(type=str),  # JSON list
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+def list_versions(serving_dir: str) -> List[int]:
+    """Complete versions in a serving dir, ascending."""
+    if not tf.io.gfile.isdir(serving_dir):
+        return []
+    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir)
+                  if _VERSION_RE.match(n.rstrip("/")))
+
+
+def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, Any]) -> int:
+    """Copies `files` (name -> source path) and metrics into a new version folder."""
+    tf.io.gfile.makedirs(serving_dir)
+    staging = os.path.join(serving_dir, f".incoming-{uuid.uuid4().hex}")
+    tf.io.gfile.makedirs(staging)
+    try:
+        for name, src in files.items():
+            tf.io.gfile.copy(src, os.path.join(staging, name), overwrite=True)
+        for attempt in range(100):
+            version = (list_versions(serving_dir) or [0])[-1] + 1
+            metrics_with_version = dict(metrics, version=version)
+            with tf.io.gfile.GFile(os.path.join(staging, METRICS_FILE), "w") as f:
+                json.dump(metrics_with_version, f, indent=2, sort_keys=True)
+            try:
+                # os.rename refuses to replace a non-empty folder, so two
+                # concurrent pushers can't both take the same number.
+                os.rename(staging, os.path.join(serving_dir, str(version)))
+                return version
+            except OSError:
+                if not tf.io.gfile.isdir(os.path.join(serving_dir, str(version))):
+                    raise
+                time.sleep(0.01 * attempt)
+        raise RuntimeError(f"could not allocate a version number in {serving_dir}")
+    finally:
+        if tf.io.gfile.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class Executor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        self._log_startup(input_dict, output_dict, exec_properties)
+        pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
+        if not blessing.get_int_custom_property("blessed"):
+            logging.info("Model not blessed: nothing pushed.")
+            pushed.set_int_custom_property("pushed", 0)
+            return
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])
+        label_names = json.loads(exec_properties["label_names"])
+        tflite = trainer.tflite_dir(os.path.join(model.uri, "Format-Serving"))
+        metrics = {
+            "evaluation": evaluation.summarize(eval_uri, label_names),
+            "model_uri": model.uri,
+            "model_id": model.id,
+            "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        serving_dir = exec_properties["serving_dir"]
+        version = publish_version(serving_dir, {
+            trainer.TFLITE_FILE: os.path.join(tflite, trainer.TFLITE_FILE),
+            trainer.LABELS_FILE: os.path.join(tflite, trainer.LABELS_FILE),
+        }, metrics)
+        destination = os.path.join(serving_dir, str(version))
+        logging.info("Pushed version %d to %s", version, destination)
+        pushed.set_int_custom_property("pushed", 1)
+        pushed.set_int_custom_property("pushed_version", version)
+        pushed.set_string_custom_property("pushed_destination", destination)
+        pushed.set_string_custom_property("pushed_model", model.uri)
+        pushed.set_int_custom_property("pushed_model_id", model.id)
+        io_utils.write_string_file(os.path.join(pushed.uri, "destination.txt"), destination)
+
+
+class TFLitePusher(base_component.BaseComponent):
+    """Pushes the Trainer's TFLite model when the Evaluator blessed it."""
+
+    SPEC_CLASS = TFLitePusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                 evaluation: types.BaseChannel, serving_dir: str, label_names):
+        super().__init__(spec=TFLitePusherSpec(
+            model=model, model_blessing=model_blessing, evaluation=evaluation,
+            serving_dir=serving_dir, label_names=json.dumps(list(label_names)),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

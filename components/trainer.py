@@ -1,0 +1,166 @@
+"""Trainer module: a new softmax head on precomputed backbone features.
+
+Referenced by the pipeline as ``components.trainer.run_fn``. The backbone never
+runs here during training: the inputs are Transform's feature vectors. The
+backbone is only *assembled* (not run) for the TFLite export, which has to map
+pixels to probabilities on a phone.
+
+Exports, under the Model artifact:
+  Format-Serving/   SavedModel; ``serving_default`` takes serialized
+                    tf.Examples with raw image bytes (feature ``image``) and
+                    returns ``probabilities`` [N, C], ``classes`` [N, C] (the
+                    label names, in probability order) and ``predicted_class``.
+  tflite/model.tflite   float32 input [1, H, W, 3] RGB 0..255, output [1, C]
+                        probabilities.
+  tflite/labels.txt     class names, line i = output index i.
+  training/history.json and TensorBoard logs (in the model-run artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras  # noqa: E402
+from absl import logging  # noqa: E402
+
+from components import backbones, preprocessing  # noqa: E402
+
+TFLITE_DIR = "tflite"
+TFLITE_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+HISTORY_FILE = "history.json"
+
+
+def tflite_dir(serving_model_dir: str) -> str:
+    """Where the TFLite files live, beside Format-Serving in the Model artifact."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), TFLITE_DIR)
+
+
+def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads a transformed split into memory: (features [N, D] float32, labels [N])."""
+    spec = tf_transform_output.transformed_feature_spec()
+    files = sorted(f for p in file_patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise ValueError(f"no transformed examples match {file_patterns}")
+    ds = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+          .batch(1024)
+          .map(lambda x: tf.io.parse_example(x, spec)))
+    feats, labels = [], []
+    for batch in ds:
+        feats.append(batch[preprocessing.FEATURES_KEY].numpy())
+        labels.append(np.reshape(batch[preprocessing.LABEL_KEY].numpy(), [-1]))
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_keras.Model:
+    """The only trainable part: one dense softmax layer, as in retrain.py."""
+    inputs = tf_keras.Input([feature_dim], name=preprocessing.FEATURES_KEY)
+    outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs)
+    model = tf_keras.Model(inputs, outputs, name="head")
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, cfg: Dict,
+               log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
+    """Fits the head with early stopping on eval loss; returns (head, history)."""
+    tf_keras.utils.set_random_seed(int(cfg.get("seed", 42)))
+    head = build_head(x_train.shape[1], num_classes, float(cfg.get("learning_rate", 1e-3)))
+    callbacks = [tf_keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=int(cfg.get("patience", 5)), restore_best_weights=True)]
+    if log_dir:
+        callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
+    history = head.fit(
+        x_train, y_train, validation_data=(x_eval, y_eval),
+        epochs=int(cfg.get("epochs", 50)), batch_size=int(cfg.get("batch_size", 32)),
+        shuffle=True, callbacks=callbacks, verbose=0)
+    return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+class ServingModule(tf.Module):
+    """serving_default: serialized tf.Examples with raw image bytes -> probabilities."""
+
+    def __init__(self, tf_transform_output: tft.TFTransformOutput, head: tf_keras.Model,
+                 label_names: List[str]):
+        super().__init__()
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.head = head
+        self._label_names = tf.constant(label_names)
+        self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
+                          if k not in preprocessing.NON_INPUT_KEYS}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(self, examples):
+        raw = tf.io.parse_example(examples, self._raw_spec)
+        features = self.tft_layer(raw)[preprocessing.FEATURES_KEY]
+        probabilities = self.head(features)
+        batch = tf.shape(probabilities)[0]
+        return {
+            "probabilities": probabilities,
+            "classes": tf.tile(self._label_names[tf.newaxis, :], [batch, 1]),
+            "predicted_class": tf.gather(self._label_names, tf.argmax(probabilities, axis=1)),
+        }
+
+
+def export_serving(path: str, tf_transform_output, head, label_names: List[str]) -> None:
+    module = ServingModule(tf_transform_output, head, label_names)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model) -> tf_keras.Model:
+    """float32 [1, H, W, 3] RGB 0..255 -> probabilities: backbone + trained head."""
+    spec = backbones.get_spec(backbone)
+    pixels = tf_keras.Input([spec.input_size, spec.input_size, 3], batch_size=1,
+                            dtype=tf.float32, name="image")
+    extractor = backbones.build_feature_extractor(backbone, weights)
+    return tf_keras.Model(pixels, head(extractor(pixels)), name=f"{backbone}_classifier")
+
+
+def export_tflite(out_dir: str, pixel_model: tf_keras.Model, label_names: List[str]) -> str:
+    converter = tf.lite.TFLiteConverter.from_keras_model(pixel_model)
+    tflite_bytes = converter.convert()
+    tf.io.gfile.makedirs(out_dir)
+    path = os.path.join(out_dir, TFLITE_FILE)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(tflite_bytes)
+    with tf.io.gfile.GFile(os.path.join(out_dir, LABELS_FILE), "w") as f:
+        f.write("".join(f"{n}\n" for n in label_names))
+    return path
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point. custom_config keys: see pipeline.config.trainer_config."""
+    cfg = dict(fn_args.custom_config or {})
+    label_names: List[str] = list(cfg["label_names"])
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    x_train, y_train = load_features(fn_args.train_files, tf_transform_output)
+    x_eval, y_eval = load_features(fn_args.eval_files, tf_transform_output)
+    if y_train.size and int(y_train.max()) >= len(label_names):
+        raise ValueError(f"label {int(y_train.max())} outside the vocabulary {label_names}")
+    if cfg.get("corrupt_train_labels"):
+        # Fault injection for testing the Evaluator gate: break the label/feature link.
+        logging.warning("corrupt_train_labels is set: training on shuffled labels")
+        y_train = np.random.default_rng(int(cfg.get("seed", 42))).permutation(y_train)
+    logging.info("Training head on %d examples (%d eval), %d classes, %d features",
+                 len(y_train), len(y_eval), len(label_names), x_train.shape[1])
+
+    training_dir = os.path.join(fn_args.model_run_dir, "training")
+    head, history = train_head(x_train, y_train, x_eval, y_eval, len(label_names), cfg,
+                               log_dir=training_dir)
+    tf.io.gfile.makedirs(training_dir)
+    with tf.io.gfile.GFile(os.path.join(training_dir, HISTORY_FILE), "w") as f:
+        json.dump(history, f)
+
+    export_serving(fn_args.serving_model_dir, tf_transform_output, head, label_names)
+    pixel_model = build_pixel_model(cfg["backbone"], cfg.get("weights", "imagenet"), head)
+    export_tflite(tflite_dir(fn_args.serving_model_dir), pixel_model, label_names)

@@ -1,0 +1,136 @@
+"""`retrain`: the command line.
+
+  retrain run --images DIR --workdir DIR [--backbone NAME] [--min-accuracy X] [--json]
+  retrain fetch-weights [--backbone NAME]
+  retrain fetch-data [--dest DIR]
+
+Exit codes: 0 the pipeline ran to the end (blessed or not), 2 bad input or
+configuration (one line on stderr), 1 the pipeline failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retrain", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the local pipeline")
+    run.add_argument("--images", required=True, help="folder of <label>/<image> files")
+    run.add_argument("--workdir", required=True, help="pipeline root, MLMD store and serving/")
+    run.add_argument("--backbone", default="mobilenet_v1")
+    run.add_argument("--weights", default="imagenet",
+                     help="imagenet (offline cache), keras (download), random, or a weights file")
+    run.add_argument("--min-accuracy", type=float, default=0.5)
+    run.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                     help="allowed drop in eval accuracy against the last blessed model")
+    run.add_argument("--eval-percent", type=int, default=20)
+    run.add_argument("--min-images-per-class", type=int, default=10)
+    run.add_argument("--epochs", type=int, default=100)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
+    run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
+
+    fw = sub.add_parser("fetch-weights", help="fetch and convert offline ImageNet weights")
+    fw.add_argument("--backbone", default="mobilenet_v1")
+
+    fd = sub.add_parser("fetch-data", help="fetch the default emoji dataset; prints its path")
+    fd.add_argument("--dest", default=None)
+    return p
+
+
+def _quiet_logs(verbose: bool) -> None:
+    from absl import logging as absl_logging
+    level = logging.INFO if verbose else logging.WARNING
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    logging.getLogger().setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"retrain: error: {message}", file=sys.stderr)
+    return code
+
+
+def _print_human(summary: dict) -> None:
+    acc = summary.get("accuracy")
+    base = summary.get("baseline_accuracy")
+    print(f"run {summary['run_id']}")
+    print(f"  examples: {summary['examples']}  skipped files: {summary['skipped_files']}"
+          f" (report: {summary['ingestion_report']})")
+    print(f"  eval accuracy: {acc if acc is None else round(acc, 4)}"
+          f"  baseline: {base if base is None else round(base, 4)}")
+    verdict = "BLESSED" if summary["blessed"] else "NOT blessed"
+    print(f"  {verdict}; pushed: {summary['pushed_dir'] or 'nothing'}")
+    for failure in summary.get("evaluation_failures") or []:
+        print(f"    gate: {failure}")
+    print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+
+
+def _cmd_run(args) -> int:
+    from pipeline import local_runner, preflight
+    from pipeline.config import PipelineConfig
+    config = PipelineConfig(
+        images=os.path.abspath(args.images) if "://" not in args.images else args.images,
+        workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
+        min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
+        eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
+        epochs=args.epochs, seed=args.seed)
+    from components import backbones
+    try:
+        config = preflight.scan(config)
+        if config.weights != "keras":  # "keras" downloads on first use
+            backbones.weights_fingerprint(config.backbone, config.weights)
+    except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:
+        return _fail(str(e), 2)
+    start = time.time()
+    try:
+        summary = local_runner.run(config)
+    except Exception as e:  # a component failed: say which, keep the traceback in --verbose
+        if args.verbose:
+            raise
+        return _fail(f"pipeline failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)
+    summary["total_seconds"] = round(time.time() - start, 1)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_human(summary)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_logs(getattr(args, "verbose", False))
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "fetch-weights":
+        from components import backbones
+        try:
+            print(backbones.fetch_weights(args.backbone))
+        except (backbones.BackboneWeightsError, ValueError) as e:
+            return _fail(str(e), 2)
+        return 0
+    if args.command == "fetch-data":
+        from pipeline import datasets
+        try:
+            print(datasets.emoji_dataset(args.dest))
+        except datasets.DatasetError as e:
+            return _fail(str(e), 2)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

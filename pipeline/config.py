@@ -1,0 +1,80 @@
+"""All settings of a pipeline run, in one dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional, Tuple
+
+from components import image_io
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    images: str                      # <images>/<label>/<file>; local path or gs:// URI
+    workdir: str                     # pipeline root, MLMD database and serving/ live here
+    pipeline_name: str = "image-retrain"
+    # Backbone (see components/backbones.py) and where its weights come from:
+    # "imagenet" (offline cache), "keras" (Keras download), "random", or a file.
+    backbone: str = "mobilenet_v1"
+    weights: str = "imagenet"
+    # Label vocabulary: sorted class folder names, filled in by preflight.scan().
+    label_names: Tuple[str, ...] = ()
+    # Ingestion.
+    eval_percent: int = 20
+    min_images_per_class: int = 10
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    extensions: Tuple[str, ...] = image_io.DEFAULT_EXTENSIONS
+    exclude_label_conflicts: bool = True
+    # Head training.
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 5
+    seed: int = 42
+    # Fault injection for testing the gate: train on shuffled labels.
+    corrupt_train_labels: bool = False
+    # Gate.
+    min_accuracy: float = 0.5
+    max_accuracy_drop: float = 0.01
+    # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
+    beam_args: List[str] = dataclasses.field(default_factory=lambda: ["--direct_num_workers=1"])
+    enable_cache: bool = False
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.workdir, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.workdir, "metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return os.path.join(self.workdir, "serving")
+
+    def transform_config(self) -> dict:
+        return {"backbone": self.backbone, "weights": self.weights}
+
+    def trainer_config(self) -> dict:
+        return {
+            "backbone": self.backbone, "weights": self.weights,
+            "label_names": list(self.label_names),
+            "epochs": self.epochs, "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate, "patience": self.patience,
+            "seed": self.seed, "corrupt_train_labels": self.corrupt_train_labels,
+        }
+
+    def validate(self) -> Optional[str]:
+        """One-line description of the first invalid setting, or None."""
+        if not 0 < self.eval_percent < 100:
+            return f"eval_percent must be between 1 and 99, got {self.eval_percent}"
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            return f"min_accuracy must be between 0 and 1, got {self.min_accuracy}"
+        if self.max_accuracy_drop < 0:
+            return f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"
+        if self.epochs < 1 or self.batch_size < 1:
+            return "epochs and batch_size must be >= 1"
+        if self.min_images_per_class < 1:
+            return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
+        return None

@@ -1,0 +1,25 @@
+"""Runs create_pipeline() with LocalDagRunner and an MLMD SQLite store."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tfx import v1 as tfx  # noqa: E402
+
+from pipeline import preflight, run_summary  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.pipeline import create_pipeline  # noqa: E402
+
+
+def metadata_config(config: PipelineConfig):
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+
+
+def run(config: PipelineConfig) -> dict:
+    """Preflight, run the whole pipeline, return the run summary (see run_summary)."""
+    config = preflight.scan(config)
+    os.makedirs(config.workdir, exist_ok=True)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, metadata_config(config)))
+    return run_summary.latest_run(config)
