@@ -143,6 +143,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not a recognised image format") from None
+    except Image.DecompressionBombError as e:  # Pillow's own, stricter-than-ours guard
+        raise ImageRejected(f"pixel count exceeds the limit (decompression bomb?): {e}") from None
     except Exception as e:  # Pillow raises many types on garbage headers
         raise ImageRejected(f"unreadable image header: {e}") from None
     fmt = img.format or "?"

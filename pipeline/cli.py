@@ -52,10 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
-    level = logging.INFO if verbose else logging.WARNING
-    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
-    logging.getLogger().setLevel(level)
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
+    for name in ("", "tensorflow", "absl", "apache_beam"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         warnings.filterwarnings("ignore")
 
 

