@@ -36,6 +36,7 @@ class TFLitePusherSpec(ComponentSpec):
     PARAMETERS = {
         "serving_dir": ExecutionParameter(type=str),
         "label_names": ExecutionParameter(type=str),  # JSON list
+        "gate": ExecutionParameter(type=str),  # JSON: the thresholds, recorded with the version
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -97,6 +98,7 @@ class Executor(base_executor.BaseExecutor):
         tflite = trainer.tflite_dir(os.path.join(model.uri, "Format-Serving"))
         metrics = {
             "evaluation": evaluation.summarize(eval_uri, label_names),
+            "gate": json.loads(exec_properties["gate"]),
             "model_uri": model.uri,
             "model_id": model.id,
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -123,8 +125,10 @@ class TFLitePusher(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
-                 evaluation: types.BaseChannel, serving_dir: str, label_names):
+                 evaluation: types.BaseChannel, serving_dir: str, label_names,
+                 min_accuracy: float, max_accuracy_drop: float):
         super().__init__(spec=TFLitePusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation,
             serving_dir=serving_dir, label_names=json.dumps(list(label_names)),
+            gate=json.dumps({"min_accuracy": min_accuracy, "max_accuracy_drop": max_accuracy_drop}),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

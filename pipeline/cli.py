@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--min-images-per-class", type=int, default=10)
     run.add_argument("--epochs", type=int, default=100)
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--enable-cache", action="store_true",
+                     help="reuse outputs of unchanged steps from earlier runs in this workdir")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
 
@@ -88,7 +90,7 @@ def _cmd_run(args) -> int:
         workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
         min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
         eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
-        epochs=args.epochs, seed=args.seed)
+        epochs=args.epochs, seed=args.seed, enable_cache=args.enable_cache)
     from components import backbones
     try:
         config = preflight.scan(config)

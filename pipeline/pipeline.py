@@ -56,7 +56,8 @@ def create_components(config: PipelineConfig) -> list:
     pusher = TFLitePusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"], serving_dir=config.serving_dir,
-        label_names=config.label_names)
+        label_names=config.label_names, min_accuracy=config.min_accuracy,
+        max_accuracy_drop=config.max_accuracy_drop)
     return [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer,
             baseline_resolver, evaluator, pusher]
 

