@@ -102,12 +102,23 @@ class _DecodeFn(beam.DoFn):
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, str(e)))
             return
+        if not img.reencoded and not _tf_decodes(img.data):
+            # Pillow read it but TF's decoder would fail in Transform: hand TF a PNG.
+            img = image_io.decode(raw, self._max_pixels, keep_original=False)
         self._decoded.inc()
         sha = image_io.content_hash(raw)
         yield sha, {
             "image": img.data, "label": self._label_index[cand.label], "label_name": cand.label,
             "relpath": cand.relpath, "height": img.height, "width": img.width, "sha256": sha,
         }
+
+
+def _tf_decodes(data: bytes) -> bool:
+    try:
+        tf.io.decode_image(data, channels=4, expand_animations=False)
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.OpError):
+        return False
 
 
 def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:

@@ -135,8 +135,13 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Checks and normalises one image. Raises ImageRejected with the reason."""
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+           keep_original: bool = True) -> DecodedImage:
+    """Checks and normalises one image. Raises ImageRejected with the reason.
+
+    keep_original=False forces the RGB PNG re-encoding even for bytes TF could
+    decode itself (used when TF's decoder turns out to disagree).
+    """
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
@@ -159,7 +164,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     except Exception as e:
         raise ImageRejected(f"corrupt or truncated image data ({fmt}): {e}") from None
 
-    if _can_keep_original(img, fmt):
+    if keep_original and _can_keep_original(img, fmt):
         return DecodedImage(data, width, height, fmt, reencoded=False)
     try:
         rgb = to_rgb(img)

@@ -73,6 +73,8 @@ def _print_human(summary: dict) -> None:
     print(f"run {summary['run_id']}")
     print(f"  examples: {summary['examples']}  skipped files: {summary['skipped_files']}"
           f" (report: {summary['ingestion_report']})")
+    for row in summary.get("skipped", [])[:20]:
+        print(f"    skipped {row['path']}: {row['reason']}")
     print(f"  eval accuracy: {acc if acc is None else round(acc, 4)}"
           f"  baseline: {base if base is None else round(base, 4)}")
     verdict = "BLESSED" if summary["blessed"] else "NOT blessed"

@@ -9,10 +9,11 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import evaluation
-from components.image_example_gen import COUNTS_PREFIX, REPORT_FILE
+from components.image_example_gen import COUNTS_PREFIX, REPORT_FILE, read_report
 from pipeline.config import PipelineConfig
 
 _RUN_CONTEXT = "pipeline_run"
+MAX_LISTED_SKIPS = 100  # the full list is in the ingestion report
 
 
 def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:
@@ -68,7 +69,7 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "run_id": run_ctx.name, "blessed": False, "pushed_version": None, "pushed_dir": None,
         "accuracy": None, "baseline_accuracy": None, "examples": {}, "skipped_files": None,
-        "ingestion_report": None, "evaluation_failures": [], "per_class": {},
+        "ingestion_report": None, "skipped": [], "evaluation_failures": [], "per_class": {},
         "seconds": {}, "states": {}, "label_names": list(config.label_names),
     }
     executions = sorted(store.get_executions_by_context(run_ctx.id),
@@ -84,6 +85,9 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
             if _prop(examples, "skipped_files") is not None:
                 summary["skipped_files"] = int(_prop(examples, "skipped_files"))
                 summary["ingestion_report"] = os.path.join(examples.uri, REPORT_FILE)
+                summary["skipped"] = [{"path": r["path"], "reason": r["reason"]}
+                                      for r in read_report(examples.uri)
+                                      if r["status"] == "skipped"][:MAX_LISTED_SKIPS]
                 for split in ("train", "eval"):
                     n = _prop(examples, f"{COUNTS_PREFIX}_{split}")
                     if n is not None:

@@ -86,6 +86,7 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert b["baseline_accuracy"] is None  # run A was not blessed: still no baseline
     assert b["accuracy"] >= 0.6
     assert b["skipped_files"] == 1
+    assert [row["path"] for row in b["skipped"]] == ["flags/half_synced.png"]
     assert sum(b["examples"].values()) == 75 and b["examples"]["eval"] > 0
     assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(b["seconds"])
     version = runs["workdir"] / "serving" / "1"
