@@ -10,9 +10,17 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test install assets clean
+# Debian packages: libusb for tflite-support's metadata library.
+SYSTEM_PACKAGES := libusb-1.0-0
 
-$(STAMP): requirements.lock pyproject.toml
+.PHONY: demo test install assets clean system-deps
+
+system-deps:
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }
+
+$(STAMP): requirements.lock pyproject.toml | system-deps
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	@test -x "$(PYTHON310)" || { echo "Python 3.10 not found at $(PYTHON310) (set PYTHON310=...)"; exit 2; }
 	uv venv --python "$(PYTHON310)" --allow-existing $(VENV)
