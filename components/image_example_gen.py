@@ -154,12 +154,11 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                      split_pattern: str) -> beam.pvalue.PCollection:
     del split_pattern  # we walk the tree ourselves: gfile.glob has no '**'
     cfg = json.loads(exec_properties[INGEST_CONFIG_KEY])
-    root = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     label_names: List[str] = cfg["label_names"]
     label_index = {name: i for i, name in enumerate(label_names)}
 
     candidates, listing_skips = [], []
-    for item in image_io.walk_images(root, cfg.get("extensions") or image_io.DEFAULT_EXTENSIONS):
+    for item in image_io.find_images(cfg["source"], cfg.get("extensions") or image_io.DEFAULT_EXTENSIONS):
         if isinstance(item, image_io.Skipped):
             listing_skips.append(_row(item.relpath, item.label, item.reason))
         elif item.label not in label_index:
@@ -239,26 +238,35 @@ def read_labels(examples_uri: str) -> List[str]:
 
 
 class ImageExampleGen(FileBasedExampleGen):
-    """ExampleGen for ``<images>/<label>/<file>`` trees. See module docstring."""
+    """ExampleGen for ``<images>/<label>/<file>`` trees or a ``uri,label`` CSV manifest.
+
+    `images` is the folder, or the manifest's path (ending in .csv).
+    """
 
     SPEC_CLASS = ImageExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = driver.FileBasedDriver
 
-    def __init__(self, input_base: str, label_names: Sequence[str], eval_percent: int = 20,
+    def __init__(self, images: str, label_names: Sequence[str], eval_percent: int = 20,
                  max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
                  extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS,
                  exclude_label_conflicts: bool = True):
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {list(label_names)}")
         ingest = {
+            "source": images,
             "label_names": list(label_names), "max_pixels": int(max_pixels),
             "extensions": [e.lower() for e in extensions],
             "exclude_label_conflicts": bool(exclude_label_conflicts),
         }
-        # The pattern only feeds the driver's input fingerprint; the executor walks the tree.
+        # input_base + pattern only feed the driver's input fingerprint (used by
+        # the cache); the executor walks the tree or reads the manifest itself.
+        if images.lower().endswith(".csv"):
+            input_base, pattern = os.path.dirname(images), os.path.basename(images)
+        else:
+            input_base, pattern = images, "*/*"
         input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="images", pattern="*/*")])
+            example_gen_pb2.Input.Split(name="images", pattern=pattern)])
         spec = ImageExampleGenSpec(
             input_base=input_base,
             input_config=input_config,

@@ -18,10 +18,12 @@ and serving see an image through the same rules:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import io
 import os
+import unicodedata
 from typing import Iterator, Optional, Sequence
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -66,6 +68,61 @@ class ImageRejected(ValueError):
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def label_problem(label: str) -> Optional[str]:
+    """Why `label` can't be a class name (it ends up in labels.txt lines), or None."""
+    if not label or not label.strip():
+        return "empty class name"
+    if label != label.strip():
+        return f"class name {label!r} has leading or trailing spaces"
+    if any(unicodedata.category(ch).startswith("C") for ch in label):
+        return f"class name {label!r} contains control characters"
+    if len(label) > 200:
+        return f"class name {label[:40]!r}... is longer than 200 characters"
+    return None
+
+
+def read_manifest(manifest: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS
+                  ) -> Iterator[Candidate | Skipped]:
+    """Rows of a `uri,label` CSV as Candidates, or Skipped with the reason.
+
+    A header row `uri,label` is optional. Relative paths are relative to the
+    manifest's folder; absolute paths and gs:// / s3:// URIs are used as given.
+    """
+    import tensorflow as tf
+    base = os.path.dirname(manifest)
+    exts = tuple(e.lower() for e in extensions)
+    with tf.io.gfile.GFile(manifest) as f:
+        rows = list(csv.reader(f))
+    for n, row in enumerate(rows, start=1):
+        where = f"{os.path.basename(manifest)}:{n}"
+        if n == 1 and [c.strip().lower() for c in row] == ["uri", "label"]:
+            continue
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            yield Skipped(where, f"expected 2 columns (uri,label), got {len(row)}")
+            continue
+        uri, label = row[0].strip(), row[1].strip()
+        problem = label_problem(label)
+        if problem:
+            yield Skipped(uri or where, problem)
+        elif not uri:
+            yield Skipped(where, "empty uri", label)
+        elif not uri.lower().endswith(exts):
+            yield Skipped(uri, f"unsupported extension (allowed: {', '.join(exts)})", label)
+        else:
+            path = uri if ("://" in uri or os.path.isabs(uri)) else os.path.join(base, uri)
+            yield Candidate(path, uri, label)
+
+
+def find_images(source: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS
+                ) -> Iterator[Candidate | Skipped]:
+    """A folder tree (walk_images) or a .csv manifest (read_manifest)."""
+    if source.lower().endswith(".csv"):
+        return read_manifest(source, extensions)
+    return walk_images(source, extensions)
 
 
 def list_label_folders(root: str) -> list[str]:

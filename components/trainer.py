@@ -162,5 +162,11 @@ def run_fn(fn_args) -> None:
         json.dump(history, f)
 
     export_serving(fn_args.serving_model_dir, tf_transform_output, head, label_names)
+    # What LabelGuard compares the next runs with, once this model is blessed.
+    counts = np.bincount(np.concatenate([y_train, y_eval]), minlength=len(label_names))
+    with tf.io.gfile.GFile(os.path.join(os.path.dirname(fn_args.serving_model_dir.rstrip("/")),
+                                        "label_space.json"), "w") as f:
+        json.dump({"label_names": label_names,
+                   "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
     pixel_model = build_pixel_model(cfg["backbone"], cfg.get("weights", "imagenet"), head)
     export_tflite(tflite_dir(fn_args.serving_model_dir), pixel_model, label_names)

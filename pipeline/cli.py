@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the local pipeline")
-    run.add_argument("--images", required=True, help="folder of <label>/<image> files")
+    run.add_argument("--images", required=True,
+                     help="folder of <label>/<image> files, or a uri,label CSV manifest")
     run.add_argument("--workdir", required=True, help="pipeline root, MLMD store and serving/")
     run.add_argument("--backbone", default="mobilenet_v1")
     run.add_argument("--weights", default="imagenet",
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--min-images-per-class", type=int, default=10)
     run.add_argument("--epochs", type=int, default=100)
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--allow-label-change", action="store_true",
+                     help="accept classes that differ from the blessed model's (deliberate change)")
+    run.add_argument("--max-class-share-change", type=float, default=0.2,
+                     help="stop when a class's share of the images moves by more than this")
     run.add_argument("--enable-cache", action="store_true",
                      help="reuse outputs of unchanged steps from earlier runs in this workdir")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
@@ -84,7 +89,18 @@ def _print_human(summary: dict) -> None:
     print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
 
 
+def _find_cause(error: BaseException, kind: type):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _cmd_run(args) -> int:
+    from components.label_guard import LabelSpaceError
     from pipeline import local_runner, preflight
     from pipeline.config import PipelineConfig
     config = PipelineConfig(
@@ -92,7 +108,9 @@ def _cmd_run(args) -> int:
         workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
         min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
         eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
-        epochs=args.epochs, seed=args.seed, enable_cache=args.enable_cache)
+        epochs=args.epochs, seed=args.seed, enable_cache=args.enable_cache,
+        allow_label_change=args.allow_label_change,
+        max_class_share_change=args.max_class_share_change)
     from components import backbones
     try:
         config = preflight.scan(config)
@@ -103,7 +121,10 @@ def _cmd_run(args) -> int:
     start = time.time()
     try:
         summary = local_runner.run(config)
-    except Exception as e:  # a component failed: say which, keep the traceback in --verbose
+    except Exception as e:  # a component failed: say why, keep the traceback in --verbose
+        guard = _find_cause(e, LabelSpaceError)
+        if guard is not None:  # the data, not the pipeline, needs fixing
+            return _fail(f"label space changed: {guard}", 2)
         if args.verbose:
             raise
         return _fail(f"pipeline failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)

@@ -11,7 +11,8 @@ from components import image_io
 
 @dataclasses.dataclass
 class PipelineConfig:
-    images: str                      # <images>/<label>/<file>; local path or gs:// URI
+    # <images>/<label>/<file> folder, or a `uri,label` CSV manifest; local or gs://.
+    images: str
     workdir: str                     # pipeline root, MLMD database and serving/ live here
     pipeline_name: str = "image-retrain"
     # Backbone (see components/backbones.py) and where its weights come from:
@@ -26,6 +27,9 @@ class PipelineConfig:
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
     extensions: Tuple[str, ...] = image_io.DEFAULT_EXTENSIONS
     exclude_label_conflicts: bool = True
+    # Label-space guard against the blessed baseline (see components/label_guard.py).
+    allow_label_change: bool = False
+    max_class_share_change: float = 0.2
     # Head training.
     epochs: int = 100
     batch_size: int = 32
@@ -40,10 +44,14 @@ class PipelineConfig:
     # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
     beam_args: List[str] = dataclasses.field(default_factory=lambda: ["--direct_num_workers=1"])
     enable_cache: bool = False
+    # Explicit locations, e.g. gs:// or s3:// URIs for Kubeflow, where there is no
+    # local workdir; None keeps the defaults under workdir.
+    pipeline_root_uri: Optional[str] = None
+    serving_uri: Optional[str] = None
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.workdir, "pipeline_root")
+        return self.pipeline_root_uri or os.path.join(self.workdir, "pipeline_root")
 
     @property
     def metadata_path(self) -> str:
@@ -51,7 +59,7 @@ class PipelineConfig:
 
     @property
     def serving_dir(self) -> str:
-        return os.path.join(self.workdir, "serving")
+        return self.serving_uri or os.path.join(self.workdir, "serving")
 
     def transform_config(self) -> dict:
         return {"backbone": self.backbone, "weights": self.weights}
@@ -75,6 +83,8 @@ class PipelineConfig:
             return f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"
         if self.epochs < 1 or self.batch_size < 1:
             return "epochs and batch_size must be >= 1"
+        if not 0.0 < self.max_class_share_change <= 1.0:
+            return f"max_class_share_change must be in (0, 1], got {self.max_class_share_change}"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
         return None

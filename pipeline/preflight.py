@@ -16,24 +16,32 @@ class PreflightError(ValueError):
 
 
 def scan(config: PipelineConfig) -> PipelineConfig:
-    """Validates the config and images folder; returns it with label_names set.
+    """Validates the config and images; returns the config with label_names set.
 
+    `config.images` is a folder of <label>/<file> or a `uri,label` CSV manifest.
     Counts files by name only (decoding happens in ExampleGen, in parallel), so a
     class can still lose corrupt files later; those are reported, not fatal.
     """
     problem = config.validate()
     if problem:
         raise PreflightError(problem)
-    if not tf.io.gfile.isdir(config.images):
+    manifest = config.images.lower().endswith(".csv")
+    if manifest and not tf.io.gfile.exists(config.images):
+        raise PreflightError(f"manifest not found: {config.images}")
+    if not manifest and not tf.io.gfile.isdir(config.images):
         raise PreflightError(f"images folder not found: {config.images}")
-    labels = image_io.list_label_folders(config.images)
+
+    found = list(image_io.find_images(config.images, config.extensions))
+    counts = collections.Counter(c.label for c in found if isinstance(c, image_io.Candidate))
+    labels = sorted(counts) if manifest else image_io.list_label_folders(config.images)
+    for label in labels:
+        problem = image_io.label_problem(label)
+        if problem:
+            raise PreflightError(f"{problem}: rename the folder" if not manifest else problem)
     if len(labels) < 2:
         raise PreflightError(
-            f"found {len(labels)} class folder(s) in {config.images} ({', '.join(labels) or 'none'}); "
+            f"found {len(labels)} class(es) in {config.images} ({', '.join(labels) or 'none'}); "
             "need at least 2: put images in <images>/<label>/<file>")
-    counts = collections.Counter(
-        c.label for c in image_io.walk_images(config.images, config.extensions)
-        if isinstance(c, image_io.Candidate))
     for label in labels:
         if counts[label] < config.min_images_per_class:
             raise PreflightError(

@@ -55,3 +55,21 @@ def test_bad_settings(tmp_path, capsys, flag, value):
     images = _folder(tmp_path / "images", {"a": 10, "b": 10})
     code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w", flag, value)
     assert code == 2 and len(err) == 1 and flag.strip("-").replace("-", "_") in err[0]
+
+
+def test_empty_class_folder_named(tmp_path, capsys):
+    images = _folder(tmp_path / "images", {"a": 10, "b": 10})
+    (images / "c").mkdir()
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w")
+    assert code == 2 and err == ["retrain: error: class 'c' has 0 images, the minimum is 10"]
+
+
+def test_class_name_with_control_character(tmp_path, capsys):
+    images = _folder(tmp_path / "images", {"a": 10, "b\tb": 10})
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w")
+    assert code == 2 and len(err) == 1 and "control characters" in err[0]
+
+
+def test_missing_manifest(tmp_path, capsys):
+    code, err = _run(capsys, "--images", tmp_path / "list.csv", "--workdir", tmp_path / "w")
+    assert code == 2 and err == [f"retrain: error: manifest not found: {tmp_path / 'list.csv'}"]

@@ -14,7 +14,7 @@ from conftest import png_bytes
 
 
 def _run_example_gen(images, workdir, labels, eval_percent=20, **kw):
-    gen = ImageExampleGen(input_base=str(images), label_names=labels,
+    gen = ImageExampleGen(images=str(images), label_names=labels,
                           eval_percent=eval_percent, **kw)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="examplegen-test", pipeline_root=str(workdir / "root"),
@@ -118,4 +118,4 @@ def test_split_is_a_function_of_content(messy_run, tmp_path):
 
 def test_bad_eval_percent_rejected():
     with pytest.raises(ValueError, match="eval_percent"):
-        ImageExampleGen(input_base="/x", label_names=["a", "b"], eval_percent=0)
+        ImageExampleGen(images="/x", label_names=["a", "b"], eval_percent=0)
