@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--enable-cache", action="store_true",
                      help="reuse outputs of unchanged steps from earlier runs in this workdir")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
 
     fw = sub.add_parser("fetch-weights", help="fetch and convert offline ImageNet weights")
@@ -120,7 +121,7 @@ def _cmd_run(args) -> int:
         return _fail(str(e), 2)
     start = time.time()
     try:
-        summary = local_runner.run(config)
+        summary = local_runner.run(config, show_progress=not args.quiet)
     except Exception as e:  # a component failed: say why, keep the traceback in --verbose
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 from ml_metadata import metadata_store
@@ -45,6 +46,20 @@ def _node_id(store, execution, pipeline_name: str) -> str:
     return execution.type
 
 
+def component_states(store, run_ctx, pipeline_name: str) -> List[tuple]:
+    """[(node id, state name, seconds)] of a run's executions, in start order."""
+    name = metadata_store_pb2.Execution.State.Name
+    rows = []
+    for ex in sorted(store.get_executions_by_context(run_ctx.id),
+                     key=lambda e: (e.create_time_since_epoch, e.id)):
+        state = name(ex.last_known_state)
+        end = ex.last_update_time_since_epoch if state in ("COMPLETE", "CACHED", "FAILED", "CANCELED") \
+            else int(time.time() * 1000)
+        rows.append((_node_id(store, ex, pipeline_name), state,
+                     round((end - ex.create_time_since_epoch) / 1000.0, 2)))
+    return rows
+
+
 def _outputs(store, execution_id: int) -> Dict[str, List[metadata_store_pb2.Artifact]]:
     events = [e for e in store.get_events_by_execution_ids([execution_id])
               if e.type == metadata_store_pb2.Event.OUTPUT]
@@ -72,14 +87,10 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         "ingestion_report": None, "skipped": [], "evaluation_failures": [], "per_class": {},
         "seconds": {}, "states": {}, "label_names": list(config.label_names),
     }
-    executions = sorted(store.get_executions_by_context(run_ctx.id),
-                        key=lambda e: (e.create_time_since_epoch, e.id))
-    state_name = metadata_store_pb2.Execution.State.Name
-    for ex in executions:
-        node = _node_id(store, ex, config.pipeline_name)
-        summary["seconds"][node] = round(
-            (ex.last_update_time_since_epoch - ex.create_time_since_epoch) / 1000.0, 2)
-        summary["states"][node] = state_name(ex.last_known_state)
+    for node, state, seconds in component_states(store, run_ctx, config.pipeline_name):
+        summary["seconds"][node] = seconds
+        summary["states"][node] = state
+    for ex in store.get_executions_by_context(run_ctx.id):
         outputs = _outputs(store, ex.id)
         for examples in outputs.get("examples", []):
             if _prop(examples, "skipped_files") is not None:

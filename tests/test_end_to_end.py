@@ -64,6 +64,7 @@ def runs(tmp_path_factory, emoji_root, imagenet_weights):
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     b = json.loads(proc.stdout.strip().splitlines()[-1])
+    b["_stderr"] = proc.stderr
     served = _digest(os.path.join(workdir, "serving", "1"))
     c = local_runner.run(PipelineConfig(**{**base.__dict__, "corrupt_train_labels": True,
                                            "min_accuracy": 0.0}))
@@ -96,6 +97,13 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert metrics["version"] == 1 and metrics["gate"]["min_accuracy"] == 0.6
     assert metrics["evaluation"]["accuracy"] == pytest.approx(b["accuracy"])
     assert set(metrics["evaluation"]["per_class"]) == set(CLASSES)
+
+
+def test_cli_shows_progress_on_stderr(runs):
+    lines = [line for line in runs["b"]["_stderr"].splitlines() if line.startswith("[")]
+    done = [line.split()[-3] for line in lines if " done " in line or " cached " in line]
+    assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(done)
+    assert lines[-1].startswith(f"[{len(runs['b']['seconds']):>2}/")
 
 
 def test_pushed_tflite_beats_chance_on_eval_images(runs):
