@@ -57,13 +57,26 @@ def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
     return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
+# tf.Transform traces preprocessing_fn several times per run (analysis, export,
+# apply); building the backbone and reading its weights each time cost ~10 s.
+# make_and_track_object creates objects eagerly, so one instance per process
+# can be shared by every trace.
+_EXTRACTORS: dict = {}
+
+
+def _extractor(name: str, weights: str):
+    key = (name, weights)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = backbones.build_feature_extractor(name, weights)
+    return _EXTRACTORS[key]
+
+
 def preprocessing_fn(inputs, custom_config):
     """custom_config: {'backbone': name, 'weights': 'imagenet'|'keras'|'random'|path}."""
     name = custom_config["backbone"]
     weights = custom_config.get("weights", "imagenet")
     spec = backbones.get_spec(name)
-    extractor = tft.make_and_track_object(
-        lambda: backbones.build_feature_extractor(name, weights), name="backbone")
+    extractor = tft.make_and_track_object(lambda: _extractor(name, weights), name="backbone")
     images = tf.reshape(inputs[IMAGE_KEY], [-1])
     features = extractor(decode_and_resize(images, spec.input_size))
     outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, spec.feature_dim])}
