@@ -17,6 +17,9 @@ import tensorflow_transform as tft  # noqa: E402
 
 from components import backbones  # noqa: E402
 
+# Bump when decoding/resizing changes: cached features depend on it (bottleneck_gen).
+PREPROCESSING_VERSION = 1
+
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 FEATURES_KEY = "features"
@@ -64,7 +67,8 @@ def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
 _EXTRACTORS: dict = {}
 
 
-def _extractor(name: str, weights: str):
+def shared_extractor(name: str, weights: str):
+    """The process-wide feature extractor for (backbone, weights)."""
     key = (name, weights)
     if key not in _EXTRACTORS:
         _EXTRACTORS[key] = backbones.build_feature_extractor(name, weights)
@@ -76,7 +80,7 @@ def preprocessing_fn(inputs, custom_config):
     name = custom_config["backbone"]
     weights = custom_config.get("weights", "imagenet")
     spec = backbones.get_spec(name)
-    extractor = tft.make_and_track_object(lambda: _extractor(name, weights), name="backbone")
+    extractor = tft.make_and_track_object(lambda: shared_extractor(name, weights), name="backbone")
     images = tf.reshape(inputs[IMAGE_KEY], [-1])
     features = extractor(decode_and_resize(images, spec.input_size))
     outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, spec.feature_dim])}

@@ -18,7 +18,8 @@ from typing import Dict, Optional, TextIO
 from pipeline import run_summary
 from pipeline.config import PipelineConfig
 
-_DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CANCELED": "canceled"}
+_DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CANCELED": "canceled",
+                "EMPTY": "empty"}
 
 
 class Progress:

@@ -53,9 +53,14 @@ def component_states(store, run_ctx, pipeline_name: str) -> List[tuple]:
     for ex in sorted(store.get_executions_by_context(run_ctx.id),
                      key=lambda e: (e.create_time_since_epoch, e.id)):
         state = name(ex.last_known_state)
-        end = ex.last_update_time_since_epoch if state in ("COMPLETE", "CACHED", "FAILED", "CANCELED") \
-            else int(time.time() * 1000)
-        rows.append((_node_id(store, ex, pipeline_name), state,
+        node = _node_id(store, ex, pipeline_name)
+        if state == "FAILED" and node.endswith("_resolver"):
+            # LatestArtifactStrategy reports "nothing yet" (a first run) as a
+            # failed resolution; its consumers take the input as optional.
+            state = "EMPTY"
+        end = ex.last_update_time_since_epoch if state in ("COMPLETE", "CACHED", "FAILED", "CANCELED",
+                                                             "EMPTY") else int(time.time() * 1000)
+        rows.append((node, state,
                      round((end - ex.create_time_since_epoch) / 1000.0, 2)))
     return rows
 

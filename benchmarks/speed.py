@@ -1,0 +1,172 @@
+"""Speed targets (issue 6), measured in one process on this machine.
+
+    python -m benchmarks.speed --images 2000 [--output benchmarks/results/speed.json]
+
+1. Feature step (BottleneckGen) images/s vs raw batched backbone inference.
+2. Whole pipeline vs the naive tf_keras baseline a user would write: frozen
+   backbone + new head, model.fit on the images, features recomputed every
+   epoch, for as many epochs as our head trained. The naive epoch is timed for
+   --naive-epochs epochs and, unless --full-naive, extrapolated linearly to the
+   full count (every epoch does the same work); its accuracy is reported after
+   the epochs actually run.
+3. Incremental rerun: +10 % new images, same workdir: feature step seconds of
+   the second run / the first.
+4. Augmentation: eval accuracy with 2 cached augmented views per train image.
+5. Fixed overhead: seconds per component for a 100-image run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from benchmarks.pipeline_throughput import build_dataset, machine_facts, raw_inference  # noqa: E402
+from components import backbones, preprocessing  # noqa: E402
+from pipeline import datasets, local_runner  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+
+DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "speed.json"
+
+
+def run_pipeline(images, workdir, **overrides) -> dict:
+    cfg = PipelineConfig(images=str(images), workdir=str(workdir), min_accuracy=0.0,
+                         min_images_per_class=1, **overrides)
+    t0 = time.perf_counter()
+    summary = local_runner.run(cfg)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    history = sorted(glob.glob(os.path.join(cfg.pipeline_root, "Trainer", "model_run", "*",
+                                            "training", "history.json")),
+                     key=os.path.getmtime)[-1]
+    summary["epochs"] = len(json.load(open(history))["loss"])
+    return summary
+
+
+def split_files(summary, images: pathlib.Path):
+    """(train, eval) lists of (path, label) exactly as the pipeline split them."""
+    uri = os.path.dirname(summary["ingestion_report"])
+    out = {}
+    for split in ("train", "eval"):
+        rows = []
+        for rec in tf.data.TFRecordDataset(glob.glob(os.path.join(uri, f"Split-{split}", "*.gz")),
+                                           compression_type="GZIP"):
+            f = tf.train.Example.FromString(rec.numpy()).features.feature
+            rows.append((str(images / f["relative_path"].bytes_list.value[0].decode()),
+                         f["label"].int64_list.value[0]))
+        out[split] = rows
+    return out["train"], out["eval"]
+
+
+def naive_baseline(train, evals, num_classes, epochs_to_run, backbone="mobilenet_v1") -> dict:
+    """What a user writes without a pipeline: backbone in the training loop."""
+    size = backbones.get_spec(backbone).input_size
+
+    def dataset(rows, shuffle):
+        paths = tf.constant([p for p, _ in rows])
+        labels = tf.constant([label for _, label in rows], tf.int64)
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if shuffle:
+            ds = ds.shuffle(len(rows), seed=42)
+        return ds.batch(32).map(lambda p, y: (preprocessing.decode_and_resize(
+            tf.map_fn(tf.io.read_file, p), size), y))
+
+    tf_keras.utils.set_random_seed(42)
+    pixels = tf_keras.Input([size, size, 3])
+    features = backbones.build_feature_extractor(backbone, "imagenet")(pixels)
+    model = tf_keras.Model(pixels, tf_keras.layers.Dense(num_classes, activation="softmax")(features))
+    model.compile(tf_keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    t0 = time.perf_counter()
+    model.fit(dataset(train, True), epochs=epochs_to_run, verbose=0)
+    fit_s = time.perf_counter() - t0
+    _, accuracy = model.evaluate(dataset(evals, False), verbose=0)
+    return {"epochs_run": epochs_to_run, "fit_seconds": round(fit_s, 1),
+            "seconds_per_epoch": round(fit_s / epochs_to_run, 2), "accuracy": float(accuracy)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--naive-epochs", type=int, default=2)
+    ap.add_argument("--full-naive", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    ap.add_argument("--keep", help="keep datasets and workdirs here")
+    args = ap.parse_args(argv)
+    backbones.fetch_weights("mobilenet_v1")
+    root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="speed-"))
+    src = datasets.emoji_dataset()
+    try:
+        base, more, small = root / "images", root / "images_plus10", root / "images_100"
+        build_dataset(src, base, args.images)
+        build_dataset(src, more, int(args.images * 1.1))
+        build_dataset(src, small, 100)
+        raw = raw_inference(base, "mobilenet_v1", args.batch_size)
+
+        first = run_pipeline(base, root / "work", feature_batch_size=args.batch_size)
+        second = run_pipeline(more, root / "work", feature_batch_size=args.batch_size)
+        augmented = run_pipeline(base, root / "work_aug", feature_batch_size=args.batch_size,
+                                 augment_views=2)
+        overhead = run_pipeline(small, root / "work_100", feature_batch_size=args.batch_size)
+
+        train, evals = split_files(first, base)
+        epochs = first["epochs"]
+        naive = naive_baseline(train, evals, len(first["label_names"]),
+                               epochs if args.full_naive else min(args.naive_epochs, epochs))
+        naive_total = naive["seconds_per_epoch"] * epochs
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    n = sum(first["examples"].values())
+    feature_ips = n / first["seconds"]["BottleneckGen"]
+    ours_total = sum(first["seconds"].values())
+    rows = [
+        ("feature step images/s vs raw inference", feature_ips, raw["inference_images_per_s"], ">= 0.85"),
+        ("feature step images/s vs decode+inference", feature_ips,
+         raw["decode_inference_images_per_s"], "(info)"),
+        ("naive baseline seconds / pipeline seconds", naive_total, ours_total, ">= 3"),
+        ("rerun +10% feature seconds / first run", second["seconds"]["BottleneckGen"],
+         first["seconds"]["BottleneckGen"], "<= 0.25"),
+        ("eval accuracy: pipeline vs naive", first["accuracy"], naive["accuracy"], "within 0.01"),
+        ("eval accuracy: 2 augmented views vs none", augmented["accuracy"], first["accuracy"], "(info)"),
+    ]
+    result = {
+        "images": n, "raw": raw, "naive": {**naive, "epochs_extrapolated_to": epochs,
+                                           "total_seconds": round(naive_total, 1)},
+        "runs": {k: {f: v[f] for f in ("examples", "seconds", "accuracy", "epochs", "wall_seconds")}
+                 for k, v in (("first", first), ("plus10", second), ("augmented", augmented),
+                              ("images_100", overhead))},
+        "comparison": [{"figure": f, "ours": round(a, 4), "reference": round(b, 4),
+                        "ratio": round(a / b, 4) if b else None, "target": t} for f, a, b, t in rows],
+        "machine": machine_facts(),
+    }
+    print(f"\n{n} images, mobilenet_v1, feature batch {args.batch_size}; "
+          f"{result['machine']['nproc']} cores, {result['machine']['cpu_model']}")
+    print(f"{'figure':<46}{'ours':>10}{'reference':>11}{'ratio':>8}  target")
+    for c in result["comparison"]:
+        print(f"{c['figure']:<46}{c['ours']:>10.3f}{c['reference']:>11.3f}{c['ratio'] or 0:>8.3f}  {c['target']}")
+    how = "measured" if args.full_naive else f"{naive['epochs_run']} measured, extrapolated"
+    print(f"naive: {naive['seconds_per_epoch']} s/epoch x {epochs} epochs ({how})")
+    for name, run in result["runs"].items():
+        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in run["seconds"].items()))
+    out = pathlib.Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""BottleneckGen: backbone features per image, computed once and cached.
+
+The expensive step of transfer learning is the backbone's forward pass. This
+component runs it in fixed-size batches (``batch_size``; tf.Transform exposes
+none) and keeps every result in a FeatureCache artifact keyed by
+
+    sha256(image content) | view | backbone | weights fingerprint | preprocessing version
+
+so a rerun after adding images computes features only for the new ones, and a
+change of backbone, weights or decoding code invalidates the cache by itself.
+The previous cache arrives through a LatestArtifactStrategy resolver, so it is
+an ordinary TFX artifact with lineage in MLMD, under any runner.
+
+Outputs:
+  bottlenecks    Examples (Split-train, Split-eval): ``features`` [D] float,
+                 ``label`` int64, ``content_sha256``, ``view`` (0 = the image;
+                 1..K = augmented views, train split only).
+  feature_cache  FeatureCache: every (key, features) this run used, old and new.
+
+The features are those of the Transform graph the serving model embeds: same
+decode_and_resize, same backbone builder (components.preprocessing).
+Augmented views (flip, crop, colour jitter, deterministic per image and view)
+let a linear head see more variety without giving up the cache, unlike
+retrain.py whose distortions disabled its bottleneck cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.artifact import Artifact
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from components import backbones, preprocessing
+
+CACHE_FILE_PREFIX = "features"
+
+
+class FeatureCache(Artifact):
+    TYPE_NAME = "FeatureCache"
+
+
+class BottleneckGenSpec(ComponentSpec):
+    PARAMETERS = {
+        "backbone": ExecutionParameter(type=str),
+        "weights": ExecutionParameter(type=str),
+        "batch_size": ExecutionParameter(type=int),
+        "augment_views": ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "previous_cache": ChannelParameter(type=FeatureCache, optional=True),
+    }
+    OUTPUTS = {
+        "bottlenecks": ChannelParameter(type=standard_artifacts.Examples),
+        "feature_cache": ChannelParameter(type=FeatureCache),
+    }
+
+
+def cache_namespace(backbone: str, weights: str) -> str:
+    """What a cached vector depends on besides the image (random weights: never cached)."""
+    fingerprint = backbones.weights_fingerprint(backbone, weights)
+    if fingerprint == "random":
+        return ""
+    return f"{backbone}|{fingerprint}|p{preprocessing.PREPROCESSING_VERSION}"
+
+
+def entry_key(namespace: str, sha: str, view: int) -> bytes:
+    return hashlib.sha256(f"{namespace}|{sha}|{view}".encode()).hexdigest().encode()
+
+
+def augment(pixels: tf.Tensor, seed: Tuple[int, int]) -> tf.Tensor:
+    """One random view of [H, W, 3] pixels in 0..255: flip, crop 80-100 %, colour jitter."""
+    size = tf.shape(pixels)[0]
+    s = [tf.random.experimental.stateless_split(tf.constant(seed, tf.int64), 4)[i] for i in range(4)]
+    img = tf.image.stateless_random_flip_left_right(pixels, s[0])
+    scale = tf.random.stateless_uniform([], s[1], 0.8, 1.0)
+    crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
+    img = tf.image.stateless_random_crop(img, tf.stack([crop, crop, 3]), s[2])
+    img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
+    jitter = tf.random.stateless_uniform([2], s[3], [-0.1, 0.9], [0.1, 1.1])
+    img = (img - 127.5) * jitter[1] + 127.5 + 255.0 * jitter[0]
+    return tf.clip_by_value(img, 0.0, 255.0)
+
+
+def _seed(sha: str, view: int) -> Tuple[int, int]:
+    return int(sha[:15], 16), view
+
+
+class _ComputeFeatures(beam.DoFn):
+    """A batch of (key, record) -> (key, record, features); one backbone per worker."""
+
+    def __init__(self, backbone: str, weights: str):
+        self._backbone, self._weights = backbone, weights
+        self._computed = beam.metrics.Metrics.counter("bottleneck_gen", "computed")
+
+    def setup(self):
+        self._size = backbones.get_spec(self._backbone).input_size
+        self._model = preprocessing.shared_extractor(self._backbone, self._weights)
+
+    def process(self, batch: List[Tuple[bytes, Dict]]):
+        pixels = preprocessing.decode_and_resize(
+            tf.constant([r["image"] for _, r in batch]), self._size)
+        views = [r["view"] for _, r in batch]
+        if any(views):
+            pixels = tf.stack([augment(p, _seed(r["sha"], r["view"])) if r["view"] else p
+                               for p, (_, r) in zip(tf.unstack(pixels), batch)])
+        features = self._model(pixels, training=False).numpy()
+        self._computed.inc(len(batch))
+        for (key, record), vec in zip(batch, features):
+            yield key, record, vec.astype(np.float32)
+
+
+def _parse(serialized: bytes) -> Dict:
+    f = tf.train.Example.FromString(serialized).features.feature
+    return {"image": f["image"].bytes_list.value[0], "label": f["label"].int64_list.value[0],
+            "sha": f["content_sha256"].bytes_list.value[0].decode()}
+
+
+def _cache_record(key: bytes, vec: np.ndarray) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
+        "features": tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist())),
+    })).SerializeToString()
+
+
+def _parse_cache(serialized: bytes) -> Tuple[bytes, np.ndarray]:
+    f = tf.train.Example.FromString(serialized).features.feature
+    return f["key"].bytes_list.value[0], np.asarray(f["features"].float_list.value, np.float32)
+
+
+def _bottleneck(record: Dict, vec: np.ndarray) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        preprocessing.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist())),
+        preprocessing.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[record["label"]])),
+        "content_sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record["sha"].encode()])),
+        "view": tf.train.Feature(int64_list=tf.train.Int64List(value=[record["view"]])),
+    })).SerializeToString()
+
+
+def _views(record: Dict, views: int) -> Iterable[Dict]:
+    for v in range(views + 1):
+        yield dict(record, view=v)
+
+
+def _join(item, hits_counter):
+    """(key, {'want': [record...], 'cached': [vec...]}) -> (key, record, vec or None)."""
+    key, groups = item
+    cached = list(groups["cached"])
+    for record in groups["want"]:
+        if cached:
+            hits_counter.inc()
+        yield key, record, (cached[0] if cached else None)
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        out = artifact_utils.get_single_instance(output_dict["bottlenecks"])
+        cache_out = artifact_utils.get_single_instance(output_dict["feature_cache"])
+        backbone, weights = exec_properties["backbone"], exec_properties["weights"]
+        batch_size = int(exec_properties["batch_size"])
+        augment_views = int(exec_properties["augment_views"])
+        namespace = cache_namespace(backbone, weights)
+        previous = (input_dict.get("previous_cache") or [None])[0]
+        reuse = bool(namespace) and previous is not None and \
+            previous.get_string_custom_property("namespace") == namespace
+        splits = artifact_utils.decode_split_names(examples.split_names)
+        out.split_names = artifact_utils.encode_split_names(splits)
+
+        hits = beam.metrics.Metrics.counter("bottleneck_gen", "cache_hits")
+        p = self._make_beam_pipeline()
+        if reuse:
+            cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(
+                os.path.join(previous.uri, CACHE_FILE_PREFIX + "*"), compression_type="gzip")
+                | "ParseCache" >> beam.Map(_parse_cache))
+        else:
+            cached = p | "NoCache" >> beam.Create([])
+        entries = []
+        for split in splits:
+            views = augment_views if split == "train" else 0
+            wanted = (
+                p | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                    os.path.join(examples.uri, f"Split-{split}", "*"), compression_type="gzip")
+                | f"Parse[{split}]" >> beam.Map(_parse)
+                | f"Views[{split}]" >> beam.FlatMap(_views, views)
+                | f"Key[{split}]" >> beam.Map(lambda r: (entry_key(namespace, r["sha"], r["view"]), r)))
+            joined = ({"want": wanted, "cached": cached}
+                      | f"Join[{split}]" >> beam.CoGroupByKey()
+                      | f"Match[{split}]" >> beam.FlatMap(_join, hits))
+            found = joined | f"Hits[{split}]" >> beam.Filter(lambda t: t[2] is not None)
+            computed = (
+                joined
+                | f"Misses[{split}]" >> beam.Filter(lambda t: t[2] is None)
+                | f"MissPairs[{split}]" >> beam.Map(lambda t: (t[0], t[1]))
+                | f"Batch[{split}]" >> beam.BatchElements(
+                    min_batch_size=batch_size, max_batch_size=batch_size)
+                | f"Features[{split}]" >> beam.ParDo(_ComputeFeatures(backbone, weights)))
+            rows = (found, computed) | f"All[{split}]" >> beam.Flatten()
+            _ = (rows
+                 | f"ToExample[{split}]" >> beam.MapTuple(lambda k, r, v: _bottleneck(r, v))
+                 | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                     os.path.join(out.uri, f"Split-{split}", "bottlenecks"),
+                     file_name_suffix=".gz", compression_type="gzip"))
+            entries.append(rows | f"Entries[{split}]" >> beam.MapTuple(lambda k, r, v: (k, v)))
+        if namespace:  # random weights are never cached
+            _ = (entries | "AllEntries" >> beam.Flatten()
+                 | "CacheRecord" >> beam.MapTuple(_cache_record)
+                 | "WriteCache" >> beam.io.WriteToTFRecord(
+                     os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
+                     file_name_suffix=".gz", compression_type="gzip"))
+        result = p.run()
+        result.wait_until_finish()
+
+        counters: Dict[str, int] = {}  # one result per step using the counter: add them up
+        for m in result.metrics().query(
+                beam.metrics.MetricsFilter().with_namespace("bottleneck_gen"))["counters"]:
+            counters[m.key.metric.name] = counters.get(m.key.metric.name, 0) + int(m.committed)
+        out.set_int_custom_property("cache_hits", int(counters.get("cache_hits", 0)))
+        out.set_int_custom_property("computed", int(counters.get("computed", 0)))
+        out.set_int_custom_property("reused_cache", int(reuse))
+        cache_out.set_string_custom_property("namespace", namespace)
+
+
+class BottleneckGen(base_beam_component.BaseBeamComponent):
+    """Backbone features for every image, reusing a previous FeatureCache."""
+
+    SPEC_CLASS = BottleneckGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, examples: types.BaseChannel, previous_cache: Optional[types.BaseChannel],
+                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0):
+        super().__init__(spec=BottleneckGenSpec(
+            examples=examples, previous_cache=previous_cache, backbone=backbone,
+            weights=weights, batch_size=int(batch_size), augment_views=int(augment_views),
+            bottlenecks=types.Channel(type=standard_artifacts.Examples),
+            feature_cache=types.Channel(type=FeatureCache)))
