@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-# Debian packages: libusb for tflite-support's metadata library.
-SYSTEM_PACKAGES := libusb-1.0-0
+# Debian packages: libusb for tflite-support's metadata library; headless
+# Chromium (+ its driver) renders the HTML run report in tests/test_report.py.
+SYSTEM_PACKAGES := libusb-1.0-0 chromium chromium-driver
 
 .PHONY: demo test install assets clean system-deps
 

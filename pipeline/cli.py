@@ -3,6 +3,8 @@
   retrain run --images DIR --workdir DIR [--backbone NAME] [--min-accuracy X] [--json]
   retrain fetch-weights [--backbone NAME]
   retrain fetch-data [--dest DIR]
+  retrain predict | report | runs | bless       (pipeline/predict.py, pipeline/ops_cli.py)
+  retrain compile | submit | schedule           (kubeflow/cli.py)
 
 Exit codes: 0 the pipeline ran to the end (blessed or not), 2 bad input or
 configuration (one line on stderr), 1 the pipeline failed.
@@ -58,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands defined next to what they drive; each module's register() adds
+# its parsers and returns {command: handler(args) -> exit code}.
+_EXTENSIONS = ("pipeline.predict", "pipeline.ops_cli", "kubeflow.cli")
+
+
+def _register_extensions(parser: argparse.ArgumentParser) -> dict:
+    import importlib
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    handlers = {}
+    for name in _EXTENSIONS:
+        handlers.update(importlib.import_module(name).register(sub))
+    return handlers
+
+
 def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
@@ -88,6 +104,7 @@ def _print_human(summary: dict) -> None:
     for failure in summary.get("evaluation_failures") or []:
         print(f"    gate: {failure}")
     print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+    print(f"  report: {summary.get('report')}")
 
 
 def _find_cause(error: BaseException, kind: type):
@@ -138,8 +155,12 @@ def _cmd_run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    extensions = _register_extensions(parser)
+    args = parser.parse_args(argv)
     _quiet_logs(getattr(args, "verbose", False))
+    if args.command in extensions:
+        return extensions[args.command](args)
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "fetch-weights":

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline import preflight, run_summary  # noqa: E402
+from pipeline import preflight, report, run_summary  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
@@ -20,7 +20,8 @@ def metadata_config(config: PipelineConfig):
 
 
 def run(config: PipelineConfig, show_progress: bool = False) -> dict:
-    """Preflight, run the whole pipeline, return the run summary (see run_summary).
+    """Preflight, run the whole pipeline, return the run summary (see run_summary)
+    with the path of its HTML report (pipeline/report.py) under "report".
 
     show_progress prints live component progress to stderr (pipeline.progress).
     """
@@ -30,4 +31,6 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     with (Progress(config, len(pipeline.components)) if show_progress
           else contextlib.nullcontext()):
         tfx.orchestration.LocalDagRunner().run(pipeline)
-    return run_summary.latest_run(config)
+    summary = run_summary.latest_run(config)
+    summary["report"] = report.build_report(config, summary)
+    return summary

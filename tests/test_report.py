@@ -1,0 +1,189 @@
+"""The HTML run report, built from real runs (the scenario of tests/test_history.py),
+and rendered in headless Chromium (Debian `chromium` + `chromium-driver`)."""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from test_history import CLASSES, ops, scenario
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--window-size=1200,3000"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, emoji_root, imagenet_weights):
+    from pipeline import report
+    s = scenario(tmp_path_factory, emoji_root)
+    config = dataclasses.replace(s["config"], label_names=tuple(CLASSES))
+    # R2: the bad push. Baseline version 1, pushed version 2, per-class changes.
+    path = report.build_report(config, s["r2"])
+    return s, path
+
+
+def _html(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def test_report_contains_every_section(built):
+    from pipeline import report
+    s, path = built
+    r2 = s["r2"]
+    assert path == os.path.join(s["workdir"], "reports", report.report_name(r2["run_id"]))
+    page = _html(path)
+    assert page == _html(os.path.join(s["workdir"], "reports", "latest.html"))
+    for key in report.SECTIONS:
+        assert f'<section id="{key}">' in page, key
+    assert 'class="error"' not in page  # every section and plot was built
+    assert "Blessed and shipped as version 2" in page
+    # data: images per class per split, skipped files with the reason
+    assert '<img id="class-counts" src="data:image/png;base64,' in page
+    assert all(c in page for c in CLASSES)
+    assert "flags/half_synced.png" in page and "not a recognised image format" in page
+    # training curves, confusion matrix, per-class table with the baseline
+    assert '<img id="training-curves" src="data:image/png;base64,' in page
+    assert '<img id="confusion-matrix" src="data:image/png;base64,' in page
+    assert "precision</th><th>baseline</th><th>change" in page
+    # the verdict with its thresholds and the baseline (version 1's model)
+    assert "min_accuracy" in page and "max_accuracy_drop" in page
+    v1 = json.loads((s["workdir"] / "serving" / "1" / "metrics.json").read_text())
+    assert v1["model_uri"] in page and "served as version 1" in page
+    # the pushed TFLite file with size and latency; the backbone
+    assert "model.tflite" in page and re.search(r"\d+\.\d MiB", page) and " ms " in page
+    assert "mobilenet_v1" in page and "1024 floats" in page
+    # self-contained: nothing to fetch
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_report_of_a_run_without_baseline(built):
+    from pipeline import report
+    s, _ = built
+    config = dataclasses.replace(s["config"], label_names=tuple(CLASSES))
+    page = _html(report.build_report(config, s["r1"], measure_latency=False))
+    assert "no baseline: not applied" in page and "Blessed and shipped as version 1" in page
+    assert 'class="error"' not in page
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WebDriver:
+    """The few W3C WebDriver calls the check needs, straight to chromedriver."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = subprocess.Popen([CHROMEDRIVER, f"--port={self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                self.call("GET", "/status")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        caps = {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
+                "goog:chromeOptions": {"binary": CHROMIUM, "args": CHROMIUM_ARGS}}
+        self.session = self.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+
+    def call(self, method, path, body=None):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())["value"]
+
+    def session_call(self, method, path, body=None):
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def close(self):
+        try:
+            self.session_call("DELETE", "")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "headless Chromium is missing: `make system-deps` installs chromium and chromium-driver"
+    _, path = built
+    driver = WebDriver()
+    try:
+        driver.session_call("POST", "/url", {"url": "file://" + os.path.abspath(path)})
+        state = driver.session_call("POST", "/execute/sync", {"args": [], "script": """
+            const img = document.getElementById('confusion-matrix');
+            const r = img.getBoundingClientRect();
+            return {ready: document.readyState, complete: img.complete, width: img.naturalWidth,
+                    shown: r.width > 100 && r.height > 100,
+                    sections: document.querySelectorAll('section').length,
+                    broken: Array.from(document.images).filter(i => !i.naturalWidth).length};"""})
+        logs = driver.session_call("POST", "/se/log", {"type": "browser"})
+        png = driver.session_call("GET", "/screenshot")
+    finally:
+        driver.close()
+    assert state["ready"] == "complete"
+    assert state["complete"] and state["width"] > 100 and state["shown"], state
+    assert state["broken"] == 0 and state["sections"] == 7
+    errors = [entry for entry in logs if entry.get("level") in ("SEVERE", "WARNING")]
+    assert not errors, errors
+    assert len(png) > 1000
+
+
+def test_trainer_writes_tensorboard_logs(built):
+    from pipeline import run_summary
+    s, _ = built
+    store = run_summary.open_store(s["config"])
+    ctx = store.get_context_by_type_and_name("pipeline_run", s["r1"]["run_id"])
+    [model_run] = [a for ex in store.get_executions_by_context(ctx.id)
+                   for a in run_summary._outputs(store, ex.id).get("model_run", [])]
+    training = os.path.join(model_run.uri, "training")
+    events = [os.path.join(root, f) for root, _, files in os.walk(training)
+              for f in files if "tfevents" in f]
+    assert {os.path.basename(os.path.dirname(e)) for e in events} >= {"train", "validation"}
+    assert all(os.path.getsize(e) > 0 for e in events)
+    history = json.loads(open(os.path.join(training, "history.json")).read())
+    assert len(history["loss"]) == len(history["val_accuracy"]) >= 1
+
+
+def test_report_command_rebuilds_the_latest_run(built):
+    from pipeline import report
+    s, _ = built
+    code, out, err = ops("report", "--workdir", s["workdir"], "--no-latency")
+    assert code == 0, err[-3000:]
+    path = out.strip().splitlines()[-1]
+    assert path == os.path.join(s["workdir"], "reports", report.report_name(s["r4"]["run_id"]))
+    page = _html(path)
+    assert "Not blessed" in page and 'id="confusion-matrix"' in page
+
+
+def test_build_report_never_fails_the_run(tmp_path):
+    from pipeline import report
+    from pipeline.config import PipelineConfig
+    config = PipelineConfig(images=str(tmp_path), workdir=str(tmp_path / "work"),
+                            pipeline_root_uri=str(tmp_path / "remote_root"))
+    path = report.build_report(config, {"run_id": "2024-01-01T00:00:00.1", "blessed": False})
+    assert os.path.basename(path) == "2024-01-01T00_00_00.1.html"
+    page = _html(path)
+    assert "MLMD could not be read" in page and "Not blessed" in page
+    # a remote pipeline root (Kubeflow) gets a copy beside the pipeline's artifacts
+    assert _html(tmp_path / "remote_root" / "reports" / os.path.basename(path)) == page
