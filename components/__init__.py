@@ -9,3 +9,17 @@ import warnings  # noqa: E402
 
 # Python 3.10 is TFX 1.16's price; google client libraries say so on every import.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+
+# Kubeflow V2 records a custom artifact type by its TYPE_NAME, which must read
+# '<package>.<Class>', and imports that path inside the pod to rebuild the type.
+_ARTIFACT_TYPES = {
+    "LabelCheck": "components.label_guard",
+    "TFLiteModels": "components.tflite_export",
+}
+
+
+def __getattr__(name):
+    if name in _ARTIFACT_TYPES:
+        import importlib
+        return getattr(importlib.import_module(_ARTIFACT_TYPES[name]), name)
+    raise AttributeError(f"module 'components' has no attribute {name!r}")

@@ -36,7 +36,7 @@ import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.types.artifact import Artifact
+from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components import backbones, preprocessing
@@ -44,8 +44,10 @@ from components import backbones, preprocessing
 CACHE_FILE_PREFIX = "features"
 
 
-class FeatureCache(Artifact):
-    TYPE_NAME = "FeatureCache"
+# A standard type on purpose: TFX's Kubeflow V2 compiler can only express a
+# resolver query over the types it knows by name; over a custom type it would
+# silently select nothing there while the local runner finds the cache.
+FeatureCache = simple_artifacts.Dataset
 
 
 class BottleneckGenSpec(ComponentSpec):

@@ -38,7 +38,7 @@ class LabelSpaceError(RuntimeError):
 
 
 class LabelCheck(Artifact):
-    TYPE_NAME = "LabelCheck"
+    TYPE_NAME = "components.LabelCheck"  # importable: see components/__init__.py
 
 
 class LabelGuardSpec(ComponentSpec):

@@ -1,7 +1,13 @@
 """TFLite Pusher: publishes a blessed model as ``<serving_dir>/<version>/``.
 
-A version folder holds ``model.tflite``, ``labels.txt`` and ``metrics.json``
-(the evaluation it was blessed on). Versions are integers counting up from 1.
+A version folder holds the TFLite variants that met their parity bound
+(``model.tflite``, ``model_fp16.tflite``, ``model_dynamic.tflite``,
+``model_int8.tflite``; which ones are converted is configuration, see
+components/tflite_export.py), ``labels.txt``, ``parity.json`` (every variant's
+numbers) and ``metrics.json`` (the evaluation it was blessed on, the gate and the
+TFLite parity: what was pushed, and why any variant was not). A blessed model
+none of whose variants meets its bound is not pushed. Versions are integers
+counting up from 1.
 The folder is assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
 into place, so a reader sees a complete version or none (on local disks,
 where rename is atomic; object stores have no atomic rename and are left to
@@ -26,7 +32,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import evaluation, trainer
+from components import evaluation, tflite_export
 
 METRICS_FILE = "metrics.json"
 _VERSION_RE = re.compile(r"^[0-9]+$")
@@ -42,6 +48,7 @@ class TFLitePusherSpec(ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "tflite_models": ChannelParameter(type=tflite_export.TFLiteModels),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -95,19 +102,42 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict["model"])
         eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])
         label_names = json.loads(exec_properties["label_names"])
-        tflite = trainer.tflite_dir(os.path.join(model.uri, "Format-Serving"))
+        tflite = artifact_utils.get_single_uri(input_dict["tflite_models"])
+        parity = tflite_export.read_report(tflite)
+        not_pushed = parity["failed"]
+        for variant, reason in not_pushed.items():
+            logging.warning("TFLite %s not pushed: %s", variant, reason)
+        pushed.set_string_custom_property("pushed_variants", json.dumps(parity["passed"]))
+        pushed.set_string_custom_property("not_pushed_variants", json.dumps(not_pushed, sort_keys=True))
+        if not parity["passed"]:
+            reason = "no TFLite variant met its parity bound: " + "; ".join(
+                f"{v}: {r}" for v, r in not_pushed.items())
+            logging.warning("Nothing pushed: %s", reason)
+            pushed.set_int_custom_property("pushed", 0)
+            pushed.set_string_custom_property("not_pushed_reason", reason)
+            return
         metrics = {
             "evaluation": evaluation.summarize(eval_uri, label_names),
             "gate": json.loads(exec_properties["gate"]),
             "model_uri": model.uri,
             "model_id": model.id,
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tflite": {
+                "pushed": {v: tflite_export.FILE_NAMES[v] for v in parity["passed"]},
+                "not_pushed": not_pushed,
+                "parity": {v: {k: n.get(k) for k in ("agreement", "bound", "accuracy", "bytes", "examples")}
+                           for v, n in parity["variants"].items()},
+                "eval_examples": parity.get("eval_examples"),
+                "calibration_examples": parity.get("calibration_examples"),
+                "reference_accuracy": parity.get("reference_accuracy"),
+            },
         }
         serving_dir = exec_properties["serving_dir"]
-        version = publish_version(serving_dir, {
-            trainer.TFLITE_FILE: os.path.join(tflite, trainer.TFLITE_FILE),
-            trainer.LABELS_FILE: os.path.join(tflite, trainer.LABELS_FILE),
-        }, metrics)
+        files = {tflite_export.FILE_NAMES[v]: os.path.join(tflite, tflite_export.FILE_NAMES[v])
+                 for v in parity["passed"]}
+        for name in (tflite_export.LABELS_FILE, tflite_export.PARITY_FILE):
+            files[name] = os.path.join(tflite, name)
+        version = publish_version(serving_dir, files, metrics)
         destination = os.path.join(serving_dir, str(version))
         logging.info("Pushed version %d to %s", version, destination)
         pushed.set_int_custom_property("pushed", 1)
@@ -119,16 +149,18 @@ class Executor(base_executor.BaseExecutor):
 
 
 class TFLitePusher(base_component.BaseComponent):
-    """Pushes the Trainer's TFLite model when the Evaluator blessed it."""
+    """Pushes the TFLite variants that met their parity bound, when the Evaluator
+    blessed the model."""
 
     SPEC_CLASS = TFLitePusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
                  evaluation: types.BaseChannel, serving_dir: str, label_names,
-                 min_accuracy: float, max_accuracy_drop: float):
+                 min_accuracy: float, max_accuracy_drop: float, tflite_models: types.BaseChannel):
         super().__init__(spec=TFLitePusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation,
+            tflite_models=tflite_models,
             serving_dir=serving_dir, label_names=json.dumps(list(label_names)),
             gate=json.dumps({"min_accuracy": min_accuracy, "max_accuracy_drop": max_accuracy_drop}),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

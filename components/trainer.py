@@ -2,17 +2,18 @@
 
 Referenced by the pipeline as ``components.trainer.run_fn``. The backbone never
 runs here during training: the inputs are Transform's feature vectors. The
-backbone is only *assembled* (not run) for the TFLite export, which has to map
-pixels to probabilities on a phone.
+head is saved on its own too: the TFLiteExport component
+(components/tflite_export.py) puts it on top of the backbone to map pixels to
+probabilities on a phone.
 
 Exports, under the Model artifact:
   Format-Serving/   SavedModel; ``serving_default`` takes serialized
                     tf.Examples with raw image bytes (feature ``image``) and
                     returns ``probabilities`` [N, C], ``classes`` [N, C] (the
                     label names, in probability order) and ``predicted_class``.
-  tflite/model.tflite   float32 input [1, H, W, 3] RGB 0..255, output [1, C]
-                        probabilities.
-  tflite/labels.txt     class names, line i = output index i.
+  head/head.h5      the trained head alone (Keras, features [N, D] -> [N, C]).
+  head/head.json    what it was trained on: backbone, weights (and their
+                    fingerprint), feature_dim, label_names (line i = output i).
   training/history.json and TensorBoard logs (in the model-run artifact).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Dict, List, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -32,15 +34,16 @@ from absl import logging  # noqa: E402
 
 from components import backbones, preprocessing  # noqa: E402
 
-TFLITE_DIR = "tflite"
-TFLITE_FILE = "model.tflite"
+HEAD_DIR = "head"
+HEAD_FILE = "head.h5"
+HEAD_INFO_FILE = "head.json"
 LABELS_FILE = "labels.txt"
 HISTORY_FILE = "history.json"
 
 
-def tflite_dir(serving_model_dir: str) -> str:
-    """Where the TFLite files live, beside Format-Serving in the Model artifact."""
-    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), TFLITE_DIR)
+def head_dir(model_uri: str) -> str:
+    """Where the head lives in the Model artifact (beside Format-Serving)."""
+    return os.path.join(model_uri.rstrip("/"), HEAD_DIR)
 
 
 def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput
@@ -125,16 +128,39 @@ def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model) -> tf_k
     return tf_keras.Model(pixels, head(extractor(pixels)), name=f"{backbone}_classifier")
 
 
-def export_tflite(out_dir: str, pixel_model: tf_keras.Model, label_names: List[str]) -> str:
-    converter = tf.lite.TFLiteConverter.from_keras_model(pixel_model)
-    tflite_bytes = converter.convert()
-    tf.io.gfile.makedirs(out_dir)
-    path = os.path.join(out_dir, TFLITE_FILE)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(tflite_bytes)
-    with tf.io.gfile.GFile(os.path.join(out_dir, LABELS_FILE), "w") as f:
-        f.write("".join(f"{n}\n" for n in label_names))
-    return path
+def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
+              label_names: List[str]) -> str:
+    """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir."""
+    out = head_dir(model_uri)
+    tf.io.gfile.makedirs(out)
+    with tempfile.TemporaryDirectory(prefix="head-") as tmp:  # h5py writes local files only
+        local = os.path.join(tmp, HEAD_FILE)
+        head.save(local, save_format="h5", include_optimizer=False)
+        tf.io.gfile.copy(local, os.path.join(out, HEAD_FILE), overwrite=True)
+    try:
+        fingerprint = None if weights == "random" else backbones.weights_fingerprint(backbone, weights)
+    except backbones.BackboneWeightsError:
+        fingerprint = None
+    info = {"backbone": backbone, "weights": weights, "weights_fingerprint": fingerprint,
+            "feature_dim": int(head.input_shape[-1]), "label_names": list(label_names)}
+    with tf.io.gfile.GFile(os.path.join(out, HEAD_INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    return out
+
+
+def load_head(model_uri: str) -> Tuple[tf_keras.Model, Dict]:
+    """(head, info) saved by :func:`save_head` in the Model artifact at ``model_uri``."""
+    src = head_dir(model_uri)
+    with tf.io.gfile.GFile(os.path.join(src, HEAD_INFO_FILE)) as f:
+        info = json.load(f)
+    with tempfile.TemporaryDirectory(prefix="head-") as tmp:
+        local = os.path.join(tmp, HEAD_FILE)
+        tf.io.gfile.copy(os.path.join(src, HEAD_FILE), local, overwrite=True)
+        head = tf_keras.models.load_model(local, compile=False)
+    if int(head.output_shape[-1]) != len(info["label_names"]):
+        raise ValueError(f"head in {src} has {head.output_shape[-1]} outputs for "
+                         f"{len(info['label_names'])} labels")
+    return head, info
 
 
 def run_fn(fn_args) -> None:
@@ -168,5 +194,5 @@ def run_fn(fn_args) -> None:
                                         "label_space.json"), "w") as f:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
-    pixel_model = build_pixel_model(cfg["backbone"], cfg.get("weights", "imagenet"), head)
-    export_tflite(tflite_dir(fn_args.serving_model_dir), pixel_model, label_names)
+    save_head(os.path.dirname(fn_args.serving_model_dir.rstrip("/")), head, cfg["backbone"],
+              cfg.get("weights", "imagenet"), label_names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from components import image_io
 
@@ -30,6 +30,10 @@ class PipelineConfig:
     # Label-space guard against the blessed baseline (see components/label_guard.py).
     allow_label_change: bool = False
     max_class_share_change: float = 0.2
+    # Backbone features (components/bottleneck_gen.py): images per forward pass,
+    # and augmented views per training image (0 = none), cached like the rest.
+    feature_batch_size: int = 64
+    augment_views: int = 0
     # Head training.
     epochs: int = 100
     batch_size: int = 32
@@ -41,6 +45,13 @@ class PipelineConfig:
     # Gate.
     min_accuracy: float = 0.5
     max_accuracy_drop: float = 0.01
+    # TFLite (components/tflite_export.py): variants converted and, when they meet
+    # their parity bound, pushed ("float32", "fp16", "dynamic", "int8"); bounds are
+    # the minimum top-1 agreement with the SavedModel on the eval split, per variant
+    # (defaults: 0.99 float32/fp16, 0.97 dynamic/int8); int8 calibration images.
+    tflite_variants: Tuple[str, ...] = ("float32", "int8")
+    parity_bounds: Dict[str, float] = dataclasses.field(default_factory=dict)
+    calibration_images: int = 200
     # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
     beam_args: List[str] = dataclasses.field(default_factory=lambda: ["--direct_num_workers=1"])
     enable_cache: bool = False
@@ -85,6 +96,13 @@ class PipelineConfig:
             return "epochs and batch_size must be >= 1"
         if not 0.0 < self.max_class_share_change <= 1.0:
             return f"max_class_share_change must be in (0, 1], got {self.max_class_share_change}"
+        if self.feature_batch_size < 1 or self.augment_views < 0:
+            return "feature_batch_size must be >= 1 and augment_views >= 0"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
+        from components import tflite_export  # TFX and NumPy: only when validating
+        problem = tflite_export.validate_settings(
+            self.tflite_variants, self.parity_bounds, self.calibration_images)
+        if problem:
+            return problem
         return None

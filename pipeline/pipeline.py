@@ -9,8 +9,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from tfx import v1 as tfx  # noqa: E402
 
 from components import evaluation  # noqa: E402
+from components.bottleneck_gen import BottleneckGen, FeatureCache  # noqa: E402
 from components.image_example_gen import ImageExampleGen  # noqa: E402
 from components.label_guard import LabelGuard  # noqa: E402
+from components.tflite_export import TFLiteExport  # noqa: E402
 from components.tflite_pusher import TFLitePusher  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
@@ -42,13 +44,29 @@ def create_components(config: PipelineConfig) -> list:
         baseline_model=baseline_resolver.outputs["model"],
         allow_label_change=config.allow_label_change,
         max_class_share_change=config.max_class_share_change)
+    # The backbone's features, computed only for images the last FeatureCache
+    # doesn't hold (same content, backbone, weights and decoding).
+    feature_cache_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        cache=tfx.dsl.Channel(type=FeatureCache),
+    ).with_id("latest_feature_cache_resolver")
+    bottleneck_gen = BottleneckGen(
+        examples=example_gen.outputs["examples"],
+        previous_cache=feature_cache_resolver.outputs["cache"],
+        backbone=config.backbone, weights=config.weights,
+        batch_size=config.feature_batch_size, augment_views=config.augment_views)
+    bottleneck_gen.add_upstream_node(label_guard)
+    # Transform only builds the graph the serving model embeds (decode, resize,
+    # backbone): with no analyzers it never reads the data, and BottleneckGen
+    # has already materialised the features.
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config())
+        preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config(),
+        materialize=False, disable_statistics=True)
     transform.add_upstream_node(label_guard)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=bottleneck_gen.outputs["bottlenecks"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
@@ -61,13 +79,21 @@ def create_components(config: PipelineConfig) -> list:
         example_splits=["eval"],
         eval_config=evaluation.make_eval_config(
             config.label_names, config.min_accuracy, config.max_accuracy_drop))
+    # TFLite variants of a blessed model, built from raw pixels (backbone + the
+    # Trainer's head), int8-calibrated on train images, with their top-1 agreement
+    # with the SavedModel on the eval split (the parity gate the Pusher applies).
+    tflite_export = TFLiteExport(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        model_blessing=evaluator.outputs["blessing"], variants=config.tflite_variants,
+        parity_bounds=config.parity_bounds, calibration_images=config.calibration_images)
     pusher = TFLitePusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"], serving_dir=config.serving_dir,
         label_names=config.label_names, min_accuracy=config.min_accuracy,
-        max_accuracy_drop=config.max_accuracy_drop)
+        max_accuracy_drop=config.max_accuracy_drop,
+        tflite_models=tflite_export.outputs["tflite_models"])
     return [example_gen, statistics_gen, schema_gen, example_validator, baseline_resolver,
-            label_guard, transform, trainer, evaluator, pusher]
+            label_guard, feature_cache_resolver, bottleneck_gen, transform, trainer, evaluator, tflite_export, pusher]
 
 
 def create_pipeline(config: PipelineConfig,

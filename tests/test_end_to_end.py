@@ -4,7 +4,9 @@
      the value threshold alone refuses it -> not blessed, nothing pushed.
   B  good candidate via the CLI (--json): still no blessed baseline, so only the
      value threshold applies -> blessed, version 1 pushed; its model.tflite
-     loads in the TFLite interpreter and beats chance on the eval images.
+     loads in the TFLite interpreter and beats chance on the eval images; the
+     TFLite variants (float32 + int8 by default) carry their labels in their
+     metadata, and only those meeting their parity bound were pushed.
   C  broken candidate again with min accuracy 0: only the change threshold
      against B (the latest blessed model) can refuse it -> not blessed,
      nothing pushed, version 1 untouched.
@@ -22,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import copy_subset
-from components import preprocessing
+from components import preprocessing, tflite_export
 from components.tflite_pusher import list_versions
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
@@ -90,13 +92,51 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert [row["path"] for row in b["skipped"]] == ["flags/half_synced.png"]
     assert sum(b["examples"].values()) == 75 and b["examples"]["eval"] > 0
     assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(b["seconds"])
+    assert "TFLiteExport" in b["seconds"]
     version = runs["workdir"] / "serving" / "1"
-    assert sorted(os.listdir(version)) == ["labels.txt", "metrics.json", "model.tflite"]
+    parity = json.loads((version / "parity.json").read_text())
+    assert set(parity["variants"]) == {"float32", "int8"}
+    assert parity["passed"][0] == "float32"  # float32 always reproduces the SavedModel
+    pushed = sorted(tflite_export.FILE_NAMES[v] for v in parity["passed"])
+    assert sorted(os.listdir(version)) == sorted(["labels.txt", "metrics.json", "parity.json", *pushed])
     assert (version / "labels.txt").read_text().split() == CLASSES
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["version"] == 1 and metrics["gate"]["min_accuracy"] == 0.6
     assert metrics["evaluation"]["accuracy"] == pytest.approx(b["accuracy"])
     assert set(metrics["evaluation"]["per_class"]) == set(CLASSES)
+    assert metrics["tflite"]["pushed"] == {v: tflite_export.FILE_NAMES[v] for v in parity["passed"]}
+    assert set(metrics["tflite"]["not_pushed"]) == set(parity["failed"])  # each with its reason
+
+
+def test_pushed_variants_carry_metadata_and_meet_parity(runs, capsys):
+    version = runs["workdir"] / "serving" / "1"
+    parity = json.loads((version / "parity.json").read_text())
+    n_eval = runs["b"]["examples"]["eval"]
+    assert parity["eval_examples"] == n_eval and parity["calibration_examples"] == runs["b"]["examples"]["train"]
+    print({v: (e.get("agreement"), e.get("accuracy"), e.get("bytes"), e.get("reason"))
+           for v, e in parity["variants"].items()})
+    for variant, entry in parity["variants"].items():
+        if variant not in parity["passed"]:
+            assert entry["reason"] and not (version / tflite_export.FILE_NAMES[variant]).exists()
+            continue
+        assert entry["agreement"] >= entry["bound"] == tflite_export.DEFAULT_PARITY_BOUNDS[variant]
+        data = (version / tflite_export.FILE_NAMES[variant]).read_bytes()
+        assert tflite_export.read_metadata(data)["labels"] == CLASSES
+        classifier = tflite_export.Classifier(data)
+        if variant == "int8":
+            assert classifier.input_dtype == np.uint8 and classifier.input_quantization == (1.0, 0)
+    # `retrain predict` reads the labels from the pushed file itself.
+    data, label = _eval_images(runs["b"])[0]
+    image = runs["workdir"] / "eval0.png"
+    image.write_bytes(data)
+    import argparse
+    from pipeline import predict
+    parser = argparse.ArgumentParser(prog="retrain")
+    handlers = predict.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", str(version / "model.tflite"), str(image), "--json"])
+    assert handlers["predict"](args) == 0
+    top = json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"][0]["top_k"]
+    assert top[0]["label"] in CLASSES and len(top) == 3
 
 
 def test_cli_shows_progress_on_stderr(runs):

@@ -73,17 +73,18 @@ def test_serving_signature_takes_raw_image_examples(trained, tmp_path):
     assert [c.decode() for c in out["predicted_class"].numpy()] == [labels[i] for i in probs.argmax(1)]
 
 
-def test_tflite_takes_pixels_and_matches_saved_model(trained, tmp_path):
+def test_head_is_saved_and_pixel_model_matches_saved_model(trained, tmp_path):
+    """The head saved in the Model artifact, on top of the backbone, maps pixels to the
+    SavedModel's probabilities (what TFLiteExport converts; conversion is tested in
+    test_tflite_export.py)."""
     _, raw, pixels, expected, head, labels = trained
-    model = trainer.build_pixel_model("mobilenet_v1", "imagenet", head)
-    path = trainer.export_tflite(str(tmp_path / "tflite"), model, labels)
-    assert (tmp_path / "tflite" / "labels.txt").read_text().split() == labels
-    interp = tf.lite.Interpreter(model_path=path, num_threads=2)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    assert list(inp["shape"]) == [1, 224, 224, 3] and inp["dtype"] == np.float32
-    assert list(outp["shape"]) == [1, len(labels)]
-    for i in range(len(raw)):
-        interp.set_tensor(inp["index"], pixels[i:i + 1])
-        interp.invoke()
-        np.testing.assert_allclose(interp.get_tensor(outp["index"])[0], expected[i], atol=1e-4)
+    out = trainer.save_head(str(tmp_path), head, "mobilenet_v1", "imagenet", labels)
+    assert out == str(tmp_path / "head")
+    loaded, info = trainer.load_head(str(tmp_path))
+    assert info["backbone"] == "mobilenet_v1" and info["weights"] == "imagenet"
+    assert info["label_names"] == labels and info["feature_dim"] == 1024
+    assert info["weights_fingerprint"] == backbones.weights_fingerprint("mobilenet_v1", "imagenet")
+    model = trainer.build_pixel_model("mobilenet_v1", "imagenet", loaded)
+    assert model.input_shape == (1, 224, 224, 3)
+    got = np.concatenate([model(pixels[i:i + 1]).numpy() for i in range(len(raw))])
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -1,0 +1,186 @@
+"""TFLite variants per backbone: file size, latency, eval accuracy, parity.
+
+    python -m benchmarks.tflite_variants [--backbones mobilenet_v1,efficientnet_lite0,...]
+        [--variants float32,fp16,dynamic,int8] [--train-per-class 40] [--eval-per-class 20]
+        [--runs 100] [--threads 2] [--calibration 200] [--output results.json]
+
+For each backbone:
+
+1. Weights: ImageNet when available offline (``weights_fingerprint`` succeeds),
+   otherwise random weights, and then only size and latency are reported (accuracy
+   and parity of a head on random features mean nothing).
+2. Data (real weights only): the emoji dataset (all classes), the first
+   ``train-per-class`` images of each class (sorted names) to train the head and to
+   calibrate int8 (``calibration`` of them, spread over all classes), the next
+   ``eval-per-class`` to evaluate.  Features come from the
+   Keras feature extractor (the same function Transform runs); the reference for
+   parity is the Keras pixel model (backbone + head) in float32, which computes what
+   the SavedModel's serving_default does (Transform graph + head).
+3. Each variant is converted exactly as the pipeline does (components/tflite_export.py,
+   metadata included), then: file size; single-image latency in the TFLite
+   interpreter (median of ``runs`` invokes after 5 warm-ups, ``threads`` threads, one
+   fixed image); eval accuracy; parity (top-1 agreement with the reference).
+4. Prints a Markdown table and writes it, with machine facts, as JSON to --output.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from components import backbones, preprocessing, tflite_export, trainer  # noqa: E402
+from pipeline import datasets  # noqa: E402
+
+DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "tflite_variants.json"
+RANDOM_CALIBRATION = 32  # random weights: calibration only shapes the ranges, not reported accuracy
+
+
+def _decode(files, size):
+    out = []
+    for i in range(0, len(files), 32):
+        batch = [f.read_bytes() for f in files[i:i + 32]]
+        out.append(preprocessing.decode_and_resize(tf.constant(batch), size).numpy())
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.float32)
+
+
+def _dataset(train_per_class: int, eval_per_class: int):
+    root = pathlib.Path(datasets.emoji_dataset())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    train, evals = [], []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (root / c).iterdir() if p.is_file())
+        train += [(f, i) for f in files[:train_per_class]]
+        evals += [(f, i) for f in files[train_per_class:train_per_class + eval_per_class]]
+    return classes, train, evals
+
+
+def _latency_ms(classifier: tflite_export.Classifier, pixels: np.ndarray, runs: int) -> float:
+    for _ in range(5):
+        classifier.predict_one(pixels)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier.predict_one(pixels)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def bench_backbone(name: str, variants, data, args) -> list:
+    spec = backbones.get_spec(name)
+    try:
+        backbones.weights_fingerprint(name, "imagenet")
+        weights = "imagenet"
+    except backbones.BackboneWeightsError:
+        weights = "random"
+    classes, train, evals = data
+    if weights == "imagenet":
+        x_train = _decode([f for f, _ in train], spec.input_size)
+        x_eval = _decode([f for f, _ in evals], spec.input_size)
+        y_train = np.array([label for _, label in train])
+        y_eval = np.array([label for _, label in evals])
+        extractor = backbones.build_feature_extractor(name, weights)
+        f_train = np.concatenate([extractor(x_train[i:i + 64]).numpy() for i in range(0, len(x_train), 64)])
+        f_eval = np.concatenate([extractor(x_eval[i:i + 64]).numpy() for i in range(0, len(x_eval), 64)])
+        head, _ = trainer.train_head(f_train, y_train, f_eval, y_eval, len(classes), {"epochs": 100})
+        # Spread over all classes, as TFLiteExport does (components.tflite_export.calibration_images).
+        step = max(1, len(x_train) // max(1, args.calibration))
+        calibration = x_train[::step][:args.calibration]
+    else:
+        x_train = _decode([f for f, _ in train[:RANDOM_CALIBRATION]], spec.input_size)
+        x_eval, y_eval = None, None
+        head = trainer.build_head(spec.feature_dim, len(classes), 1e-3)
+        calibration = x_train
+    pixel_model = trainer.build_pixel_model(name, weights, head)
+    reference = None
+    if x_eval is not None:
+        reference = np.concatenate([pixel_model(x_eval[i:i + 1]).numpy() for i in range(len(x_eval))])
+    probe = calibration[0]
+    rows = []
+    for variant in variants:
+        start = time.time()
+        data_bytes = tflite_export.convert(pixel_model, variant, (lambda: iter(calibration)) if variant == "int8" else None)
+        data_bytes = tflite_export.add_metadata(
+            data_bytes, classes, name=f"{name} ({variant})",
+            description=tflite_export.describe(name, variant, classes))
+        convert_s = time.time() - start
+        classifier = tflite_export.Classifier(data_bytes, num_threads=args.threads)
+        row = {"backbone": name, "weights": weights, "variant": variant, "bytes": len(data_bytes),
+               "convert_seconds": round(convert_s, 1),
+               "latency_ms": round(_latency_ms(classifier, probe, args.runs), 2),
+               "accuracy": None, "reference_accuracy": None, "parity": None, "eval_examples": 0}
+        if reference is not None:
+            probs = classifier.predict(x_eval)
+            row.update(accuracy=float((probs.argmax(1) == y_eval).mean()),
+                       reference_accuracy=float((reference.argmax(1) == y_eval).mean()),
+                       parity=float((probs.argmax(1) == reference.argmax(1)).mean()),
+                       max_abs_diff=float(np.abs(probs - reference).max()),
+                       eval_examples=int(len(y_eval)))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, pattern):
+    return "n/a" if v is None else pattern.format(v)
+
+
+def markdown(rows) -> str:
+    lines = ["| backbone | weights | variant | size (MB) | latency (ms, median of runs) | eval accuracy "
+             "(float ref) | parity (top-1 agreement) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['backbone']} | {r['weights']} | {r['variant']} | {r['bytes'] / 1e6:.2f} | "
+            f"{r['latency_ms']:.1f} | {_fmt(r['accuracy'], '{:.3f}')} ({_fmt(r['reference_accuracy'], '{:.3f}')}) | "
+            f"{_fmt(r['parity'], '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbones", default=",".join(backbones.BACKBONES))
+    p.add_argument("--variants", default=",".join(tflite_export.VARIANTS))
+    p.add_argument("--train-per-class", type=int, default=40)
+    p.add_argument("--eval-per-class", type=int, default=20)
+    p.add_argument("--calibration", type=int, default=tflite_export.DEFAULT_CALIBRATION_IMAGES)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    args = p.parse_args(argv)
+    names = [n for n in args.backbones.split(",") if n]
+    for n in names:
+        backbones.get_spec(n)
+    variants = tflite_export.check_variants(args.variants.split(","))
+    data = _dataset(args.train_per_class, args.eval_per_class)
+    rows = []
+    for name in names:
+        rows += bench_backbone(name, variants, data, args)
+    table = markdown(rows)
+    print(table)
+    out = pathlib.Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "rows": rows, "table": table, "settings": vars(args),
+        "classes": data[0], "train_images": len(data[1]), "eval_images": len(data[2]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "python": platform.python_version()},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

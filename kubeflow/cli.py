@@ -1,0 +1,202 @@
+"""`retrain compile | submit | schedule`: the Kubeflow commands.
+
+  retrain compile --output pipeline.yaml --image IMAGE --pipeline-root URI [--images URI]
+                  [--beam-runner direct|dataflow ...]
+  retrain submit --host URL pipeline.yaml
+  retrain schedule --host URL --cron "0 0 3 * * *" pipeline.yaml
+
+pipeline/cli.py wires these in with ``register(subparsers)``. Handlers return
+the exit code: 0 done, 2 bad input, unreachable host or refused login (one
+``retrain: error: ...`` line on stderr), 1 anything else failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Callable, Dict, List
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers) -> Dict[str, Handler]:
+    c = subparsers.add_parser("compile", help="compile the pipeline to a KFP v2 pipeline.yaml")
+    c.add_argument("--output", required=True, help="pipeline spec to write (.yaml)")
+    c.add_argument("--image", required=True, help="component image (see kubeflow/Dockerfile)")
+    c.add_argument("--pipeline-root", required=True, help="artifact root, e.g. gs://bucket/retrain")
+    c.add_argument("--images", default=None,
+                   help="<label>/<file> folder or CSV manifest as pods see it "
+                        "(default: <pipeline-root>/images)")
+    c.add_argument("--labels", default=None,
+                   help="comma-separated class names; skips listing --images from this machine")
+    c.add_argument("--serving-dir", default=None, help="where versions are pushed "
+                   "(default: <pipeline-root>/serving)")
+    c.add_argument("--pipeline-name", default="image-retrain")
+    c.add_argument("--backbone", default="mobilenet_v1")
+    c.add_argument("--min-accuracy", type=float, default=0.5)
+    c.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    c.add_argument("--eval-percent", type=int, default=20)
+    c.add_argument("--min-images-per-class", type=int, default=10)
+    c.add_argument("--epochs", type=int, default=100)
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--enable-cache", action="store_true",
+                   help="compile with KFP caching on (scheduled runs always turn it off)")
+    c.add_argument("--beam-runner", choices=["direct", "dataflow"], default="direct")
+    c.add_argument("--beam-workers", type=int, default=1,
+                   help="direct: worker processes per Beam step (>1: multi_processing)")
+    c.add_argument("--dataflow-project", default=None)
+    c.add_argument("--dataflow-region", default=None)
+    c.add_argument("--temp-location", default=None,
+                   help="dataflow: gs:// temp folder (default: <pipeline-root>/tmp)")
+    c.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="extra Beam pipeline option, passed through (repeatable), "
+                        "e.g. --beam-arg=--max_num_workers=4")
+
+    for name, text in (("submit", "run a compiled pipeline.yaml once on Kubeflow Pipelines"),
+                       ("schedule", "run a compiled pipeline.yaml on a cron schedule")):
+        p = subparsers.add_parser(name, help=text)
+        p.add_argument("spec", help="pipeline.yaml from `retrain compile`")
+        p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8888")
+        p.add_argument("--pipeline-root", default=None,
+                       help="artifact root (default: the one compiled into the spec)")
+        p.add_argument("--experiment", default="Default")
+        p.add_argument("--namespace", default=None, help="multi-user Kubeflow namespace")
+        p.add_argument("--token-env", default=None, metavar="VAR",
+                       help="environment variable holding a bearer token (never printed)")
+        p.add_argument("--timeout", type=float, default=15.0, help="seconds per HTTP request")
+        if name == "submit":
+            p.add_argument("--run-name", default=None)
+        else:
+            p.add_argument("--cron", required=True,
+                           help="6 fields, seconds first: '0 0 3 * * *' is 03:00 daily")
+            p.add_argument("--name", default=None, help="recurring run name")
+    return {"compile": cmd_compile, "submit": cmd_submit, "schedule": cmd_schedule}
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"retrain: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def beam_args(args: argparse.Namespace, pipeline_root: str) -> List[str]:
+    from kubeflow.runner import KubeflowError, join_uri
+    if args.beam_runner == "direct":
+        if args.beam_workers < 1:
+            raise KubeflowError(f"--beam-workers must be >= 1, got {args.beam_workers}")
+        out = [f"--direct_num_workers={args.beam_workers}"]
+        if args.beam_workers > 1:
+            out.insert(0, "--direct_running_mode=multi_processing")
+        return out + list(args.beam_arg)
+    missing = [flag for flag, value in (("--dataflow-project", args.dataflow_project),
+                                        ("--dataflow-region", args.dataflow_region)) if not value]
+    if missing:
+        raise KubeflowError(f"--beam-runner dataflow needs {' and '.join(missing)}")
+    temp = args.temp_location or join_uri(pipeline_root, "tmp")
+    if not temp.startswith("gs://"):
+        raise KubeflowError(f"Dataflow needs a gs:// temp location, got {temp} "
+                            "(set --temp-location or a gs:// --pipeline-root)")
+    # Dataflow workers run the Transform code and backbone too: same image.
+    return ["--runner=DataflowRunner", f"--project={args.dataflow_project}",
+            f"--region={args.dataflow_region}", f"--temp_location={temp}",
+            f"--sdk_container_image={args.image}", "--experiments=use_runner_v2",
+            *args.beam_arg]
+
+
+def _label_names(args, config):
+    """Labels from --labels, or listed from --images (which must be readable here)."""
+    from pipeline import preflight
+    from kubeflow.runner import KubeflowError
+    if args.labels:
+        labels = sorted({x.strip() for x in args.labels.split(",") if x.strip()})
+        if len(labels) < 2:
+            raise KubeflowError(f"--labels needs at least 2 class names, got {args.labels!r}")
+        return dataclasses.replace(config, label_names=tuple(labels))
+    import tensorflow as tf
+    try:
+        # isdir() in scan() reads an unknown scheme as "missing"; exists() says why.
+        tf.io.gfile.exists(config.images)
+        return preflight.scan(config)
+    except tf.errors.UnimplementedError:
+        scheme = config.images.split("://")[0]
+        raise KubeflowError(
+            f"this environment cannot read {scheme}:// paths ({config.images}); s3:// needs the "
+            "tensorflow-io package (here and in the image); or pass --labels a,b,c") from None
+    except tf.errors.OpError as e:
+        raise KubeflowError(f"cannot list {config.images} from this machine "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:150]}); give it read "
+                            "access or pass --labels a,b,c") from None
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipeline import preflight
+    from pipeline.config import PipelineConfig
+    from kubeflow import runner
+    root = args.pipeline_root.rstrip("/") if "://" in args.pipeline_root \
+        else os.path.abspath(args.pipeline_root)
+    images = args.images or runner.join_uri(root, "images")
+    if "://" not in images:
+        images = os.path.abspath(images)
+    try:
+        runner.check_output_path(args.output)
+        base = PipelineConfig(
+            images=images, workdir=root, pipeline_name=args.pipeline_name,
+            backbone=args.backbone, min_accuracy=args.min_accuracy,
+            max_accuracy_drop=args.max_accuracy_drop, eval_percent=args.eval_percent,
+            min_images_per_class=args.min_images_per_class, epochs=args.epochs,
+            seed=args.seed, enable_cache=args.enable_cache)
+        config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root))
+        problem = config.validate()
+        if problem:
+            return _fail(problem)
+        config = _label_names(args, config)
+        path = runner.compile_pipeline(config, args.output, args.image)
+    except (runner.KubeflowError, preflight.PreflightError) as e:
+        return _fail(e)
+    except Exception as e:  # a compiler failure: name it, keep it on one line
+        return _fail(f"compile failed: {type(e).__name__}: {e}", 1)
+    if "://" in config.serving_dir:
+        print(f"retrain: warning: TFLitePusher publishes with os.rename, which object stores "
+              f"lack: pushing to {config.serving_dir} fails until it supports them "
+              "(use a mounted --serving-dir)", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _token(args) -> str | None:
+    if not args.token_env:
+        return None
+    token = os.environ.get(args.token_env)
+    if not token:
+        from kubeflow.runner import KubeflowError
+        raise KubeflowError(f"--token-env {args.token_env}: that environment variable is empty or unset")
+    return token
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from kubeflow import kfp_client
+    from kubeflow.runner import KubeflowError
+    try:
+        run_id = kfp_client.submit(
+            args.spec, args.host, pipeline_root=args.pipeline_root, run_name=args.run_name,
+            experiment=args.experiment, namespace=args.namespace, token=_token(args),
+            timeout=args.timeout)
+    except KubeflowError as e:
+        return _fail(e)
+    print(f"run {run_id}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from kubeflow import kfp_client
+    from kubeflow.runner import KubeflowError
+    try:
+        recurring_id = kfp_client.schedule(
+            args.spec, args.host, cron=args.cron, name=args.name,
+            pipeline_root=args.pipeline_root, experiment=args.experiment,
+            namespace=args.namespace, token=_token(args), timeout=args.timeout)
+    except KubeflowError as e:
+        return _fail(e)
+    print(f"recurring run {recurring_id}")
+    return 0

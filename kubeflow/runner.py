@@ -1,0 +1,177 @@
+"""Compiles create_pipeline(config) into a KFP v2 pipeline spec (pipeline.yaml).
+
+The very same pipeline definition as the local runner: only the runner differs.
+The spec is written as YAML (kfp 2's client refuses .json) with pipeline spec
+schema 2.1. YAML carries no runtime config, so the pipeline root is also
+recorded as the spec's ``defaultPipelineRoot`` and passed again at submit time.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses  # noqa: E402
+import re  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+import yaml  # noqa: E402
+
+from pipeline.config import PipelineConfig  # noqa: E402
+
+# Entry point the V2 runner writes into every container task: the image must have it.
+EXECUTOR_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor")
+DRIVER_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver")
+OUTPUT_SUFFIXES = (".yaml", ".yml")
+# The V2 compiler's own check for custom artifact schema titles (compiler_utils).
+_KFP_SCHEMA_TITLE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
+
+
+class KubeflowError(ValueError):
+    """Bad Kubeflow input or environment; the message names the thing to fix."""
+
+
+def runner_classes():
+    """(KubeflowV2DagRunner, KubeflowV2DagRunnerConfig), or a loud error.
+
+    tfx.v1.orchestration.experimental hides these behind a bare
+    ``except ImportError: pass``: a broken kfp install would just make them
+    vanish. Importing the module directly surfaces the real cause.
+    """
+    try:
+        from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
+    except ImportError as e:
+        raise KubeflowError(
+            f"the Kubeflow V2 runner cannot be imported ({e}); it needs kfp==2.5.0 and "
+            "kfp-pipeline-spec==0.2.2 from requirements.lock (pip install 'tfx[kfp]==1.16.0')") from e
+    return v2.KubeflowV2DagRunner, v2.KubeflowV2DagRunnerConfig
+
+
+def kubeflow_config(config: PipelineConfig, pipeline_root: str,
+                    serving_dir: Optional[str] = None,
+                    beam_args: Optional[Sequence[str]] = None) -> PipelineConfig:
+    """The config with Kubeflow locations: no local workdir exists in a pod."""
+    return dataclasses.replace(
+        config, workdir=pipeline_root, pipeline_root_uri=pipeline_root,
+        serving_uri=serving_dir or join_uri(pipeline_root, "serving"),
+        beam_args=list(config.beam_args if beam_args is None else beam_args))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def check_output_path(output: str) -> None:
+    if not output.endswith(OUTPUT_SUFFIXES):
+        raise KubeflowError(f"--output must end with .yaml or .yml (kfp's client accepts no "
+                            f"other single-file form), got {output}")
+
+
+def compile_pipeline(config: PipelineConfig, output: str, image: str) -> str:
+    """Writes the spec for `config` (label_names already set) to `output`; returns its path."""
+    check_output_path(output)
+    if not image or any(c.isspace() for c in image):
+        raise KubeflowError(f"--image must be a container image reference, got {image!r}")
+    runner_cls, runner_config_cls = runner_classes()
+    from pipeline.pipeline import create_pipeline
+
+    out_dir, filename = os.path.split(os.path.abspath(output))
+    runner = runner_cls(
+        config=runner_config_cls(default_image=image, use_pipeline_spec_2_1=True),
+        output_dir=out_dir, output_filename=filename)
+    tfx_pipeline = create_pipeline(config)
+    check_artifact_types(tfx_pipeline)
+    check_resolvers(tfx_pipeline)
+    runner.run(tfx_pipeline)
+    _set_default_pipeline_root(output, config.pipeline_root)
+    return output
+
+
+def check_artifact_types(tfx_pipeline) -> None:
+    """Custom artifact types must survive the trip through a KFP spec.
+
+    The V2 compiler writes a custom type's TYPE_NAME as the schema title and
+    refuses titles not matching KFP's pattern; inside the container TFX then
+    imports the title *as a class path*. So TYPE_NAME must be '<module>.<Class>'
+    and import back to the same class, or the pipeline compiles only to fail
+    in a pod.
+    """
+    from tfx.utils import import_utils, name_utils
+    problems = {}
+    for node in tfx_pipeline.components:
+        for channel in list(node.inputs.values()) + list(node.outputs.values()):
+            cls = channel.type
+            if _is_standard(cls):
+                continue  # the runtime knows its class path
+            try:
+                ok = import_utils.import_class_by_path(cls.TYPE_NAME) is cls
+            except (ImportError, AttributeError, ValueError):
+                ok = False
+            if not (ok and _KFP_SCHEMA_TITLE.fullmatch(cls.TYPE_NAME)):
+                problems.setdefault(name_utils.get_full_name(cls), (node.id, cls.TYPE_NAME))
+    if problems:
+        raise KubeflowError("; ".join(
+            f"{path} (first used by {node_id}) has TYPE_NAME {type_name!r}: on Kubeflow it "
+            f"must be '<module>.<Class>' (pattern {_KFP_SCHEMA_TITLE.pattern}) that imports "
+            f"back to this class in the image, e.g. 'components.{path.rsplit('.', 1)[1]}' "
+            "with the components package exposing it"
+            for path, (node_id, type_name) in sorted(problems.items())))
+
+
+def check_resolvers(tfx_pipeline) -> None:
+    """Resolver queries must select the artifacts the local runner would.
+
+    TFX's V2 compiler turns a resolver over a custom artifact type into the
+    query ``schema_title="tfx.Artifact"``, while the artifacts carry their
+    TYPE_NAME as title: on Kubeflow it resolves the wrong thing or nothing,
+    silently, where the local runner finds the latest artifact of that type.
+    """
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.utils import name_utils
+    for node in tfx_pipeline.components:
+        if not isinstance(node, Resolver):
+            continue
+        for key, channel in node.inputs.items():
+            if not _is_standard(channel.type):
+                raise KubeflowError(
+                    f"resolver {node.id} selects {name_utils.get_full_name(channel.type)} ({key}), "
+                    "a custom artifact type: TFX's Kubeflow V2 compiler queries it as "
+                    "schema_title=\"tfx.Artifact\", which does not select these artifacts "
+                    "(the local runner does); give what a "
+                    "resolver selects a standard type (e.g. "
+                    "tfx.types.experimental.simple_artifacts.Dataset)")
+
+
+def _is_standard(cls) -> bool:
+    """A type the V2 compiler and runtime know by name (tfx.Model, tfx.Examples, ...)."""
+    from tfx.orchestration.kubeflow.v2 import compiler_utils
+    from tfx.utils import name_utils
+    return compiler_utils.TITLE_TO_CLASS_PATH.get(f"tfx.{cls.__qualname__}") == \
+        name_utils.get_full_name(cls)
+
+
+def _set_default_pipeline_root(path: str, pipeline_root: str) -> None:
+    """Records the root in the spec itself; KFP uses it when a run names none."""
+    with open(path) as f:
+        text = f.read()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    spec = yaml.safe_load(text)
+    spec["defaultPipelineRoot"] = pipeline_root
+    with open(path, "w") as f:
+        f.write(header)
+        yaml.safe_dump(spec, f, sort_keys=True)
+
+
+def load_spec(path: str):
+    """pipeline.yaml -> kfp PipelineSpec proto (raises KubeflowError if it is not one)."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        return json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())
+    except FileNotFoundError:
+        raise KubeflowError(f"pipeline spec not found: {path}") from None
+    except (yaml.YAMLError, json_format.ParseError, TypeError, AttributeError) as e:
+        raise KubeflowError(f"{path} is not a KFP v2 pipeline spec: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,265 @@
+"""`retrain compile`: the local pipeline as a KFP v2 spec, and the image it names."""
+
+import argparse
+import importlib
+import re
+import shlex
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from tfx.types.artifact import Artifact
+
+from conftest import png_bytes
+from kubeflow import cli, runner
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = "registry.example/retrain:1.0"
+ROOT = "gs://bucket/retrain"
+
+
+def _images(root: Path, classes=("cat", "dog"), n=12) -> Path:
+    for label in classes:
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            (root / label / f"{i}.png").write_bytes(png_bytes(hash((label, i)) % 10_000))
+    return root
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from pipeline import preflight
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_components
+    tmp = tmp_path_factory.mktemp("compile")
+    config = preflight.scan(PipelineConfig(images=str(_images(tmp / "images")), workdir=str(tmp)))
+    config = runner.kubeflow_config(config, ROOT, beam_args=[
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    path = runner.compile_pipeline(config, str(tmp / "pipeline.yaml"), IMAGE)
+    doc = yaml.safe_load(open(path))
+    return {"path": path, "spec": runner.load_spec(path), "doc": doc, "config": config,
+            "nodes": create_components(config)}
+
+
+def _executor(doc, task):
+    label = doc["components"][doc["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
+    return doc["deploymentSpec"]["executors"][label]
+
+
+def test_yaml_is_a_kfp_v2_pipeline_spec(compiled):
+    spec = compiled["spec"]
+    assert compiled["path"].endswith(".yaml")
+    assert spec.schema_version == "2.1.0" and spec.sdk_version == "tfx-1.16.0"
+    assert spec.pipeline_info.name == compiled["config"].pipeline_name
+    assert spec.default_pipeline_root == ROOT  # YAML drops runtime config; kept here
+    from kfp.client.client import _extract_pipeline_yaml  # what Client.create_run_* reads
+    assert _extract_pipeline_yaml(compiled["path"]).pipeline_spec == spec
+
+
+def test_every_component_is_a_task_with_the_image_and_tfx_entry_point(compiled):
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.utils import import_utils, name_utils
+    doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
+    components = [n for n in compiled["nodes"] if not isinstance(n, Resolver)]
+    assert len(components) >= 9
+    for node in components:
+        assert node.id in tasks, f"{node.id} missing from the spec"
+        container = _executor(doc, node.id)["container"]
+        assert container["image"] == IMAGE
+        assert tuple(container["command"]) == runner.EXECUTOR_ENTRYPOINT
+        args = container["args"]
+        executor = name_utils.get_full_name(node.executor_spec.executor_class)
+        assert args[args.index("--executor_class_path") + 1] == executor
+        assert import_utils.import_class_by_path(executor) is node.executor_spec.executor_class
+        assert args[args.index("--json_serialized_invocation_args") + 1] == "{{$}}"
+        assert args[-2:] == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    driver = _executor(doc, "ImageExampleGen")["container"]["lifecycle"]["preCacheCheck"]
+    assert tuple(driver["command"]) == runner.DRIVER_ENTRYPOINT
+    pusher = tasks["TFLitePusher"]["inputs"]["parameters"]["serving_dir"]["runtimeValue"]
+    assert pusher["constant"] == f"{ROOT}/serving"
+
+
+def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled):
+    from tfx.dsl.components.common.resolver import RESOLVER_STRATEGY_CLASS, Resolver
+    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+        LatestBlessedModelStrategy)
+    doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
+    (resolver,) = [n for n in compiled["nodes"] if isinstance(n, Resolver) and
+                   n.exec_properties[RESOLVER_STRATEGY_CLASS] is LatestBlessedModelStrategy]
+    blessing, model = f"{resolver.id}-model-blessing-resolver", f"{resolver.id}-model-resolver"
+    assert _executor(doc, blessing)["resolver"]["outputArtifactQueries"]["model_blessing"]["filter"] == (
+        'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1')
+    query = _executor(doc, model)["resolver"]["outputArtifactQueries"]["model"]["filter"]
+    assert query.startswith('schema_title="tfx.Model" AND state=LIVE AND name=')
+    assert "metadata['current_model_id']" in query
+    assert tasks[model]["inputs"]["artifacts"]["input"]["taskOutputArtifact"]["producerTask"] == blessing
+    # Every consumer of the resolver's model reads the second query's output.
+    def from_resolver(channel):
+        return getattr(channel, "producer_component_id", None) == resolver.id
+    consumers = [n for n in compiled["nodes"]
+                 if n is not resolver and any(map(from_resolver, n.inputs.values()))]
+    assert consumers
+    for node in consumers:
+        sources = {k: v["taskOutputArtifact"]["producerTask"]
+                   for k, v in tasks[node.id]["inputs"]["artifacts"].items()}
+        keys = [k for k, c in node.inputs.items() if from_resolver(c)]
+        assert all(sources[k] == model for k in keys) and model in tasks[node.id]["dependentTasks"]
+
+
+# ----------------------------------------------------------------- failing loudly
+
+class Unimportable(Artifact):
+    TYPE_NAME = "retrain.Unimportable"  # matches KFP's pattern, but no module `retrain`
+
+
+class Unqualified(Artifact):
+    TYPE_NAME = "Unqualified"
+
+
+def test_custom_artifact_types_must_import_back_from_their_type_name():
+    from tfx.types import standard_artifacts
+
+    def pipeline(cls):
+        node = types.SimpleNamespace(id="Guard", inputs={},
+                                     outputs={"out": types.SimpleNamespace(type=cls)})
+        return types.SimpleNamespace(components=[node])
+
+    runner.check_artifact_types(pipeline(standard_artifacts.Model))
+    with pytest.raises(runner.KubeflowError, match=r"Unimportable \(first used by Guard\) has "
+                       r"TYPE_NAME 'retrain.Unimportable'"):
+        runner.check_artifact_types(pipeline(Unimportable))
+    with pytest.raises(runner.KubeflowError, match="'Unqualified': on Kubeflow it must be '<module>.<Class>'"):
+        runner.check_artifact_types(pipeline(Unqualified))
+
+
+def test_resolvers_over_custom_artifact_types_are_refused():
+    from tfx import v1 as tfx
+    from tfx.types import standard_artifacts
+
+    def pipeline(cls):
+        return types.SimpleNamespace(components=[tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            cache=tfx.dsl.Channel(type=cls)).with_id("latest_cache")])
+
+    runner.check_resolvers(pipeline(standard_artifacts.Examples))
+    with pytest.raises(runner.KubeflowError, match=r"resolver latest_cache selects "
+                       r"test_kubeflow_compile.Unqualified \(cache\), a custom artifact type"):
+        runner.check_resolvers(pipeline(Unqualified))
+
+
+def test_a_broken_kfp_install_is_an_error_not_a_missing_runner(monkeypatch):
+    import tfx.orchestration.kubeflow.v2 as v2
+    monkeypatch.setitem(sys.modules, "kfp.pipeline_spec", None)
+    monkeypatch.setitem(sys.modules, "kfp.pipeline_spec.pipeline_spec_pb2", None)
+    monkeypatch.delitem(sys.modules, "tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner")
+    monkeypatch.delattr(v2, "kubeflow_v2_dag_runner")
+    with pytest.raises(runner.KubeflowError, match="Kubeflow V2 runner cannot be imported .*kfp==2.5.0"):
+        runner.runner_classes()
+
+
+# ------------------------------------------------------------------------- CLI
+
+def _retrain(capsys, *argv):
+    parser = argparse.ArgumentParser(prog="retrain")
+    handlers = cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    code = handlers[args.command](args)
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def test_cli_compile_for_dataflow(tmp_path, capsys):
+    out_file = tmp_path / "pipeline.yaml"
+    code, out, err = _retrain(
+        capsys, "compile", "--output", out_file, "--image", IMAGE, "--pipeline-root", ROOT,
+        "--labels", "dog,cat", "--beam-runner", "dataflow", "--dataflow-project", "proj",
+        "--dataflow-region", "europe-west4", "--beam-arg=--max_num_workers=4")
+    assert code == 0, err
+    assert out.strip() == str(out_file)
+    assert any("warning: TFLitePusher publishes with os.rename" in line for line in err)
+    doc = yaml.safe_load(out_file.read_text())
+    args = _executor(doc, "Transform")["container"]["args"]
+    assert args[-7:] == ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
+                         f"--temp_location={ROOT}/tmp", f"--sdk_container_image={IMAGE}",
+                         "--experiments=use_runner_v2", "--max_num_workers=4"]
+    gen = doc["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
+    assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--output", "p.json", "--labels", "a,b"], "--output must end with .yaml or .yml"),
+    (["--labels", "a,b", "--beam-runner", "dataflow"], "needs --dataflow-project and --dataflow-region"),
+    (["--labels", "a,b", "--beam-workers", "0"], "--beam-workers must be >= 1"),
+    (["--labels", "only"], "--labels needs at least 2 class names"),
+    (["--images", "s3://bucket/images"], "s3:// needs the tensorflow-io package"),
+    (["--labels", "a,b", "--eval-percent", "0"], "eval_percent must be between 1 and 99"),
+])
+def test_cli_compile_bad_input(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["compile", "--image", IMAGE, "--pipeline-root", ROOT, *extra]
+    if "--output" not in extra:
+        argv += ["--output", "p.yaml"]
+    code, out, err = _retrain(capsys, *argv)
+    assert code == 2 and len(err) == 1 and err[0].startswith("retrain: error: "), err
+    assert message in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_compile_lists_local_images(tmp_path, capsys):
+    code, _, err = _retrain(capsys, "compile", "--output", tmp_path / "p.yaml", "--image", IMAGE,
+                            "--pipeline-root", tmp_path / "root", "--images", tmp_path / "missing")
+    assert code == 2 and err == [f"retrain: error: images folder not found: {tmp_path / 'missing'}"]
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+def _dockerfile():
+    text = (REPO / "kubeflow" / "Dockerfile").read_text()
+    return re.sub(r"\\\n", " ", text)  # join continued lines
+
+
+def test_dockerfile_builds_on_the_tfx_image_we_test_with():
+    import tfx
+    text = _dockerfile()
+    base = re.search(r"^ARG TFX_IMAGE=(\S+)$", text, re.M).group(1)
+    assert base == f"gcr.io/tfx-oss-public/tfx:{tfx.__version__}" and tfx.__version__ == "1.16.0"
+    assert re.search(r"^FROM \$\{TFX_IMAGE\}$", text, re.M)
+    env = re.search(r"^ENV (.+)$", text, re.M).group(1)
+    assert "TF_USE_LEGACY_KERAS=1" in env.split() and "TFX_RETRAIN_CACHE=/opt/retrain/cache" in env.split()
+    assert "-r requirements.lock" in text and "retrain fetch-weights" in text
+
+
+def test_dockerfile_copies_only_what_exists_and_the_context_keeps():
+    text = _dockerfile()
+    sources = [shlex.split(line)[:-1] for line in re.findall(r"^COPY (.+)$", text, re.M)]
+    sources = [s for group in sources for s in group]
+    assert {"requirements.lock", "pyproject.toml", "pipeline", "components", "kubeflow"} <= set(sources)
+    ignore = (REPO / "kubeflow" / "Dockerfile.dockerignore").read_text().split()
+    for src in sources:
+        assert (REPO / src).exists(), f"COPY {src}: no such file"
+        assert f"!{src}" in ignore, f"{src} is excluded from the build context"
+    # Every package the wheel installs is copied (pyproject's package list).
+    packages = re.search(r'include = \[(.*?)\]', (REPO / "pyproject.toml").read_text()).group(1)
+    assert {p.strip(' "*') for p in packages.split(",")} <= set(sources)
+
+
+def test_dockerfile_runs_the_image_check_which_covers_every_task(compiled, imagenet_weights):
+    from kubeflow import image_check
+    text = _dockerfile()
+    assert re.search(r"python -m kubeflow\.image_check \$\{BACKBONES\}", text)
+    assert 'ARG BACKBONES="mobilenet_v1"' in text  # the default backbone's weights are baked in
+    image_check.check(["mobilenet_v1"])
+    # What the compiled tasks start is what the check imports...
+    doc = compiled["doc"]
+    containers = [e["container"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e]
+    started = {c["command"][-1] for c in containers} | {runner.DRIVER_ENTRYPOINT[-1]}
+    assert started <= set(image_check.modules())
+    # ...and every executor class the spec names was imported along the way.
+    for c in containers:
+        module = c["args"][c["args"].index("--executor_class_path") + 1].rsplit(".", 1)[0]
+        assert module in sys.modules, module
+    scripts = re.search(r"\[project\.scripts\]\s*\nretrain = \"([\w.]+):(\w+)\"",
+                        (REPO / "pyproject.toml").read_text())
+    assert scripts and hasattr(importlib.import_module(scripts.group(1)), scripts.group(2))

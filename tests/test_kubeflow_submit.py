@@ -1,0 +1,259 @@
+"""`retrain submit` / `retrain schedule` against a local fake of the KFP v2 REST API.
+
+The fake speaks the subset kfp's client uses (healthz, experiments, runs,
+recurring runs), binds 127.0.0.1 on an ephemeral port, serves a bounded number
+of requests and records them, so the tests can check what was sent.
+"""
+
+import argparse
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.parse
+
+import pytest
+import yaml
+
+from kubeflow import cli
+
+ROOT = "gs://bucket/retrain/pipeline_root"
+SECRET = "s3cr3t-t0ken-value"
+MAX_REQUESTS = 50
+
+SPEC = {
+    "pipelineInfo": {"name": "image-retrain"}, "schemaVersion": "2.1.0", "sdkVersion": "tfx-1.16.0",
+    "defaultPipelineRoot": ROOT,
+    "root": {"dag": {"tasks": {
+        "ImageExampleGen": {"taskInfo": {"name": "ImageExampleGen"},
+                            "componentRef": {"name": "ImageExampleGen"},
+                            "cachingOptions": {"enableCache": True}},
+        "Trainer": {"taskInfo": {"name": "Trainer"}, "componentRef": {"name": "Trainer"},
+                    "dependentTasks": ["ImageExampleGen"]}}}},
+    "components": {"ImageExampleGen": {"executorLabel": "e1"}, "Trainer": {"executorLabel": "e2"}},
+    "deploymentSpec": {"executors": {
+        "e1": {"container": {"image": "example/retrain:1", "command": ["python"]}},
+        "e2": {"container": {"image": "example/retrain:1", "command": ["python"]}}}},
+}
+
+
+class FakeKfp:
+    """Records requests; `token` makes it demand that bearer token; `fail_runs` a 500."""
+
+    def __init__(self, token=None, fail_runs=None, healthz_html=False):
+        self.requests, self.token = [], token
+        self.fail_runs, self.healthz_html = fail_runs, healthz_html
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, doc, kind="application/json"):
+                body = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                url = urllib.parse.urlparse(self.path)
+                fake.requests.append({"method": method, "path": url.path, "body": body,
+                                      "query": urllib.parse.parse_qs(url.query),
+                                      "auth": self.headers.get("Authorization")})
+                if len(fake.requests) > MAX_REQUESTS:
+                    return self._reply(503, {"message": "too many requests for a test"})
+                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
+                    return self._reply(401, {"code": 16, "message": "Unauthenticated"})
+                route = (method, url.path)
+                if route == ("GET", "/apis/v2beta1/healthz"):
+                    if fake.healthz_html:
+                        return self._reply(200, "<html>Sign in</html>", "text/html")
+                    return self._reply(200, {"multi_user": False})
+                if route == ("GET", "/apis/v2beta1/experiments"):
+                    return self._reply(200, {})  # none yet: the client creates one
+                if route == ("POST", "/apis/v2beta1/experiments"):
+                    return self._reply(200, {"experiment_id": "exp-1", **body})
+                if route == ("POST", "/apis/v2beta1/runs"):
+                    if fake.fail_runs:
+                        return self._reply(500, {"code": 13, "message": fake.fail_runs})
+                    return self._reply(200, {"run_id": "run-123", "display_name": body["display_name"]})
+                if route == ("POST", "/apis/v2beta1/recurringruns"):
+                    return self._reply(200, {"recurring_run_id": "rr-9", "display_name": body["display_name"]})
+                return self._reply(404, {"message": f"no route {method} {url.path}"})
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.server.timeout = 0.05
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self):
+        while not self._stop.is_set():
+            self.server.handle_request()  # returns after one request or 0.05 s
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.server_close()
+
+    def posted(self, path):
+        return [r["body"] for r in self.requests if r["method"] == "POST" and r["path"] == path]
+
+
+@pytest.fixture
+def spec_file(tmp_path, monkeypatch):
+    import kfp.client.client as kfp_client_module
+    # Keep the kfp client away from this machine's ~/.config/kfp/context.json.
+    monkeypatch.setattr(kfp_client_module.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "ctx.json"))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return str(path)
+
+
+def _retrain(capsys, *argv):
+    parser = argparse.ArgumentParser(prog="retrain")
+    handlers = cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    code = handlers[args.command](args)
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def test_submit_creates_a_run_with_the_compiled_pipeline_root(spec_file, capsys):
+    with FakeKfp() as kfp:
+        code, out, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file,
+                                  "--run-name", "nightly")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "run run-123"
+    (run,) = kfp.posted("/apis/v2beta1/runs")
+    assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    # The YAML carries no runtime config: the root is sent with the run.
+    assert run["runtime_config"]["pipeline_root"] == ROOT
+    assert set(run["pipeline_spec"]["root"]["dag"]["tasks"]) == {"ImageExampleGen", "Trainer"}
+    assert kfp.posted("/apis/v2beta1/experiments")[0]["display_name"] == "Default"
+
+
+def test_submit_pipeline_root_flag_overrides_and_is_required_somewhere(spec_file, tmp_path, capsys):
+    with FakeKfp() as kfp:
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file,
+                                "--pipeline-root", "gs://other/root")
+        assert code == 0, err
+        assert kfp.posted("/apis/v2beta1/runs")[0]["runtime_config"]["pipeline_root"] == "gs://other/root"
+        bare = tmp_path / "bare.yaml"
+        bare.write_text(yaml.safe_dump({k: v for k, v in SPEC.items() if k != "defaultPipelineRoot"}))
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, bare)
+    assert code == 2 and err == [f"retrain: error: {bare} names no pipeline root: pass --pipeline-root URI"]
+
+
+def test_schedule_sends_cron_concurrency_catchup_and_caching_off(spec_file, capsys):
+    with FakeKfp() as kfp:
+        code, out, err = _retrain(capsys, "schedule", "--host", kfp.url, "--cron", "0 0 3 * * *",
+                                  spec_file)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "recurring run rr-9"
+    (job,) = kfp.posted("/apis/v2beta1/recurringruns")
+    assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert int(job["max_concurrency"]) == 1 and job["no_catchup"] is True
+    assert job["mode"] == "ENABLE" and job["experiment_id"] == "exp-1"
+    assert job["runtime_config"]["pipeline_root"] == ROOT
+    tasks = job["pipeline_spec"]["root"]["dag"]["tasks"]
+    # Caching off on every task, including the one compiled with it on.
+    assert all("cachingOptions" in t and not t["cachingOptions"].get("enableCache")
+               for t in tasks.values())
+
+
+def test_schedule_refuses_a_five_field_cron_before_any_request(spec_file, capsys):
+    with FakeKfp() as kfp:
+        code, _, err = _retrain(capsys, "schedule", "--host", kfp.url, "--cron", "0 3 * * *", spec_file)
+    assert code == 2 and len(err) == 1
+    assert "6 fields, seconds first" in err[0] and "'0 0 3 * * *'" in err[0]
+    assert kfp.requests == []
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nothing_listening_is_a_clear_error(spec_file, capsys):
+    start = time.time()
+    code, _, err = _retrain(capsys, "submit", "--host", f"http://127.0.0.1:{_free_port()}", spec_file)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("retrain: error: cannot reach Kubeflow Pipelines at http://127.0.0.1:")
+    assert time.time() - start < 10
+
+
+def test_a_host_that_never_answers_times_out(spec_file, capsys):
+    with socket.socket() as silent:  # accepts connections (backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        start = time.time()
+        code, _, err = _retrain(capsys, "schedule", "--host",
+                                f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                "--cron", "0 0 3 * * *", "--timeout", "1", spec_file)
+    assert code == 2 and "cannot reach" in err[0] and "within 1 s" in err[0]
+    assert time.time() - start < 10
+
+
+def test_refused_login_is_named_and_the_token_never_printed(spec_file, capsys, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", SECRET + "-wrong")
+    with FakeKfp(token=SECRET) as kfp:
+        code, out, err = _retrain(capsys, "submit", "--host", kfp.url, "--token-env", "KFP_TOKEN",
+                                  spec_file)
+        assert code == 2 and len(err) == 1
+        assert "refused the request (HTTP 401): authentication failed" in err[0]
+        assert SECRET not in out + "".join(err)
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, "--token-env", "NO_SUCH_VAR",
+                                spec_file)
+        assert code == 2 and "NO_SUCH_VAR" in err[0]
+
+
+def test_a_valid_token_goes_with_every_request(spec_file, capsys, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", SECRET)
+    with FakeKfp(token=SECRET) as kfp:
+        code, out, err = _retrain(capsys, "submit", "--host", kfp.url, "--token-env", "KFP_TOKEN",
+                                  spec_file)
+    assert code == 0, err
+    assert kfp.requests and all(r["auth"] == f"Bearer {SECRET}" for r in kfp.requests)
+    assert SECRET not in out + "".join(err)
+
+
+def test_login_page_and_server_errors_are_explained(spec_file, capsys):
+    with FakeKfp(healthz_html=True) as kfp:
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file)
+    assert code == 2 and "login page" in err[0]
+    for refusal in ("resolver not implemented yet",
+                    'executor(label="x"): non-container and non-importer executor not implemented'):
+        with FakeKfp(fail_runs=f"Failed to create a run: {refusal}") as kfp:
+            code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file)
+        assert code == 2 and len(err) == 1
+        assert "HTTP 500" in err[0] and "cannot run TFX Resolver nodes" in err[0]
+
+
+def test_bad_host_and_bad_package_are_bad_input(spec_file, tmp_path, capsys):
+    code, _, err = _retrain(capsys, "submit", "--host", "ml-pipeline:8888", spec_file)
+    assert code == 2 and "--host must be an http(s) URL" in err[0]
+    json_spec = tmp_path / "pipeline.json"
+    json_spec.write_text(json.dumps(SPEC))
+    code, _, err = _retrain(capsys, "submit", "--host", "http://127.0.0.1:1", json_spec)
+    assert code == 2 and ".yaml/.yml" in err[0]
+    not_spec = tmp_path / "argo.yaml"
+    not_spec.write_text("kind: Workflow\nspec: {}\n")
+    code, _, err = _retrain(capsys, "submit", "--host", "http://127.0.0.1:1", not_spec)
+    assert code == 2 and "is not a KFP v2 pipeline spec" in err[0]

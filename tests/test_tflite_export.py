@@ -1,0 +1,264 @@
+"""TFLite variants: conversion, embedded metadata, parity gate, and the Pusher's use of it.
+
+One module fixture runs the TFLiteExport executor for all four variants on a tiny
+real model (MobileNet v1 ImageNet + a head trained on 120 emoji) and raw Examples
+written like ImageExampleGen's; the other tests read what it produced.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components import evaluation, tflite_export, tflite_pusher, trainer
+from components.tflite_export import FILE_NAMES, VARIANTS
+
+TRAIN_PER_CLASS = 40
+EVAL_PER_CLASS = 20
+
+
+def _example(image: bytes, label: int) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def _write_split(uri, split, rows):
+    os.makedirs(os.path.join(uri, f"Split-{split}"), exist_ok=True)
+    path = os.path.join(uri, f"Split-{split}", "data_tfrecord-00000-of-00001.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for image, label in rows:
+            w.write(_example(image, label))
+
+
+def _artifact(cls, uri, **props):
+    a = cls()
+    a.uri = str(uri)
+    a.id = 7
+    for k, v in props.items():
+        a.set_int_custom_property(k, v)
+    return a
+
+
+@pytest.fixture(scope="module")
+def model_and_examples(tiny_transform, emoji_root, tmp_path_factory):
+    """(Model artifact, Examples artifact, label names, eval (image, label) rows, root).
+
+    The Model: MobileNet v1 ImageNet + a head trained on TRAIN_PER_CLASS emoji of 3
+    classes, exported like the Trainer does (SavedModel with the tiny_transform graph,
+    which has no analyzers, so it fits any data; and the head).  The Examples: those
+    training images (calibration) and EVAL_PER_CLASS other images per class (parity).
+    """
+    import tensorflow_transform as tft
+    from components import backbones, preprocessing
+    out_dir, _, _, labels = tiny_transform
+    train_rows, eval_rows = [], []
+    for i, name in enumerate(labels):
+        files = sorted((emoji_root / name).iterdir())
+        train_rows += [(f.read_bytes(), i) for f in files[:TRAIN_PER_CLASS]]
+        eval_rows += [(f.read_bytes(), i) for f in files[TRAIN_PER_CLASS:TRAIN_PER_CLASS + EVAL_PER_CLASS]]
+    extractor = backbones.build_feature_extractor("mobilenet_v1", "imagenet")
+
+    def features(rows):
+        return extractor(preprocessing.decode_and_resize(tf.constant([r[0] for r in rows]), 224)).numpy()
+    y_train = np.array([r[1] for r in train_rows])
+    y_eval = np.array([r[1] for r in eval_rows])
+    head, _ = trainer.train_head(features(train_rows), y_train, features(eval_rows), y_eval,
+                                 len(labels), {"epochs": 60})
+    root = tmp_path_factory.mktemp("tflite_export")
+    model_uri = root / "model"
+    trainer.export_serving(str(model_uri / "Format-Serving"), tft.TFTransformOutput(out_dir), head, labels)
+    trainer.save_head(str(model_uri), head, "mobilenet_v1", "imagenet", labels)
+    examples_uri = root / "examples"
+    _write_split(str(examples_uri), "train", train_rows)
+    _write_split(str(examples_uri), "eval", eval_rows)
+    examples = _artifact(standard_artifacts.Examples, examples_uri)
+    examples.split_names = '["train", "eval"]'
+    return _artifact(standard_artifacts.Model, model_uri), examples, labels, eval_rows, root
+
+
+def _run_export(model, examples, out_uri, variants, blessed=1, bounds=None):
+    out = _artifact(tflite_export.TFLiteModels, out_uri)
+    os.makedirs(out_uri, exist_ok=True)
+    blessing = _artifact(standard_artifacts.ModelBlessing, str(out_uri) + "-blessing", blessed=blessed)
+    tflite_export.Executor().Do(
+        {"model": [model], "examples": [examples], "model_blessing": [blessing]},
+        {"tflite_models": [out]},
+        {"variants": json.dumps(list(variants)), "parity_bounds": json.dumps(bounds or {}),
+         "calibration_images": 200, "num_threads": 2})
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(model_and_examples):
+    model, examples, labels, eval_rows, root = model_and_examples
+    out = _run_export(model, examples, root / "tflite", VARIANTS)
+    return out, tflite_export.read_report(out.uri)
+
+
+def test_every_variant_loads_has_labels_and_meets_its_bound(exported, model_and_examples):
+    out, report = exported
+    labels, eval_rows = model_and_examples[2], model_and_examples[3]
+    assert report["eval_examples"] == len(eval_rows)
+    assert report["calibration_examples"] == 3 * TRAIN_PER_CLASS
+    print(json.dumps({v: {k: report["variants"][v].get(k) for k in ("agreement", "accuracy", "bytes", "max_abs_diff")}
+                      for v in VARIANTS}))
+    for variant in VARIANTS:
+        entry = report["variants"][variant]
+        data = open(os.path.join(out.uri, FILE_NAMES[variant]), "rb").read()
+        assert entry["bytes"] == len(data)
+        meta = tflite_export.read_metadata(data)
+        assert meta["labels"] == labels
+        assert meta["mean"] == [0.0] and meta["std"] == [1.0]
+        assert variant in meta["name"] and "0..255" in meta["description"]
+        classifier = tflite_export.Classifier.from_bytes_with_metadata(data)
+        assert classifier.input_size == (224, 224) and classifier.num_classes == len(labels)
+        assert entry["bound"] == tflite_export.DEFAULT_PARITY_BOUNDS[variant]
+        assert entry["passed"] and entry["agreement"] >= entry["bound"] and entry["reason"] is None
+        assert entry["examples"] == len(eval_rows)
+    assert report["passed"] == list(VARIANTS) and report["failed"] == {}
+    sizes = {v: report["variants"][v]["bytes"] for v in VARIANTS}
+    assert sizes["int8"] < sizes["float32"] / 3 and sizes["dynamic"] < sizes["float32"] / 3
+    assert sizes["fp16"] < sizes["float32"] * 0.6
+    assert open(os.path.join(out.uri, "labels.txt")).read().split() == labels
+    assert out.get_string_custom_property("passed_variants") == json.dumps(list(VARIANTS))
+
+
+def test_int8_takes_raw_uint8_pixels_and_outputs_probabilities(exported, model_and_examples):
+    out, report = exported
+    eval_rows = model_and_examples[3]
+    assert report["variants"]["int8"]["input_type"] == "uint8"
+    assert report["variants"]["int8"]["output_type"] == "uint8"
+    interp = tf.lite.Interpreter(model_path=os.path.join(out.uri, FILE_NAMES["int8"]), num_threads=2)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
+    assert tuple(inp["quantization"]) == (1.0, 0)  # a phone feeds its uint8 bitmap as is
+    from components import preprocessing
+    pixels = preprocessing.decode_and_resize(tf.constant([eval_rows[0][0]]), 224).numpy()
+    interp.set_tensor(inp["index"], np.round(pixels).astype(np.uint8))
+    interp.invoke()
+    scale, zero = outp["quantization"]
+    probs = (interp.get_tensor(outp["index"])[0].astype(np.float32) - zero) * scale
+    assert abs(probs.sum() - 1.0) < 0.03
+
+
+def test_float_variants_match_the_saved_model_closely(exported):
+    _, report = exported
+    assert report["variants"]["float32"]["max_abs_diff"] < 1e-4
+    assert report["variants"]["float32"]["agreement"] == 1.0
+    assert report["variants"]["fp16"]["max_abs_diff"] < 0.05
+
+
+def test_unblessed_model_is_not_converted(model_and_examples):
+    model, examples, _, _, root = model_and_examples
+    out = _run_export(model, examples, root / "unblessed", ["float32"], blessed=0)
+    assert out.get_int_custom_property("converted") == 0
+    assert os.listdir(out.uri) == []
+
+
+def test_parity_counter_and_reasons():
+    c = tflite_export.ParityCounter()
+    ref = np.eye(3)[[0, 1, 2, 0]]
+    probs = np.eye(3)[[0, 1, 1, 0]]
+    c.update(probs, ref, np.array([0, 1, 2, 1]))
+    r = c.result(0.97)
+    assert r["agreement"] == 0.75 and r["agree"] == 3 and r["examples"] == 4
+    assert r["accuracy"] == 0.5 and not r["passed"]
+    assert "0.7500 (3/4) is below the bound 0.9700" in r["reason"]
+    assert tflite_export.ParityCounter().result(0.5)["reason"] == "no eval examples to measure parity on"
+
+
+def test_settings_are_validated():
+    assert tflite_export.check_variants(["int8", "float32", "int8"]) == ["int8", "float32"]
+    with pytest.raises(ValueError, match="valid variants: float32, fp16, dynamic, int8"):
+        tflite_export.check_variants(["int4"])
+    with pytest.raises(ValueError, match="no TFLite variant"):
+        tflite_export.check_variants([])
+    assert tflite_export.parity_bounds({"int8": 0.9})["int8"] == 0.9
+    assert tflite_export.parity_bounds()["float32"] == 0.99
+    for bad in ({"int8": 1.5}, {"int8": "high"}, {"int4": 0.5}):
+        with pytest.raises(ValueError):
+            tflite_export.parity_bounds(bad)
+    assert tflite_export.validate_settings(["int8"], {}, 0).startswith("calibration_images")
+    assert tflite_export.validate_settings(["float32", "int8"], {"fp16": 0.98}, 200) is None
+    from pipeline.config import PipelineConfig
+    assert "int4" in PipelineConfig(images="x", workdir="y", tflite_variants=("int4",)).validate()
+    assert PipelineConfig(images="x", workdir="y").validate() is None
+
+
+def test_metadata_is_required_to_read_labels(tmp_path):
+    model = tf_keras_tiny_model()
+    data = tflite_export.convert(model, "float32")
+    with pytest.raises(tflite_export.MetadataError):
+        tflite_export.read_metadata(data)
+    with_meta = tflite_export.add_metadata(data, ["a", "b"], name="tiny", description="d")
+    assert tflite_export.read_metadata(with_meta)["labels"] == ["a", "b"]
+
+
+def tf_keras_tiny_model():
+    import tf_keras
+    inputs = tf_keras.Input([4, 4, 3], batch_size=1)
+    pooled = tf_keras.layers.GlobalAveragePooling2D()(inputs)
+    return tf_keras.Model(inputs, tf_keras.layers.Dense(2, activation="softmax")(pooled))
+
+
+# ------------------------------------------------------------------ the Pusher
+
+
+def _pusher_run(tmp_path, monkeypatch, tflite_uri, blessed=1):
+    monkeypatch.setattr(evaluation, "summarize", lambda uri, labels: {"accuracy": 0.9})
+    model = _artifact(standard_artifacts.Model, tmp_path / "model")
+    pushed = _artifact(standard_artifacts.PushedModel, tmp_path / "pushed")
+    os.makedirs(pushed.uri, exist_ok=True)
+    tflite_pusher.Executor().Do(
+        {"model": [model], "evaluation": [_artifact(standard_artifacts.ModelEvaluation, tmp_path / "ev")],
+         "model_blessing": [_artifact(standard_artifacts.ModelBlessing, tmp_path / "bl", blessed=blessed)],
+         "tflite_models": [_artifact(tflite_export.TFLiteModels, tflite_uri)]},
+        {"pushed_model": [pushed]},
+        {"serving_dir": str(tmp_path / "serving"), "label_names": json.dumps(["a", "b"]),
+         "gate": json.dumps({"min_accuracy": 0.5, "max_accuracy_drop": 0.01})})
+    return pushed
+
+
+def _fake_export(uri, passed, failed):
+    os.makedirs(uri, exist_ok=True)
+    variants = {}
+    for v in passed:
+        (uri / FILE_NAMES[v]).write_bytes(b"tflite " + v.encode())
+        variants[v] = {"agreement": 1.0, "bound": 0.99, "accuracy": 0.9, "bytes": 10, "examples": 20, "passed": True}
+    for v, reason in failed.items():
+        variants[v] = {"agreement": 0.5, "bound": 0.97, "accuracy": 0.4, "bytes": 10, "examples": 20,
+                       "passed": False, "reason": reason}
+    (uri / "labels.txt").write_text("a\nb\n")
+    (uri / "parity.json").write_text(json.dumps({
+        "variants": variants, "passed": list(passed), "failed": failed,
+        "eval_examples": 20, "calibration_examples": 50, "reference_accuracy": 0.9}))
+
+
+def test_pusher_pushes_only_variants_that_met_their_bound(tmp_path, monkeypatch):
+    reason = "top-1 agreement with the SavedModel 0.5000 (10/20) is below the bound 0.9700"
+    _fake_export(tmp_path / "tflite", ["float32", "fp16"], {"int8": reason})
+    pushed = _pusher_run(tmp_path, monkeypatch, tmp_path / "tflite")
+    version = tmp_path / "serving" / "1"
+    assert sorted(os.listdir(version)) == ["labels.txt", "metrics.json", "model.tflite",
+                                           "model_fp16.tflite", "parity.json"]
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["tflite"]["pushed"] == {"float32": "model.tflite", "fp16": "model_fp16.tflite"}
+    assert metrics["tflite"]["not_pushed"] == {"int8": reason}
+    assert metrics["tflite"]["parity"]["int8"]["agreement"] == 0.5
+    assert pushed.get_int_custom_property("pushed") == 1
+    assert json.loads(pushed.get_string_custom_property("not_pushed_variants")) == {"int8": reason}
+
+
+def test_pusher_pushes_nothing_when_no_variant_passes(tmp_path, monkeypatch):
+    _fake_export(tmp_path / "tflite", [], {"int8": "bad int8", "float32": "bad float"})
+    pushed = _pusher_run(tmp_path, monkeypatch, tmp_path / "tflite")
+    assert pushed.get_int_custom_property("pushed") == 0
+    assert "no TFLite variant met its parity bound" in pushed.get_string_custom_property("not_pushed_reason")
+    assert "int8: bad int8" in pushed.get_string_custom_property("not_pushed_reason")
+    assert tflite_pusher.list_versions(str(tmp_path / "serving")) == []
