@@ -40,7 +40,7 @@ demo: assets
 	$(VENV)/bin/retrain run --images "$$($(VENV)/bin/retrain fetch-data)" --workdir workdir
 
 test: assets
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) workdir
