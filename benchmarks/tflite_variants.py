@@ -19,7 +19,8 @@ For each backbone:
 3. Each variant is converted exactly as the pipeline does (components/tflite_export.py,
    metadata included), then: file size; single-image latency in the TFLite
    interpreter (median of ``runs`` invokes after 5 warm-ups, ``threads`` threads, one
-   fixed image); eval accuracy; parity (top-1 agreement with the reference).
+   fixed image; the minimum too, which is less sensitive to other load on the machine);
+   eval accuracy; parity (top-1 agreement with the reference).
 4. Prints a Markdown table and writes it, with machine facts, as JSON to --output.
 """
 
@@ -67,7 +68,8 @@ def _dataset(train_per_class: int, eval_per_class: int):
     return classes, train, evals
 
 
-def _latency_ms(classifier: tflite_export.Classifier, pixels: np.ndarray, runs: int) -> float:
+def _latency_ms(classifier: tflite_export.Classifier, pixels: np.ndarray, runs: int):
+    """(median, min) milliseconds of single-image inference (set input + invoke + read)."""
     for _ in range(5):
         classifier.predict_one(pixels)
     times = []
@@ -75,7 +77,7 @@ def _latency_ms(classifier: tflite_export.Classifier, pixels: np.ndarray, runs: 
         start = time.perf_counter()
         classifier.predict_one(pixels)
         times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def bench_backbone(name: str, variants, data, args) -> list:
@@ -96,8 +98,8 @@ def bench_backbone(name: str, variants, data, args) -> list:
         f_eval = np.concatenate([extractor(x_eval[i:i + 64]).numpy() for i in range(0, len(x_eval), 64)])
         head, _ = trainer.train_head(f_train, y_train, f_eval, y_eval, len(classes), {"epochs": 100})
         # Spread over all classes, as TFLiteExport does (components.tflite_export.calibration_images).
-        step = max(1, len(x_train) // max(1, args.calibration))
-        calibration = x_train[::step][:args.calibration]
+        n = min(args.calibration, len(x_train))
+        calibration = x_train[np.linspace(0, len(x_train) - 1, n).round().astype(int)]
     else:
         x_train = _decode([f for f, _ in train[:RANDOM_CALIBRATION]], spec.input_size)
         x_eval, y_eval = None, None
@@ -117,9 +119,14 @@ def bench_backbone(name: str, variants, data, args) -> list:
             description=tflite_export.describe(name, variant, classes))
         convert_s = time.time() - start
         classifier = tflite_export.Classifier(data_bytes, num_threads=args.threads)
+        if args.save_dir:
+            folder = pathlib.Path(args.save_dir) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / tflite_export.FILE_NAMES[variant]).write_bytes(data_bytes)
+        median_ms, min_ms = _latency_ms(classifier, probe, args.runs)
         row = {"backbone": name, "weights": weights, "variant": variant, "bytes": len(data_bytes),
                "convert_seconds": round(convert_s, 1),
-               "latency_ms": round(_latency_ms(classifier, probe, args.runs), 2),
+               "latency_ms": round(median_ms, 2), "latency_min_ms": round(min_ms, 2),
                "accuracy": None, "reference_accuracy": None, "parity": None, "eval_examples": 0}
         if reference is not None:
             probs = classifier.predict(x_eval)
@@ -138,13 +145,13 @@ def _fmt(v, pattern):
 
 
 def markdown(rows) -> str:
-    lines = ["| backbone | weights | variant | size (MB) | latency (ms, median of runs) | eval accuracy "
+    lines = ["| backbone | weights | variant | size (MB) | latency ms: median (min) | eval accuracy "
              "(float ref) | parity (top-1 agreement) |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['backbone']} | {r['weights']} | {r['variant']} | {r['bytes'] / 1e6:.2f} | "
-            f"{r['latency_ms']:.1f} | {_fmt(r['accuracy'], '{:.3f}')} ({_fmt(r['reference_accuracy'], '{:.3f}')}) | "
+            f"{r['latency_ms']:.1f} ({r.get('latency_min_ms', float('nan')):.1f}) | {_fmt(r['accuracy'], '{:.3f}')} ({_fmt(r['reference_accuracy'], '{:.3f}')}) | "
             f"{_fmt(r['parity'], '{:.3f}')} |")
     return "\n".join(lines)
 
@@ -159,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    p.add_argument("--save-dir", default=None, help="also write the .tflite files here (<dir>/<backbone>/)")
     args = p.parse_args(argv)
     names = [n for n in args.backbones.split(",") if n]
     for n in names:

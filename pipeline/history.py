@@ -64,12 +64,10 @@ class HistoryError(RuntimeError):
 def open_store(config: PipelineConfig, write: bool = False) -> metadata_store.MetadataStore:
     if not write:
         return run_summary.open_store(config)
-    if not os.path.exists(config.metadata_path):
-        raise HistoryError(f"no MLMD database at {config.metadata_path}: has a run happened here?")
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = config.metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(cfg)
+    try:
+        return run_summary.open_store(config, write=True)
+    except FileNotFoundError as e:
+        raise HistoryError(str(e)) from None
 
 
 def _prop(item, name: str, default=None):

@@ -17,12 +17,13 @@ _RUN_CONTEXT = "pipeline_run"
 MAX_LISTED_SKIPS = 100  # the full list is in the ingestion report
 
 
-def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:
+def open_store(config: PipelineConfig, write: bool = False) -> metadata_store.MetadataStore:
     if not os.path.exists(config.metadata_path):
         raise FileNotFoundError(f"no MLMD database at {config.metadata_path}: has a run happened here?")
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = config.metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    mode = metadata_store_pb2.SqliteMetadataSourceConfig
+    cfg.sqlite.connection_mode = mode.READWRITE if write else mode.READONLY
     return metadata_store.MetadataStore(cfg)
 
 

@@ -106,9 +106,15 @@ def test_second_run_resolves_the_first_runs_blessed_model_as_baseline(kfp, secon
     resolved = [t.outputs["model"][0] for n, t in second_run.tasks.items()
                 if t.state == "RESOLVED" and t.outputs.get("model")]
     assert [a["name"] for a in resolved] == [model["name"]]
-    # Unchanged inputs: cache hits, including ExampleGen after its driver re-ran.
+    # Unchanged images: ExampleGen is a cache hit (after its driver re-ran).
     assert second_run.tasks[_task_of(doc, "image_example_gen.Executor")].state == "CACHED"
-    assert second_run.tasks[trainer].state == "CACHED"
+    # BottleneckGen now gets run 1's FeatureCache through the other resolver, so
+    # it runs again, but computes no feature: every image is a cache hit.
+    features = _task_of(doc, "bottleneck_gen.Executor")
+    assert second_run.tasks[features].state == "SUCCEEDED"
+    meta = second_run.artifact(features, "bottlenecks")["metadata"]
+    assert meta["reused_cache"] == 1 and meta["computed"] == 0 and meta["cache_hits"] > 0
+    assert second_run.tasks[trainer].state == "SUCCEEDED"
     # The Evaluator ran again, this time with a baseline.
     assert second_run.tasks[evaluator].state == "SUCCEEDED"
     blessing = second_run.artifact(evaluator, "blessing")["metadata"]
