@@ -98,7 +98,7 @@ def _seed(sha: str, view: int) -> Tuple[int, int]:
 
 
 class _ComputeFeatures(beam.DoFn):
-    """A batch of (key, record) -> (key, record, features); one backbone per worker."""
+    """A batch of (key, record) -> (key, record sans image, features); one backbone per worker."""
 
     def __init__(self, backbone: str, weights: str):
         self._backbone, self._weights = backbone, weights
@@ -118,13 +118,13 @@ class _ComputeFeatures(beam.DoFn):
         features = self._model(pixels, training=False).numpy()
         self._computed.inc(len(batch))
         for (key, record), vec in zip(batch, features):
-            yield key, record, vec.astype(np.float32)
+            yield key, _meta(record), vec.astype(np.float32)
 
 
-def _parse(serialized: bytes) -> Dict:
+def _parse(serialized: bytes, split: str) -> Dict:
     f = tf.train.Example.FromString(serialized).features.feature
     return {"image": f["image"].bytes_list.value[0], "label": f["label"].int64_list.value[0],
-            "sha": f["content_sha256"].bytes_list.value[0].decode()}
+            "sha": f["content_sha256"].bytes_list.value[0].decode(), "split": split}
 
 
 def _cache_record(key: bytes, vec: np.ndarray) -> bytes:
@@ -153,14 +153,32 @@ def _views(record: Dict, views: int) -> Iterable[Dict]:
         yield dict(record, view=v)
 
 
+class _Route(beam.DoFn):
+    """(key, record) -> main: (key, record sans image) when cached, 'miss': (key, record).
+
+    Only the cache's keys travel as a side input; image bytes never go through
+    a shuffle (a CoGroupByKey over full records would move every photo).
+    """
+
+    def process(self, item, cached_keys):
+        key, record = item
+        if key in cached_keys:
+            yield key, _meta(record)
+        else:
+            yield beam.pvalue.TaggedOutput("miss", item)
+
+
+def _meta(record: Dict) -> Dict:
+    return {k: v for k, v in record.items() if k != "image"}
+
+
 def _join(item, hits_counter):
-    """(key, {'want': [record...], 'cached': [vec...]}) -> (key, record, vec or None)."""
+    """(key, {'want': [meta...], 'cached': [vec...]}) -> (key, meta, vec)."""
     key, groups = item
     cached = list(groups["cached"])
-    for record in groups["want"]:
-        if cached:
-            hits_counter.inc()
-        yield key, record, (cached[0] if cached else None)
+    for meta in groups["want"]:  # routed here only because its key is cached
+        hits_counter.inc()
+        yield key, meta, cached[0]
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -188,36 +206,35 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 | "ParseCache" >> beam.Map(_parse_cache))
         else:
             cached = p | "NoCache" >> beam.Create([])
-        entries = []
+        cached_keys = beam.pvalue.AsDict(cached | "CachedKeys" >> beam.Map(lambda kv: (kv[0], None)))
+        wanted = []
         for split in splits:
             views = augment_views if split == "train" else 0
-            wanted = (
+            wanted.append(
                 p | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
                     os.path.join(examples.uri, f"Split-{split}", "*"), compression_type="gzip")
-                | f"Parse[{split}]" >> beam.Map(_parse)
-                | f"Views[{split}]" >> beam.FlatMap(_views, views)
-                | f"Key[{split}]" >> beam.Map(lambda r: (entry_key(namespace, r["sha"], r["view"]), r)))
-            joined = ({"want": wanted, "cached": cached}
-                      | f"Join[{split}]" >> beam.CoGroupByKey()
-                      | f"Match[{split}]" >> beam.FlatMap(_join, hits))
-            found = joined | f"Hits[{split}]" >> beam.Filter(lambda t: t[2] is not None)
-            computed = (
-                joined
-                | f"Misses[{split}]" >> beam.Filter(lambda t: t[2] is None)
-                | f"MissPairs[{split}]" >> beam.Map(lambda t: (t[0], t[1]))
-                | f"Batch[{split}]" >> beam.BatchElements(
-                    min_batch_size=batch_size, max_batch_size=batch_size)
-                | f"Features[{split}]" >> beam.ParDo(_ComputeFeatures(backbone, weights)))
-            rows = (found, computed) | f"All[{split}]" >> beam.Flatten()
+                | f"Parse[{split}]" >> beam.Map(_parse, split)
+                | f"Views[{split}]" >> beam.FlatMap(_views, views))
+        routed = (wanted | "AllWanted" >> beam.Flatten()
+                  | "Key" >> beam.Map(lambda r: (entry_key(namespace, r["sha"], r["view"]), r))
+                  | "Route" >> beam.ParDo(_Route(), cached_keys).with_outputs("miss", main="hit"))
+        found = ({"want": routed.hit, "cached": cached}
+                 | "Join" >> beam.CoGroupByKey()
+                 | "Match" >> beam.FlatMap(_join, hits))
+        computed = (routed.miss
+                    | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+                    | "Features" >> beam.ParDo(_ComputeFeatures(backbone, weights)))
+        rows = (found, computed) | "All" >> beam.Flatten()
+        for split in splits:
             _ = (rows
+                 | f"Select[{split}]" >> beam.Filter(lambda t, s: t[1]["split"] == s, split)
                  | f"ToExample[{split}]" >> beam.MapTuple(lambda k, r, v: _bottleneck(r, v))
                  | f"Write[{split}]" >> beam.io.WriteToTFRecord(
                      os.path.join(out.uri, f"Split-{split}", "bottlenecks"),
                      file_name_suffix=".gz", compression_type="gzip"))
-            entries.append(rows | f"Entries[{split}]" >> beam.MapTuple(lambda k, r, v: (k, v)))
         if namespace:  # random weights are never cached
-            _ = (entries | "AllEntries" >> beam.Flatten()
-                 | "CacheRecord" >> beam.MapTuple(_cache_record)
+            _ = (rows
+                 | "CacheRecord" >> beam.MapTuple(lambda k, r, v: _cache_record(k, v))
                  | "WriteCache" >> beam.io.WriteToTFRecord(
                      os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
                      file_name_suffix=".gz", compression_type="gzip"))
