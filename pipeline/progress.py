@@ -2,19 +2,25 @@
 
 LocalDagRunner runs components one after another and records each in MLMD as
 it starts and ends; a background thread reads that record (read-only) once a
-second and prints to stderr, so stdout stays clean for `--json`. On a terminal
-the running component's line updates in place; elsewhere only start and end
-lines are printed.
+second and prints to stderr, so stdout stays clean for `--json`. Components
+that know a count (images read, images embedded, epochs) report it through
+components.progress_counts into a scratch folder this class owns for the run.
+On a terminal the running component's line is a bar updated in place;
+elsewhere start and end lines are printed, with a count line at most every
+`log_every` seconds.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Dict, Optional, TextIO
 
+from components import progress_counts
 from pipeline import run_summary
 from pipeline.config import PipelineConfig
 
@@ -24,7 +30,7 @@ _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CAN
 
 class Progress:
     def __init__(self, config: PipelineConfig, total_components: int, stream: TextIO = sys.stderr,
-                 interval: float = 1.0):
+                 interval: float = 1.0, log_every: float = 10.0):
         self._config = config
         self._total = total_components
         self._stream = stream
@@ -35,16 +41,30 @@ class Progress:
         self._started = time.time()
         self._reported: Dict[str, str] = {}
         self._known_runs: Optional[set] = None
+        self._log_every = log_every
+        self._counts_dir: Optional[str] = None
+        self._saved_env: Optional[str] = None
+        self._last_count_line: Dict[str, float] = {}
 
     def __enter__(self):
         self._known_runs = self._run_names()
+        self._counts_dir = tempfile.mkdtemp(prefix="retrain-progress-")
+        self._saved_env = os.environ.get(progress_counts.ENV)
+        os.environ[progress_counts.ENV] = self._counts_dir
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=5)
-        self._poll()  # final states
+        try:
+            self._poll()  # final states
+        finally:
+            if self._saved_env is None:
+                os.environ.pop(progress_counts.ENV, None)
+            else:
+                os.environ[progress_counts.ENV] = self._saved_env
+            shutil.rmtree(self._counts_dir, ignore_errors=True)
         if self._tty:
             self._stream.write("\n")
         self._stream.flush()
@@ -74,22 +94,35 @@ class Progress:
         if not runs:
             return
         summary = run_summary.component_states(store, runs[0], self._config.pipeline_name)
+        counts = progress_counts.read(self._counts_dir)
         done = sum(1 for _, state, _ in summary if state in _DONE_STATES)
         for node, state, seconds in summary:
             if self._reported.get(node) == state:
                 continue
             if state in _DONE_STATES:
+                count = counts.get(node)
+                tail = f"  {count['done']} {count['unit']}".rstrip() if count else ""
                 self._line(f"[{done:>2}/{self._total}] {node:<32} {_DONE_STATES[state]:<7}"
-                           f" {seconds:7.1f}s", final=True)
+                           f" {seconds:7.1f}s{tail}", final=True)
             elif node not in self._reported:
                 self._line(f"[{done:>2}/{self._total}] {node:<32} running", final=not self._tty)
             self._reported[node] = state
         running = [(n, s) for n, st, s in summary if st not in _DONE_STATES]
-        if running and self._tty:
-            node, _ = running[-1]
-            bar = _bar(done, self._total)
-            self._line(f"{bar} {node} running, {time.time() - self._started:5.0f}s total",
-                       final=False)
+        if not running:
+            return
+        node, _ = running[-1]
+        count = counts.get(node)
+        if self._tty:
+            if count and count["total"]:
+                bar = _bar(count["done"], count["total"])
+                text = f"{bar} {count['unit']}, {node}"
+            else:
+                text = f"{_bar(done, self._total)} {node} running"
+            self._line(f"{text}, {time.time() - self._started:5.0f}s total", final=False)
+        elif count and time.time() - self._last_count_line.get(node, self._started) >= self._log_every:
+            self._last_count_line[node] = time.time()
+            total = f"/{count['total']}" if count["total"] else ""
+            self._line(f"      {node:<32} {count['done']}{total} {count['unit']}", final=True)
 
     def _line(self, text: str, final: bool):
         if self._tty:
@@ -100,5 +133,5 @@ class Progress:
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(width * done / max(total, 1))
+    filled = min(width, int(width * done / max(total, 1)))
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -91,6 +92,7 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         "run_id": run_ctx.name, "blessed": False, "pushed_version": None, "pushed_dir": None,
         "accuracy": None, "baseline_accuracy": None, "examples": {}, "skipped_files": None,
         "ingestion_report": None, "skipped": [], "evaluation_failures": [], "per_class": {},
+        "pushed_variants": [], "not_pushed": {}, "not_pushed_reason": None,
         "seconds": {}, "states": {}, "label_names": list(config.label_names),
     }
     for node, state, seconds in component_states(store, run_ctx, config.pipeline_name):
@@ -119,6 +121,9 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
                 summary["evaluation_failures"] = result["failures"]
                 summary["per_class"] = result["per_class"]
         for pushed in outputs.get("pushed_model", []):
+            summary["pushed_variants"] = json.loads(_prop(pushed, "pushed_variants", "[]"))
+            summary["not_pushed"] = json.loads(_prop(pushed, "not_pushed_variants", "{}"))
+            summary["not_pushed_reason"] = _prop(pushed, "not_pushed_reason")
             if _prop(pushed, "pushed", 0):
                 summary["pushed_version"] = int(_prop(pushed, "pushed_version"))
                 summary["pushed_dir"] = _prop(pushed, "pushed_destination")

@@ -73,3 +73,19 @@ def test_class_name_with_control_character(tmp_path, capsys):
 def test_missing_manifest(tmp_path, capsys):
     code, err = _run(capsys, "--images", tmp_path / "list.csv", "--workdir", tmp_path / "w")
     assert code == 2 and err == [f"retrain: error: manifest not found: {tmp_path / 'list.csv'}"]
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--tflite-variants", "float32,int4"], "int4"),
+    (["--parity-bound", "int8"], "--parity-bound must look like int8=0.95"),
+    (["--parity-bound", "int8=high"], "--parity-bound must look like int8=0.95"),
+    (["--parity-bound", "int8=1.5"], "int8"),
+    (["--calibration-images", "0"], "calibration_images"),
+    (["--beam-workers", "0"], "--beam-workers must be >= 1"),
+    (["--augment-views", "-1"], "augment_views"),
+])
+def test_bad_tflite_and_feature_settings(tmp_path, capsys, flags, expected):
+    images = _folder(tmp_path / "images", {"a": 10, "b": 10})
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w", *flags)
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "w").exists()

@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -140,10 +141,25 @@ def test_pushed_variants_carry_metadata_and_meet_parity(runs, capsys):
 
 
 def test_cli_shows_progress_on_stderr(runs):
-    lines = [line for line in runs["b"]["_stderr"].splitlines() if line.startswith("[")]
-    done = [line.split()[-3] for line in lines if " done " in line or " cached " in line]
-    assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(done)
-    assert lines[-1].startswith(f"[{len(runs['b']['seconds']):>2}/")
+    b = runs["b"]
+    lines = [line for line in b["_stderr"].splitlines() if line.startswith("[")]
+    ends = {}
+    for line in lines:
+        m = re.match(r"^\[\s*\d+/\d+\] (\S+)\s+(done|cached)\s+[\d.]+s(?:\s+(\d+) (.+))?$", line)
+        if m:
+            ends[m.group(1)] = (m.group(2), m.group(3) and int(m.group(3)), m.group(4))
+    assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(ends)
+    assert lines[-1].startswith(f"[{len(b['seconds']):>2}/")
+    # Counts the components reported while running (cached steps report none).
+    # BottleneckGen ran (its previous cache changed): every image, all from cache.
+    assert ends["BottleneckGen"] == ("done", sum(b["examples"].values()), "images embedded")
+    history = glob.glob(os.path.join(runs["workdir"], "pipeline_root", "Trainer", "model_run",
+                                     "*", "training", "history.json"))
+    epochs = {len(json.load(open(h))["loss"]) for h in history}
+    assert ends["Trainer"][0] == "done" and ends["Trainer"][2] == "epochs"
+    assert ends["Trainer"][1] in epochs and 1 <= ends["Trainer"][1] <= 60
+    if ends["ImageExampleGen"][0] == "done":  # not cached from run A
+        assert ends["ImageExampleGen"][1:] == (3 * 25 + 1, "images read")
 
 
 def test_pushed_tflite_beats_chance_on_eval_images(runs):

@@ -1,0 +1,42 @@
+"""components.progress_counts: the counts behind `retrain run`'s live bars."""
+
+import os
+
+from components import progress_counts
+
+
+def test_no_op_without_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(progress_counts.ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    progress_counts.set_total("BottleneckGen", 10, "images embedded")
+    counter = progress_counts.Counter("BottleneckGen")
+    counter.add(3)
+    counter.close()
+    assert os.listdir(tmp_path) == []
+    assert progress_counts.read(str(tmp_path / "nothing")) == {}
+
+
+def test_workers_add_up_against_the_total(tmp_path, monkeypatch):
+    monkeypatch.setenv(progress_counts.ENV, str(tmp_path))
+    progress_counts.set_total("BottleneckGen", 100, "images embedded")
+    a, b = progress_counts.Counter("BottleneckGen"), progress_counts.Counter("BottleneckGen")
+    a.add(64)   # first add writes at once
+    b.add(5)
+    b.add(6)    # within the interval: not written yet...
+    assert progress_counts.read(str(tmp_path))["BottleneckGen"]["done"] == 69
+    b.close()   # ...but always on close
+    assert progress_counts.read(str(tmp_path)) == {
+        "BottleneckGen": {"done": 75, "total": 100, "unit": "images embedded"}}
+
+
+def test_count_without_total_and_unsafe_stage_names(tmp_path, monkeypatch):
+    monkeypatch.setenv(progress_counts.ENV, str(tmp_path / "run"))
+    counter = progress_counts.Counter("Trainer", interval=0.0)
+    counter.add()
+    counter.add()
+    for bad in ("../escape", "a/b", ""):
+        progress_counts.set_total(bad, 1, "x")
+        progress_counts.Counter(bad).add()
+    assert progress_counts.read(str(tmp_path / "run")) == {
+        "Trainer": {"done": 2, "total": None, "unit": ""}}
+    assert sorted(os.listdir(tmp_path)) == ["run"]
