@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -11,12 +12,27 @@ from tfx import v1 as tfx  # noqa: E402
 
 from pipeline import preflight, report, run_summary  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+from pipeline.pipeline import FEATURE_CACHE_RESOLVER, create_pipeline  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 
 
 def metadata_config(config: PipelineConfig):
     return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+
+
+class _FirstRunCacheFilter(logging.Filter):
+    """Drops the traceback TFX logs when the feature-cache resolver finds no cache.
+
+    That is every first run (LatestArtifactStrategy returns None on an empty
+    store; BottleneckGen takes the input as optional and computes everything),
+    so the traceback would only alarm; any other resolution error still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "Input resolution error" not in str(record.msg):
+            return True
+        text = record.getMessage()
+        return not (FEATURE_CACHE_RESOLVER in text and "returned None" in text)
 
 
 def run(config: PipelineConfig, show_progress: bool = False) -> dict:
@@ -28,9 +44,15 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     config = preflight.scan(config)
     os.makedirs(config.workdir, exist_ok=True)
     pipeline = create_pipeline(config, metadata_config(config))
-    with (Progress(config, len(pipeline.components)) if show_progress
-          else contextlib.nullcontext()):
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+    quiet_first_run = _FirstRunCacheFilter()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(quiet_first_run)
+    try:
+        with (Progress(config, len(pipeline.components)) if show_progress
+              else contextlib.nullcontext()):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+    finally:
+        absl_logger.removeFilter(quiet_first_run)
     summary = run_summary.latest_run(config)
     summary["report"] = report.build_report(config, summary)
     return summary

@@ -18,6 +18,7 @@ from pipeline.config import PipelineConfig  # noqa: E402
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run_fn"
+FEATURE_CACHE_RESOLVER = "latest_feature_cache_resolver"
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -49,7 +50,7 @@ def create_components(config: PipelineConfig) -> list:
     feature_cache_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
         cache=tfx.dsl.Channel(type=FeatureCache),
-    ).with_id("latest_feature_cache_resolver")
+    ).with_id(FEATURE_CACHE_RESOLVER)
     bottleneck_gen = BottleneckGen(
         examples=example_gen.outputs["examples"],
         previous_cache=feature_cache_resolver.outputs["cache"],
