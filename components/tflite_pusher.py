@@ -8,10 +8,14 @@ numbers) and ``metrics.json`` (the evaluation it was blessed on, the gate and th
 TFLite parity: what was pushed, and why any variant was not). A blessed model
 none of whose variants meets its bound is not pushed. Versions are integers
 counting up from 1.
-The folder is assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
-into place, so a reader sees a complete version or none (on local disks,
-where rename is atomic; object stores have no atomic rename and are left to
-the Kubeflow work).
+A version is complete when it holds ``_SUCCESS``, written last; readers
+(and list_versions) ignore numbered folders without it. On a local disk the
+folder is also assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
+into place (atomic), so no incomplete version is ever visible there. Object
+stores (gs://, s3://: no atomic folder rename) get the folder written in place
+and the marker last; a failed push removes what it wrote. Two pushers racing
+on one object-store serving dir could pick the same number: scheduled runs use
+max_concurrency=1 (kubeflow/cli.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from tfx.utils import io_utils
 from components import evaluation, tflite_export
 
 METRICS_FILE = "metrics.json"
+COMPLETE_MARKER = "_SUCCESS"
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
@@ -53,27 +58,39 @@ class TFLitePusherSpec(ComponentSpec):
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
 
-def list_versions(serving_dir: str) -> List[int]:
-    """Complete versions in a serving dir, ascending."""
+def _numbered(serving_dir: str) -> List[int]:
     if not tf.io.gfile.isdir(serving_dir):
         return []
     return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir)
                   if _VERSION_RE.match(n.rstrip("/")))
 
 
+def list_versions(serving_dir: str) -> List[int]:
+    """Complete versions in a serving dir (those with the marker), ascending."""
+    return [v for v in _numbered(serving_dir)
+            if tf.io.gfile.exists(os.path.join(serving_dir, str(v), COMPLETE_MARKER))]
+
+
+def _write_version(folder: str, files: Dict[str, str], metrics: Dict[str, Any]) -> None:
+    for name, src in files.items():
+        tf.io.gfile.copy(src, os.path.join(folder, name), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(os.path.join(folder, COMPLETE_MARKER), "w") as f:
+        f.write("")
+
+
 def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, Any]) -> int:
     """Copies `files` (name -> source path) and metrics into a new version folder."""
+    if "://" in serving_dir:
+        return _publish_in_place(serving_dir, files, metrics)
     tf.io.gfile.makedirs(serving_dir)
     staging = os.path.join(serving_dir, f".incoming-{uuid.uuid4().hex}")
     tf.io.gfile.makedirs(staging)
     try:
-        for name, src in files.items():
-            tf.io.gfile.copy(src, os.path.join(staging, name), overwrite=True)
         for attempt in range(100):
-            version = (list_versions(serving_dir) or [0])[-1] + 1
-            metrics_with_version = dict(metrics, version=version)
-            with tf.io.gfile.GFile(os.path.join(staging, METRICS_FILE), "w") as f:
-                json.dump(metrics_with_version, f, indent=2, sort_keys=True)
+            version = (_numbered(serving_dir) or [0])[-1] + 1
+            _write_version(staging, files, dict(metrics, version=version))
             try:
                 # os.rename refuses to replace a non-empty folder, so two
                 # concurrent pushers can't both take the same number.
@@ -87,6 +104,23 @@ def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, 
     finally:
         if tf.io.gfile.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_in_place(serving_dir: str, files: Dict[str, str], metrics: Dict[str, Any]) -> int:
+    """Object stores: the next number after every numbered folder, complete or not
+    (a crashed push's leftovers are never reused), marker written last."""
+    version = (_numbered(serving_dir) or [0])[-1] + 1
+    folder = os.path.join(serving_dir, str(version))
+    tf.io.gfile.makedirs(folder)
+    try:
+        _write_version(folder, files, dict(metrics, version=version))
+    except BaseException:
+        try:
+            tf.io.gfile.rmtree(folder)
+        except tf.errors.OpError:
+            logging.warning("could not remove the incomplete version %s", folder)
+        raise
+    return version
 
 
 class Executor(base_executor.BaseExecutor):

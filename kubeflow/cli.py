@@ -156,10 +156,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return _fail(e)
     except Exception as e:  # a compiler failure: name it, keep it on one line
         return _fail(f"compile failed: {type(e).__name__}: {e}", 1)
-    if "://" in config.serving_dir:
-        print(f"retrain: warning: TFLitePusher publishes with os.rename, which object stores "
-              f"lack: pushing to {config.serving_dir} fails until it supports them "
-              "(use a mounted --serving-dir)", file=sys.stderr)
     print(path)
     return 0
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import uuid
 
 import pytest
+import tensorflow as tf
 
 from components.tflite_pusher import list_versions, publish_version
 
@@ -22,7 +24,7 @@ def test_versions_count_up_and_are_complete(tmp_path):
     assert list_versions(str(serving)) == [1, 2]
     assert sorted(os.listdir(serving)) == ["1", "2"]  # no staging left behind
     v2 = serving / "2"
-    assert sorted(os.listdir(v2)) == ["labels.txt", "metrics.json", "model.tflite"]
+    assert sorted(os.listdir(v2)) == ["_SUCCESS", "labels.txt", "metrics.json", "model.tflite"]
     assert json.loads((v2 / "metrics.json").read_text()) == {"accuracy": 0.95, "version": 2}
     assert (v2 / "model.tflite").read_bytes() == b"tflite-bytes"
 
@@ -43,3 +45,29 @@ def test_taken_version_number_is_skipped(tmp_path):
     (serving / "not-a-version").mkdir()
     assert publish_version(str(serving), _sources(tmp_path), {}) == 2
     assert (serving / "1" / "model.tflite").read_bytes() == b"old"
+    # Folder 1 has no completion marker: not a version readers may use.
+    assert list_versions(str(serving)) == [2]
+
+
+def test_object_store_versions_are_marked_complete_last():
+    """No atomic folder rename on gs:// or s3://: TF's ram:// filesystem stands in."""
+    serving = f"ram://serving-{uuid.uuid4().hex}"
+    files = {"model.tflite": f"{serving}-src/m.tflite", "labels.txt": f"{serving}-src/labels.txt"}
+    tf.io.gfile.makedirs(f"{serving}-src")
+    for path, data in zip(files.values(), (b"tflite-bytes", b"a\nb\n")):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+    assert publish_version(serving, files, {"accuracy": 0.9}) == 1
+    assert sorted(tf.io.gfile.listdir(f"{serving}/1")) == [
+        "_SUCCESS", "labels.txt", "metrics.json", "model.tflite"]
+    # A push that died halfway (no marker) is invisible and its number is not reused.
+    tf.io.gfile.makedirs(f"{serving}/2")
+    assert list_versions(serving) == [1]
+    assert publish_version(serving, files, {"accuracy": 0.95}) == 3
+    assert list_versions(serving) == [1, 3]
+    with tf.io.gfile.GFile(f"{serving}/3/metrics.json") as f:
+        assert json.load(f) == {"accuracy": 0.95, "version": 3}
+    # A failed copy removes what it wrote.
+    with pytest.raises(Exception):
+        publish_version(serving, dict(files, **{"model.tflite": f"{serving}-src/missing"}), {})
+    assert list_versions(serving) == [1, 3] and not tf.io.gfile.exists(f"{serving}/4")
