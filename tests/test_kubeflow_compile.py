@@ -251,6 +251,21 @@ def test_cli_compile_for_dataflow(tmp_path, capsys):
     assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
 
 
+def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, capsys, monkeypatch):
+    checked = []
+    real = runner.check_resolvers
+    monkeypatch.setattr(runner, "check_resolvers", lambda p: checked.append(
+        sorted(n.id for n in p.components if "resolver" in n.id)) or real(p))
+    out_file = tmp_path / "pipeline.yaml"
+    code, out, err = _retrain(capsys, "compile", "--output", out_file, "--image", IMAGE,
+                              "--pipeline-root", ROOT, "--labels", "dog,cat", "--target", "vertex",
+                              "--serving-dir", "/mnt/serving")
+    assert code == 0, err
+    assert checked == [["latest_blessed_model_resolver", "latest_feature_cache_resolver"]]
+    executors = yaml.safe_load(out_file.read_text())["deploymentSpec"]["executors"]
+    assert sum("resolver" in e for e in executors.values()) == 3
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--output", "p.json", "--labels", "a,b"], "--output must end with .yaml or .yml"),
     (["--labels", "a,b", "--beam-runner", "dataflow"], "needs --dataflow-project and --dataflow-region"),
