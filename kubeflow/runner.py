@@ -32,8 +32,9 @@ OUTPUT_SUFFIXES = (".yaml", ".yml")
 # compiles container and importer executors only; "vertex": Vertex AI Pipelines,
 # which executes the resolver tasks TFX compiles its Resolver nodes into.
 TARGETS = {"kfp": "registry", "vertex": "resolver"}
-# Tasks whose answer depends on the registry, not on their inputs: never cached.
-REGISTRY_LOOKUP_TASKS = ("latest_blessed_model_lookup", "latest_feature_cache_lookup")
+# The registry lookups' executor: their answer is in the registry, not in their
+# inputs, so their tasks are compiled with caching off.
+LOOKUP_EXECUTOR = "components.previous_artifacts.LookupExecutor"
 # The V2 compiler's own check for custom artifact schema titles (compiler_utils).
 _KFP_SCHEMA_TITLE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
 
@@ -189,8 +190,10 @@ def _finish_spec(path: str, pipeline_root: str) -> None:
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     spec = yaml.safe_load(text)
     spec["defaultPipelineRoot"] = pipeline_root
-    for name, task in spec["root"]["dag"]["tasks"].items():
-        if name in REGISTRY_LOOKUP_TASKS:
+    for task in spec["root"]["dag"]["tasks"].values():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container", {})
+        if LOOKUP_EXECUTOR in container.get("args", []):
             task.pop("cachingOptions", None)
     with open(path, "w") as f:
         f.write(header)

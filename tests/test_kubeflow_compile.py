@@ -130,7 +130,10 @@ def test_compiled_caching_is_off_for_the_lookups_only(tmp_path):
     doc = yaml.safe_load(open(runner.compile_pipeline(config, str(tmp_path / "p.yaml"), IMAGE)))
     cached = {n for n, t in doc["root"]["dag"]["tasks"].items()
               if t.get("cachingOptions", {}).get("enableCache")}
-    assert set(doc["root"]["dag"]["tasks"]) - cached == set(runner.REGISTRY_LOOKUP_TASKS)
+    assert set(doc["root"]["dag"]["tasks"]) - cached == {
+        "latest_blessed_model_lookup", "latest_feature_cache_lookup"}
+    from components import previous_artifacts
+    assert runner.LOOKUP_EXECUTOR == f"{previous_artifacts.__name__}.{previous_artifacts.LookupExecutor.__name__}"
 
 
 def test_a_resolver_task_in_a_kfp_spec_is_refused(compiled_vertex):
