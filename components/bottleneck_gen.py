@@ -8,8 +8,10 @@ none) and keeps every result in a FeatureCache artifact keyed by
 
 so a rerun after adding images computes features only for the new ones, and a
 change of backbone, weights or decoding code invalidates the cache by itself.
-The previous cache arrives through a LatestArtifactStrategy resolver, so it is
-an ordinary TFX artifact with lineage in MLMD, under any runner.
+The previous cache arrives through a LatestArtifactStrategy resolver, or, with
+registry lookups (components/previous_artifacts.py, for open-source KFP), a
+lookup step's pointer to it; either way an ordinary TFX artifact with lineage
+in MLMD. With a ``registry``, the new cache is recorded there for the next run.
 
 Outputs:
   bottlenecks    Examples (Split-train, Split-eval): ``features`` [D] float,
@@ -39,7 +41,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import backbones, image_example_gen, preprocessing, progress_counts
+from components import backbones, image_example_gen, preprocessing, previous_artifacts, progress_counts
 
 CACHE_FILE_PREFIX = "features"
 PROGRESS_STAGE = "BottleneckGen"
@@ -57,6 +59,8 @@ class BottleneckGenSpec(ComponentSpec):
         "weights": ExecutionParameter(type=str),
         "batch_size": ExecutionParameter(type=int),
         "augment_views": ExecutionParameter(type=int),
+        # Registry lookups (components/previous_artifacts.py): where to record the cache.
+        "registry": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -215,7 +219,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         batch_size = int(exec_properties["batch_size"])
         augment_views = int(exec_properties["augment_views"])
         namespace = cache_namespace(backbone, weights)
-        previous = (input_dict.get("previous_cache") or [None])[0]
+        # A registry lookup's pointer leads to the recorded cache; "found nothing" is None.
+        previous = previous_artifacts.follow((input_dict.get("previous_cache") or [None])[0])
         reuse = bool(namespace) and previous is not None and \
             previous.get_string_custom_property("namespace") == namespace
         splits = artifact_utils.decode_split_names(examples.split_names)
@@ -273,6 +278,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.set_int_custom_property("computed", int(counters.get("computed", 0)))
         out.set_int_custom_property("reused_cache", int(reuse))
         cache_out.set_string_custom_property("namespace", namespace)
+        if exec_properties.get("registry") and namespace:  # the next run's lookup finds it
+            previous_artifacts.record(exec_properties["registry"], previous_artifacts.FEATURE_CACHE,
+                                      {"uri": cache_out.uri, "namespace": namespace})
 
 
 class BottleneckGen(base_beam_component.BaseBeamComponent):
@@ -282,9 +290,11 @@ class BottleneckGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, previous_cache: Optional[types.BaseChannel],
-                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0):
+                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0,
+                 registry: Optional[str] = None):
         super().__init__(spec=BottleneckGenSpec(
             examples=examples, previous_cache=previous_cache, backbone=backbone,
             weights=weights, batch_size=int(batch_size), augment_views=int(augment_views),
+            registry=registry,
             bottlenecks=types.Channel(type=standard_artifacts.Examples),
             feature_cache=types.Channel(type=FeatureCache)))

@@ -29,6 +29,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import previous_artifacts
+
 LABEL_SPACE_FILE = "label_space.json"
 REPORT_FILE = "label_check.json"
 
@@ -100,7 +102,8 @@ class Executor(base_executor.BaseExecutor):
         stats = artifact_utils.get_single_instance(input_dict["statistics"])
         splits = artifact_utils.decode_split_names(stats.split_names)
         current = class_counts_from_statistics(stats.uri, splits)
-        baseline_models = input_dict.get("baseline_model") or []
+        # A registry lookup that found nothing passes an artifact with found=0.
+        baseline_models = previous_artifacts.present(input_dict.get("baseline_model"))
         baseline = read_label_space(baseline_models[0].uri) if baseline_models else None
         problems = check(current, baseline, bool(exec_properties["allow_label_change"]),
                          float(exec_properties["max_class_share_change"]))

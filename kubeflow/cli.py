@@ -1,7 +1,7 @@
 """`retrain compile | submit | schedule`: the Kubeflow commands.
 
   retrain compile --output pipeline.yaml --image IMAGE --pipeline-root URI [--images URI]
-                  [--beam-runner direct|dataflow ...]
+                  [--target kfp|vertex] [--beam-runner direct|dataflow ...]
   retrain submit --host URL pipeline.yaml
   retrain schedule --host URL --cron "0 0 3 * * *" pipeline.yaml
 
@@ -33,6 +33,11 @@ def register(subparsers) -> Dict[str, Handler]:
                    help="comma-separated class names; skips listing --images from this machine")
     c.add_argument("--serving-dir", default=None, help="where versions are pushed "
                    "(default: <pipeline-root>/serving)")
+    c.add_argument("--target", choices=["kfp", "vertex"], default="kfp",
+                   help="kfp: open-source Kubeflow Pipelines v2, the previous run's blessed model "
+                        "and feature cache are found through a registry under the pipeline root "
+                        "(its backend rejects TFX Resolver tasks); vertex: Vertex AI Pipelines, "
+                        "TFX Resolver nodes over its metadata (default: kfp)")
     c.add_argument("--pipeline-name", default="image-retrain")
     c.add_argument("--backbone", default="mobilenet_v1")
     c.add_argument("--min-accuracy", type=float, default=0.5)
@@ -146,7 +151,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             max_accuracy_drop=args.max_accuracy_drop, eval_percent=args.eval_percent,
             min_images_per_class=args.min_images_per_class, epochs=args.epochs,
             seed=args.seed, enable_cache=args.enable_cache)
-        config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root))
+        config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root),
+                                        target=args.target)
         problem = config.validate()
         if problem:
             return _fail(problem)

@@ -159,7 +159,8 @@ def _http_problem(host: str, status, reason, body, token: Optional[str]) -> str:
     # "non-container and non-importer executor not implemented" (newer).
     if re.search(r"resolver not implemented|non-importer executor not implemented", message):
         text += (": this KFP backend cannot run TFX Resolver nodes (the latest blessed model "
-                 "baseline); the compiled spec needs Vertex AI Pipelines, which implements them")
+                 "and feature cache); this spec was compiled for Vertex AI Pipelines: recompile "
+                 "with `retrain compile --target kfp` for open-source Kubeflow Pipelines")
     elif message:
         text += f": {message[:300]}"
     return _redact(text, token)

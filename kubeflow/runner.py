@@ -1,6 +1,10 @@
 """Compiles create_pipeline(config) into a KFP v2 pipeline spec (pipeline.yaml).
 
-The very same pipeline definition as the local runner: only the runner differs.
+The very same pipeline definition as the local runner: only the runner differs,
+and how a run finds the previous run's blessed model and FeatureCache
+(``--target``, see TARGETS): open-source KFP v2 backends reject TFX Resolver
+tasks, so for them each Resolver is replaced by a registry lookup step
+(components/previous_artifacts.py); Vertex AI Pipelines runs the resolvers.
 The spec is written as YAML (kfp 2's client refuses .json) with pipeline spec
 schema 2.1. YAML carries no runtime config, so the pipeline root is also
 recorded as the spec's ``defaultPipelineRoot`` and passed again at submit time.
@@ -24,6 +28,13 @@ from pipeline.config import PipelineConfig  # noqa: E402
 EXECUTOR_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor")
 DRIVER_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver")
 OUTPUT_SUFFIXES = (".yaml", ".yml")
+# --target -> PipelineConfig.lookup. "kfp": open-source KFP v2, whose backend
+# compiles container and importer executors only; "vertex": Vertex AI Pipelines,
+# which executes the resolver tasks TFX compiles its Resolver nodes into.
+TARGETS = {"kfp": "registry", "vertex": "resolver"}
+# The registry lookups' executor: their answer is in the registry, not in their
+# inputs, so their tasks are compiled with caching off.
+LOOKUP_EXECUTOR = "components.previous_artifacts.LookupExecutor"
 # The V2 compiler's own check for custom artifact schema titles (compiler_utils).
 _KFP_SCHEMA_TITLE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
 
@@ -50,12 +61,17 @@ def runner_classes():
 
 def kubeflow_config(config: PipelineConfig, pipeline_root: str,
                     serving_dir: Optional[str] = None,
-                    beam_args: Optional[Sequence[str]] = None) -> PipelineConfig:
-    """The config with Kubeflow locations: no local workdir exists in a pod."""
+                    beam_args: Optional[Sequence[str]] = None,
+                    target: str = "kfp") -> PipelineConfig:
+    """The config with Kubeflow locations (no local workdir exists in a pod) and
+    the lookup mode of `target` (TARGETS)."""
+    if target not in TARGETS:
+        raise KubeflowError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     return dataclasses.replace(
         config, workdir=pipeline_root, pipeline_root_uri=pipeline_root,
         serving_uri=serving_dir or join_uri(pipeline_root, "serving"),
-        beam_args=list(config.beam_args if beam_args is None else beam_args))
+        beam_args=list(config.beam_args if beam_args is None else beam_args),
+        lookup=TARGETS[target])
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -84,7 +100,8 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str) -> str:
     check_artifact_types(tfx_pipeline)
     check_resolvers(tfx_pipeline)
     runner.run(tfx_pipeline)
-    _set_default_pipeline_root(output, config.pipeline_root)
+    _finish_spec(output, config.pipeline_root)
+    check_executors(output, config.lookup)
     return output
 
 
@@ -151,13 +168,33 @@ def _is_standard(cls) -> bool:
         name_utils.get_full_name(cls)
 
 
-def _set_default_pipeline_root(path: str, pipeline_root: str) -> None:
-    """Records the root in the spec itself; KFP uses it when a run names none."""
+def check_executors(path: str, lookup: str) -> None:
+    """A registry-lookup spec must have no resolver task: OSS KFP refuses the whole run."""
+    if lookup != "registry":
+        return
+    with open(path) as f:
+        executors = yaml.safe_load(f)["deploymentSpec"]["executors"]
+    kinds = {label: sorted(set(e) - {"container", "importer"}) for label, e in executors.items()}
+    bad = sorted(label for label, extra in kinds.items() if extra)
+    if bad:
+        raise KubeflowError(f"the spec for open-source KFP has executors other than container "
+                            f"and importer ({', '.join(bad)}), which its backend rejects")
+
+
+def _finish_spec(path: str, pipeline_root: str) -> None:
+    """Records the root in the spec itself (KFP uses it when a run names none),
+    and turns caching off for the registry lookups: the answer is in the
+    registry, not in their inputs, so a cache hit would return a stale one."""
     with open(path) as f:
         text = f.read()
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     spec = yaml.safe_load(text)
     spec["defaultPipelineRoot"] = pipeline_root
+    for task in spec["root"]["dag"]["tasks"].values():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container", {})
+        if LOOKUP_EXECUTOR in container.get("args", []):
+            task.pop("cachingOptions", None)
     with open(path, "w") as f:
         f.write(header)
         yaml.safe_dump(spec, f, sort_keys=True)

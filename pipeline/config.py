@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Tuple
 
 from components import image_io
 
+LOOKUPS = ("resolver", "registry")
+
 
 @dataclasses.dataclass
 class PipelineConfig:
@@ -55,6 +57,14 @@ class PipelineConfig:
     # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
     beam_args: List[str] = dataclasses.field(default_factory=lambda: ["--direct_num_workers=1"])
     enable_cache: bool = False
+    # How a run finds the previous run's blessed model (baseline) and FeatureCache:
+    #   "resolver"  TFX Resolver nodes querying MLMD (LatestBlessedModelStrategy,
+    #               LatestArtifactStrategy): the local runner and Vertex AI Pipelines;
+    #   "registry"  ordinary container steps reading pointer files under
+    #               <pipeline_root>/_registry/<pipeline_name>/ (components/previous_artifacts.py):
+    #               for open-source KFP v2, whose backend rejects resolver tasks.
+    # `retrain compile --target kfp` (default) sets "registry", `--target vertex` "resolver".
+    lookup: str = "resolver"
     # Explicit locations, e.g. gs:// or s3:// URIs for Kubeflow, where there is no
     # local workdir; None keeps the defaults under workdir.
     pipeline_root_uri: Optional[str] = None
@@ -98,6 +108,8 @@ class PipelineConfig:
             return f"max_class_share_change must be in (0, 1], got {self.max_class_share_change}"
         if self.feature_batch_size < 1 or self.augment_views < 0:
             return "feature_batch_size must be >= 1 and augment_views >= 0"
+        if self.lookup not in LOOKUPS:
+            return f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
         from components import tflite_export  # TFX and NumPy: only when validating

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tfx import v1 as tfx  # noqa: E402
 
-from components import evaluation  # noqa: E402
+from components import evaluation, previous_artifacts  # noqa: E402
 from components.bottleneck_gen import BottleneckGen, FeatureCache  # noqa: E402
 from components.image_example_gen import ImageExampleGen  # noqa: E402
 from components.label_guard import LabelGuard  # noqa: E402
@@ -34,28 +34,23 @@ def create_components(config: PipelineConfig) -> list:
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    # The latest blessed model (the Evaluator's baseline, LabelGuard's label
+    # space) and the latest FeatureCache, from earlier runs: see previous_lookups.
+    baseline, previous_cache, registry = previous_lookups(config)
     # Stops the run before Transform when the classes differ from the baseline's.
     label_guard = LabelGuard(
         statistics=statistics_gen.outputs["statistics"],
-        baseline_model=baseline_resolver.outputs["model"],
+        baseline_model=baseline.outputs["model"],
         allow_label_change=config.allow_label_change,
         max_class_share_change=config.max_class_share_change)
     # The backbone's features, computed only for images the last FeatureCache
     # doesn't hold (same content, backbone, weights and decoding).
-    feature_cache_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-        cache=tfx.dsl.Channel(type=FeatureCache),
-    ).with_id(FEATURE_CACHE_RESOLVER)
     bottleneck_gen = BottleneckGen(
         examples=example_gen.outputs["examples"],
-        previous_cache=feature_cache_resolver.outputs["cache"],
+        previous_cache=previous_cache.outputs["cache"],
         backbone=config.backbone, weights=config.weights,
-        batch_size=config.feature_batch_size, augment_views=config.augment_views)
+        batch_size=config.feature_batch_size, augment_views=config.augment_views,
+        registry=registry)
     bottleneck_gen.add_upstream_node(label_guard)
     # Transform only builds the graph the serving model embeds (decode, resize,
     # backbone): with no analyzers it never reads the data, and BottleneckGen
@@ -73,10 +68,12 @@ def create_components(config: PipelineConfig) -> list:
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_config())
-    evaluator = tfx.components.Evaluator(
+    # With registry lookups: TFX's Evaluator that reads a "nothing found" baseline as none.
+    evaluator_cls = previous_artifacts.Evaluator if registry else tfx.components.Evaluator
+    evaluator = evaluator_cls(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline_resolver.outputs["model"],
+        baseline_model=baseline.outputs["model"],
         example_splits=["eval"],
         eval_config=evaluation.make_eval_config(
             config.label_names, config.min_accuracy, config.max_accuracy_drop))
@@ -93,8 +90,46 @@ def create_components(config: PipelineConfig) -> list:
         label_names=config.label_names, min_accuracy=config.min_accuracy,
         max_accuracy_drop=config.max_accuracy_drop,
         tflite_models=tflite_export.outputs["tflite_models"])
-    return [example_gen, statistics_gen, schema_gen, example_validator, baseline_resolver,
-            label_guard, feature_cache_resolver, bottleneck_gen, transform, trainer, evaluator, tflite_export, pusher]
+    nodes = [example_gen, statistics_gen, schema_gen, example_validator, baseline,
+             label_guard, previous_cache, bottleneck_gen, transform, trainer, evaluator,
+             tflite_export, pusher]
+    if registry:
+        # What the next run's baseline lookup finds: the model, once blessed.
+        nodes.append(previous_artifacts.RecordBlessedModel(
+            model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+            registry=registry).with_id("record_blessed_model"))
+    return nodes
+
+
+def previous_lookups(config: PipelineConfig):
+    """(baseline node with output "model", feature-cache node with output "cache",
+    registry URI or None), by ``config.lookup``.
+
+    "resolver": TFX Resolver nodes over MLMD (LatestBlessedModelStrategy, and
+    LatestArtifactStrategy over FeatureCache); an empty channel when nothing matches.
+    "registry": container steps reading <pipeline_root>/_registry/<pipeline_name>/
+    (components/previous_artifacts.py), for KFP backends without resolver tasks;
+    RecordBlessedModel and BottleneckGen write the records they read.
+    """
+    if config.lookup == "resolver":
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+        cache = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            cache=tfx.dsl.Channel(type=FeatureCache),
+        ).with_id(FEATURE_CACHE_RESOLVER)
+        return baseline, cache, None
+    if config.lookup == "registry":
+        registry = previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
+        return (previous_artifacts.LatestBlessedModelLookup(registry).with_id(
+                    "latest_blessed_model_lookup"),
+                previous_artifacts.LatestFeatureCacheLookup(registry).with_id(
+                    "latest_feature_cache_lookup"),
+                registry)
+    raise ValueError(f"config.lookup must be 'resolver' or 'registry', got {config.lookup!r}")
 
 
 def create_pipeline(config: PipelineConfig,

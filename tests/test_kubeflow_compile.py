@@ -28,19 +28,30 @@ def _images(root: Path, classes=("cat", "dog"), n=12) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+def _compile(tmp_path_factory, target):
     from pipeline import preflight
     from pipeline.config import PipelineConfig
     from pipeline.pipeline import create_components
-    tmp = tmp_path_factory.mktemp("compile")
+    tmp = tmp_path_factory.mktemp(f"compile-{target}")
     config = preflight.scan(PipelineConfig(images=str(_images(tmp / "images")), workdir=str(tmp)))
     config = runner.kubeflow_config(config, ROOT, beam_args=[
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"], target=target)
     path = runner.compile_pipeline(config, str(tmp / "pipeline.yaml"), IMAGE)
     doc = yaml.safe_load(open(path))
     return {"path": path, "spec": runner.load_spec(path), "doc": doc, "config": config,
             "nodes": create_components(config)}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """--target kfp (the default): registry lookups, for open-source KFP."""
+    return _compile(tmp_path_factory, "kfp")
+
+
+@pytest.fixture(scope="module")
+def compiled_vertex(tmp_path_factory):
+    """--target vertex: TFX Resolver nodes, compiled to resolver tasks."""
+    return _compile(tmp_path_factory, "vertex")
 
 
 def _executor(doc, task):
@@ -81,11 +92,65 @@ def test_every_component_is_a_task_with_the_image_and_tfx_entry_point(compiled):
     assert pusher["constant"] == f"{ROOT}/serving"
 
 
-def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled):
+def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
+    from components import previous_artifacts
+    from tfx.dsl.components.common.resolver import Resolver
+    doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
+    assert compiled["config"].lookup == "registry"
+    assert not [n for n in compiled["nodes"] if isinstance(n, Resolver)]
+    kinds = {label: sorted(e) for label, e in doc["deploymentSpec"]["executors"].items()}
+    assert all(k == ["container"] for k in kinds.values()), kinds
+    registry = f"{ROOT}/_registry/{compiled['config'].pipeline_name}"
+    for task, kind, key, consumers in (
+            ("latest_blessed_model_lookup", "blessed_model", "model", {"LabelGuard": "baseline_model",
+                                                                        "Evaluator": "baseline_model"}),
+            ("latest_feature_cache_lookup", "feature_cache", "cache", {"BottleneckGen": "previous_cache"})):
+        params = tasks[task]["inputs"]["parameters"]
+        assert params["kind"]["runtimeValue"]["constant"] == kind
+        assert params["registry"]["runtimeValue"]["constant"] == registry
+        assert "cachingOptions" not in tasks[task]
+        for consumer, input_key in consumers.items():
+            source = tasks[consumer]["inputs"]["artifacts"][input_key]["taskOutputArtifact"]
+            assert source == {"producerTask": task, "outputArtifactKey": key}
+    # The writers of the records the lookups read.
+    assert tasks["BottleneckGen"]["inputs"]["parameters"]["registry"]["runtimeValue"]["constant"] == registry
+    record = tasks["record_blessed_model"]["inputs"]["artifacts"]
+    assert record["model"]["taskOutputArtifact"]["producerTask"] == "Trainer"
+    assert record["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
+    evaluator = _executor(doc, "Evaluator")["container"]["args"]
+    assert evaluator[evaluator.index("--executor_class_path") + 1] == \
+        "components.previous_artifacts.EvaluatorExecutor"
+    assert previous_artifacts.EvaluatorExecutor  # importable where the spec says
+
+
+def test_compiled_caching_is_off_for_the_lookups_only(tmp_path):
+    from pipeline.config import PipelineConfig
+    config = runner.kubeflow_config(PipelineConfig(
+        images=f"{ROOT}/images", workdir=str(tmp_path), label_names=("a", "b"), enable_cache=True), ROOT)
+    doc = yaml.safe_load(open(runner.compile_pipeline(config, str(tmp_path / "p.yaml"), IMAGE)))
+    cached = {n for n, t in doc["root"]["dag"]["tasks"].items()
+              if t.get("cachingOptions", {}).get("enableCache")}
+    assert set(doc["root"]["dag"]["tasks"]) - cached == {
+        "latest_blessed_model_lookup", "latest_feature_cache_lookup"}
+    from components import previous_artifacts
+    assert runner.LOOKUP_EXECUTOR == f"{previous_artifacts.__name__}.{previous_artifacts.LookupExecutor.__name__}"
+
+
+def test_a_resolver_task_in_a_kfp_spec_is_refused(compiled_vertex):
+    runner.check_executors(compiled_vertex["path"], "resolver")
+    with pytest.raises(runner.KubeflowError, match="other than container and importer "
+                       r"\(latest_blessed_model_resolver-model-blessing-resolver_executor"):
+        runner.check_executors(compiled_vertex["path"], "registry")
+
+
+def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled_vertex):
     from tfx.dsl.components.common.resolver import RESOLVER_STRATEGY_CLASS, Resolver
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
         LatestBlessedModelStrategy)
+    compiled = compiled_vertex
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
+    assert compiled["config"].lookup == "resolver"
+    assert "record_blessed_model" not in tasks and "registry" not in str(tasks["BottleneckGen"])
     (resolver,) = [n for n in compiled["nodes"] if isinstance(n, Resolver) and
                    n.exec_properties[RESOLVER_STRATEGY_CLASS] is LatestBlessedModelStrategy]
     blessing, model = f"{resolver.id}-model-blessing-resolver", f"{resolver.id}-model-resolver"
@@ -184,8 +249,24 @@ def test_cli_compile_for_dataflow(tmp_path, capsys):
     assert args[-7:] == ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
                          f"--temp_location={ROOT}/tmp", f"--sdk_container_image={IMAGE}",
                          "--experiments=use_runner_v2", "--max_num_workers=4"]
+    assert "latest_blessed_model_lookup" in doc["root"]["dag"]["tasks"]  # --target kfp, the default
     gen = doc["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
     assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
+
+
+def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, capsys, monkeypatch):
+    checked = []
+    real = runner.check_resolvers
+    monkeypatch.setattr(runner, "check_resolvers", lambda p: checked.append(
+        sorted(n.id for n in p.components if "resolver" in n.id)) or real(p))
+    out_file = tmp_path / "pipeline.yaml"
+    code, out, err = _retrain(capsys, "compile", "--output", out_file, "--image", IMAGE,
+                              "--pipeline-root", ROOT, "--labels", "dog,cat", "--target", "vertex",
+                              "--serving-dir", "/mnt/serving")
+    assert code == 0, err
+    assert checked == [["latest_blessed_model_resolver", "latest_feature_cache_resolver"]]
+    executors = yaml.safe_load(out_file.read_text())["deploymentSpec"]["executors"]
+    assert sum("resolver" in e for e in executors.values()) == 3
 
 
 @pytest.mark.parametrize("extra,message", [
