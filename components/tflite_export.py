@@ -135,36 +135,6 @@ def _conv_bn_pairs(model) -> List[Tuple[Any, Any, Any]]:
     return out
 
 
-def _owner_input(model, owner, pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` (input of ``model``) carried to the input of the nested ``owner``."""
-    import tf_keras
-    if owner is model:
-        return pixels
-    for layer in model.layers:
-        if isinstance(layer, tf_keras.Model) and (layer is owner or any(o is owner for o in _submodels(layer))):
-            x = tf_keras.Model(model.input, _call_input(model, layer)).predict(pixels, batch_size=16, verbose=0)
-            return _owner_input(layer, owner, x)
-    raise ValueError(f"{owner.name} is not nested in {model.name}")
-
-
-def _call_input(model, layer):
-    """The tensor of ``model``'s graph that the nested ``layer`` is called on."""
-    from tf_keras.src.engine import functional
-    nodes = [n for i, n in enumerate(layer._inbound_nodes)
-             if functional._make_node_key(layer.name, i) in model._network_nodes]
-    if len(nodes) != 1:
-        raise ValueError(f"{layer.name} is called {len(nodes)} times in {model.name}")
-    return nodes[0].input_tensors
-
-
-def _submodels(model):
-    import tf_keras
-    for layer in model.layers:
-        if isinstance(layer, tf_keras.Model):
-            yield layer
-            yield from _submodels(layer)
-
-
 def _per_channel_quantized(kernel: np.ndarray, multiplier: np.ndarray, depthwise: bool) -> np.ndarray:
     """``kernel`` after the converter's int8 treatment: BatchNorm multiplier folded in,
     symmetric per-output-channel int8 (scale max|w| / 127), multiplier taken out again."""
@@ -176,6 +146,10 @@ def _per_channel_quantized(kernel: np.ndarray, multiplier: np.ndarray, depthwise
     return np.where(m == 0, kernel, q / np.where(m == 0, 1.0, m)).astype(kernel.dtype)
 
 
+class _Done(Exception):
+    pass
+
+
 class bias_corrected:
     """Context manager: empirical bias correction of ``model``'s BatchNorm offsets for
     per-channel int8 weights (Nagel et al. 2019, "Data-free quantization", section 4.2;
@@ -185,11 +159,18 @@ class bias_corrected:
     folded kernel to int8, symmetric per output channel.  For some backbones that
     rounding shifts the layer's output systematically: a 3x3 depthwise kernel of
     mobilenet_v1 (conv_dw_1) has two taps of about +-12.5 that nearly cancel and small
-    taps of about 0.05 that decide the output, and the int8 step is 0.1.  The shift is
-    measured on ``pixels`` (calibration images), layer after layer in execution order,
-    each layer with the int8-rounded kernels of all layers up to it and the corrections
-    of those before it, and subtracted from the BatchNorm's beta.  The kernels are left
-    as they are (the converter rounds them the same way); only the biases change.
+    taps of about 0.05 that decide the output, and the int8 step is 0.1.
+
+    The correction is measured on ``pixels`` (calibration images) in one walk through
+    the graph (nested models included): a float and a quantized copy of the
+    activations advance side by side, node by node, so the cost is about two forward
+    passes.  The quantized copy runs each convolution with its int8-rounded kernel and
+    each BatchNorm with the corrections found so far; at every BatchNorm the difference
+    of the two copies' per-channel means (the shift of this layer plus what is left of
+    the layers before it) is subtracted from beta and from the quantized copy.  The
+    kernels are left as they are (the converter rounds them the same way); only the
+    biases change.  (Rounding the quantized copy's activations to their 8-bit grids as
+    well measured worse: mobilenet_v1 agreement 0.967 against 0.978.)
     """
 
     def __init__(self, model, pixels: np.ndarray):
@@ -198,34 +179,79 @@ class bias_corrected:
         self.corrections: Dict[str, float] = {}
 
     def __enter__(self):
-        import tf_keras
+        import tensorflow as tf
         pairs = _conv_bn_pairs(self.model)
-        inputs = {}
-        kernels = []
+        self._convs = {id(conv): bn for _, conv, bn in pairs}
+        self._bns = {id(bn): conv for _, conv, bn in pairs}
+        self._left = len(pairs)
         try:
-            for owner, conv, bn in pairs:
-                if id(owner) not in inputs:
-                    inputs[id(owner)] = _owner_input(self.model, owner, self.pixels)
-                x = inputs[id(owner)]
-                probe = tf_keras.Model(owner.input, bn.output)
-                float_mean = probe.predict(x, batch_size=16, verbose=0).mean(axis=(0, 1, 2))
-                weights = conv.get_weights()
-                kernels.append((conv, weights))
-                gamma, beta, mean, var = bn.get_weights()
-                multiplier = gamma / np.sqrt(var + bn.epsilon)
-                depthwise = isinstance(conv, tf_keras.layers.DepthwiseConv2D)
-                conv.set_weights([_per_channel_quantized(weights[0], multiplier, depthwise)] + weights[1:])
-                shift = probe.predict(x, batch_size=16, verbose=0).mean(axis=(0, 1, 2)) - float_mean
-                self._betas.append((bn, bn.get_weights()))
-                bn.set_weights([gamma, beta - shift.astype(beta.dtype), mean, var])
-                self.corrections[bn.name] = float(np.abs(shift).max())
+            if pairs:
+                x = tf.constant(self.pixels)
+                try:
+                    self._walk(self.model, [x], [x])
+                except _Done:
+                    pass
         except BaseException:
             self._restore_betas()
             raise
-        finally:
-            for conv, weights in kernels:
-                conv.set_weights(weights)
         return self
+
+    def _walk(self, model, inputs_f, inputs_q):
+        """Runs the float and the quantized activations through functional ``model``
+        (after ``tf_keras``'s Functional._run_internal_graph), correcting on the way."""
+        import tensorflow as tf
+        import tf_keras
+        count = model._tensor_usage_count
+        tf_, tq = {}, {}
+        for ref, yf, yq in zip(model.inputs, inputs_f, inputs_q):
+            k = str(id(ref))
+            tf_[k], tq[k] = [yf] * count[k], [yq] * count[k]
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.is_input or any(k not in tf_ for k in node.flat_input_ids):
+                    continue
+                layer = node.layer
+                args_f, kw_f = node.map_arguments(tf_)
+                args_q, kw_q = node.map_arguments(tq)
+                if isinstance(layer, tf_keras.Model) and hasattr(layer, "_nodes_by_depth"):
+                    out_f, out_q = self._walk(layer, tf.nest.flatten((args_f, kw_f)), tf.nest.flatten((args_q, kw_q)))
+                    out_f = tf.nest.pack_sequence_as(layer._nested_outputs, out_f)
+                    out_q = tf.nest.pack_sequence_as(layer._nested_outputs, out_q)
+                elif id(layer) in self._convs:
+                    bn = self._convs[id(layer)]
+                    out_f = layer(*args_f, **kw_f)
+                    weights = layer.get_weights()
+                    gamma, _, _, var = bn.get_weights()
+                    multiplier = gamma / np.sqrt(var + bn.epsilon)
+                    depthwise = isinstance(layer, tf_keras.layers.DepthwiseConv2D)
+                    layer.set_weights([_per_channel_quantized(weights[0], multiplier, depthwise)] + weights[1:])
+                    try:
+                        out_q = layer(*args_q, **kw_q)
+                    finally:
+                        layer.set_weights(weights)
+                elif id(layer) in self._bns:
+                    out_f = layer(*args_f, training=False)
+                    out_q = layer(*args_q, training=False)
+                    shift = tf.reduce_mean(out_q - out_f, axis=(0, 1, 2)).numpy()
+                    gamma, beta, mean, var = layer.get_weights()
+                    self._betas.append((layer, layer.get_weights()))
+                    layer.set_weights([gamma, beta - shift.astype(beta.dtype), mean, var])
+                    self.corrections[layer.name] = float(np.abs(shift).max())
+                    out_q = out_q - shift
+                    self._left -= 1
+                    if self._left == 0:
+                        raise _Done
+                else:
+                    out_f = layer(*args_f, **kw_f)
+                    out_q = layer(*args_q, **kw_q)
+                for k, yf, yq in zip(node.flat_output_ids, tf.nest.flatten(out_f), tf.nest.flatten(out_q)):
+                    tf_[k], tq[k] = [yf] * count[k], [yq] * count[k]
+        outs_f, outs_q = [], []
+        for ref in model.outputs:
+            k = str(id(ref))
+            outs_f.append(tf_[k].pop())
+            outs_q.append(tq[k].pop())
+        return outs_f, outs_q
 
     def _restore_betas(self):
         for bn, weights in reversed(self._betas):
@@ -235,7 +261,6 @@ class bias_corrected:
     def __exit__(self, *exc):
         self._restore_betas()
         return False
-
 
 
 def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.ndarray]]] = None,
