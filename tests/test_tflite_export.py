@@ -262,3 +262,51 @@ def test_pusher_pushes_nothing_when_no_variant_passes(tmp_path, monkeypatch):
     assert "no TFLite variant met its parity bound" in pushed.get_string_custom_property("not_pushed_reason")
     assert "int8: bad int8" in pushed.get_string_custom_property("not_pushed_reason")
     assert tflite_pusher.list_versions(str(tmp_path / "serving")) == []
+
+
+def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone():
+    """A nested model with conv/BN pairs, a residual Add and a depthwise kernel whose
+    large taps nearly cancel: inside the context the model with int8-rounded kernels
+    has (almost) the float model's per-channel means; outside it, the weights are back."""
+    import tf_keras
+    rng = np.random.default_rng(0)
+    L = tf_keras.layers
+    inner_in = L.Input([16, 16, 3])
+    a = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(inner_in)))
+    b = L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(a))
+    c = L.BatchNormalization(name="bn3")(L.Conv2D(8, 1, use_bias=False, name="pw")(L.ReLU(6.0)(b)))
+    inner = tf_keras.Model(inner_in, L.Add()([a, c]), name="inner")
+    outer_in = L.Input([16, 16, 3])
+    model = tf_keras.Model(outer_in, L.GlobalAveragePooling2D()(inner(L.Rescaling(1 / 127.5, -1)(outer_in))))
+    dw = rng.normal(0, 0.05, (3, 3, 8, 1)).astype(np.float32)
+    dw[0, 0], dw[0, 1] = 12.5, -12.45
+    model.get_layer("inner").get_layer("dw").set_weights([dw])
+    for name in ("bn1", "bn2", "bn3"):
+        bn = inner.get_layer(name)
+        bn.set_weights([rng.uniform(0.5, 2, 8).astype(np.float32), rng.normal(0, 0.5, 8).astype(np.float32),
+                        rng.normal(0, 0.1, 8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)])
+    pixels = rng.uniform(0, 255, (32, 16, 16, 3)).astype(np.float32)
+    before = [w.copy() for w in model.get_weights()]
+    probe = tf_keras.Model(inner.input, inner.get_layer("bn3").output)
+    x = L.Rescaling(1 / 127.5, -1)(pixels)
+    float_mean = probe(x).numpy().mean(axis=(0, 1, 2))
+
+    def quantized_mean():
+        kernels = {}
+        for _, conv, bn in tflite_export._conv_bn_pairs(model):
+            g, _, _, v = bn.get_weights()
+            kernels[conv.name] = conv.get_weights()
+            conv.set_weights([tflite_export._per_channel_quantized(
+                kernels[conv.name][0], g / np.sqrt(v + bn.epsilon), conv.name == "dw")])
+        try:
+            return probe(x).numpy().mean(axis=(0, 1, 2))
+        finally:
+            for _, conv, _ in tflite_export._conv_bn_pairs(model):
+                conv.set_weights(kernels[conv.name])
+
+    uncorrected = np.abs(quantized_mean() - float_mean).max()
+    with tflite_export.bias_corrected(model, pixels) as bc:
+        corrected = np.abs(quantized_mean() - float_mean).max()
+        assert set(bc.corrections) == {"bn1", "bn2", "bn3"}
+    assert uncorrected > 0.005 and corrected < uncorrected / 100, (uncorrected, corrected)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
