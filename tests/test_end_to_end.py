@@ -99,7 +99,8 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert set(parity["variants"]) == {"float32", "int8"}
     assert parity["passed"][0] == "float32"  # float32 always reproduces the SavedModel
     pushed = sorted(tflite_export.FILE_NAMES[v] for v in parity["passed"])
-    assert sorted(os.listdir(version)) == sorted(["labels.txt", "metrics.json", "parity.json", *pushed])
+    assert sorted(os.listdir(version)) == sorted(["_SUCCESS", "labels.txt", "metrics.json", "parity.json",
+                                                  *pushed])
     assert (version / "labels.txt").read_text().split() == CLASSES
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["version"] == 1 and metrics["gate"]["min_accuracy"] == 0.6

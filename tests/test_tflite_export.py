@@ -245,7 +245,7 @@ def test_pusher_pushes_only_variants_that_met_their_bound(tmp_path, monkeypatch)
     _fake_export(tmp_path / "tflite", ["float32", "fp16"], {"int8": reason})
     pushed = _pusher_run(tmp_path, monkeypatch, tmp_path / "tflite")
     version = tmp_path / "serving" / "1"
-    assert sorted(os.listdir(version)) == ["labels.txt", "metrics.json", "model.tflite",
+    assert sorted(os.listdir(version)) == ["_SUCCESS", "labels.txt", "metrics.json", "model.tflite",
                                            "model_fp16.tflite", "parity.json"]
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["tflite"]["pushed"] == {"float32": "model.tflite", "fp16": "model_fp16.tflite"}
