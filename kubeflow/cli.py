@@ -87,13 +87,12 @@ def _fail(message: str, code: int = 2) -> int:
 
 def beam_args(args: argparse.Namespace, pipeline_root: str) -> List[str]:
     from kubeflow.runner import KubeflowError, join_uri
+    from pipeline.config import direct_beam_args
     if args.beam_runner == "direct":
-        if args.beam_workers < 1:
-            raise KubeflowError(f"--beam-workers must be >= 1, got {args.beam_workers}")
-        out = [f"--direct_num_workers={args.beam_workers}"]
-        if args.beam_workers > 1:
-            out.insert(0, "--direct_running_mode=multi_processing")
-        return out + list(args.beam_arg)
+        try:
+            return direct_beam_args(args.beam_workers) + list(args.beam_arg)
+        except ValueError as e:
+            raise KubeflowError(str(e)) from None
     missing = [flag for flag, value in (("--dataflow-project", args.dataflow_project),
                                         ("--dataflow-region", args.dataflow_region)) if not value]
     if missing:

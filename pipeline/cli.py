@@ -150,18 +150,10 @@ def _parity_bounds(items) -> dict:
     return bounds
 
 
-def _beam_args(workers: int) -> list:
-    if workers < 1:
-        raise ValueError(f"--beam-workers must be >= 1, got {workers}")
-    if workers == 1:
-        return ["--direct_num_workers=1"]
-    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-
-
 def _cmd_run(args) -> int:
     from components.label_guard import LabelSpaceError
     from pipeline import local_runner, preflight
-    from pipeline.config import PipelineConfig
+    from pipeline.config import PipelineConfig, direct_beam_args
     config = PipelineConfig(
         images=os.path.abspath(args.images) if "://" not in args.images else args.images,
         workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
@@ -176,7 +168,7 @@ def _cmd_run(args) -> int:
     from components import backbones
     try:
         config = dataclasses.replace(config, parity_bounds=_parity_bounds(args.parity_bound),
-                                     beam_args=_beam_args(args.beam_workers))
+                                     beam_args=direct_beam_args(args.beam_workers))
         config = preflight.scan(config)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)

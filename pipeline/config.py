@@ -11,6 +11,15 @@ from components import image_io
 LOOKUPS = ("resolver", "registry")
 
 
+def direct_beam_args(workers: int) -> List[str]:
+    """Beam DirectRunner options for `workers` processes (1: in this process)."""
+    if workers < 1:
+        raise ValueError(f"--beam-workers must be >= 1, got {workers}")
+    if workers == 1:
+        return ["--direct_num_workers=1"]
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     # <images>/<label>/<file> folder, or a `uri,label` CSV manifest; local or gs://.

@@ -87,3 +87,15 @@ def tiny_transform(tmp_path_factory, imagenet_weights, emoji_root):
     rows = [json.loads(line) for line in (out_dir / "transformed").read_text().splitlines()]
     transformed = [{"features": np.array(r["features"], np.float32), "label": r["label"]} for r in rows]
     return str(out_dir / "transform_fn"), raw, transformed, labels
+
+
+def retrain_kubeflow(capsys, *argv):
+    """Runs a kubeflow.cli subcommand in-process: (exit code, stdout, stderr lines)."""
+    import argparse
+    from kubeflow import cli
+    parser = argparse.ArgumentParser(prog="retrain")
+    handlers = cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    code = handlers[args.command](args)
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()

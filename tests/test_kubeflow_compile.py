@@ -1,6 +1,5 @@
 """`retrain compile`: the local pipeline as a KFP v2 spec, and the image it names."""
 
-import argparse
 import importlib
 import re
 import shlex
@@ -12,8 +11,8 @@ import pytest
 import yaml
 from tfx.types.artifact import Artifact
 
-from conftest import png_bytes
-from kubeflow import cli, runner
+from conftest import retrain_kubeflow as _retrain, png_bytes
+from kubeflow import runner
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "registry.example/retrain:1.0"
@@ -225,15 +224,6 @@ def test_a_broken_kfp_install_is_an_error_not_a_missing_runner(monkeypatch):
 
 
 # ------------------------------------------------------------------------- CLI
-
-def _retrain(capsys, *argv):
-    parser = argparse.ArgumentParser(prog="retrain")
-    handlers = cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    code = handlers[args.command](args)
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
-
 
 def test_cli_compile_for_dataflow(tmp_path, capsys):
     out_file = tmp_path / "pipeline.yaml"

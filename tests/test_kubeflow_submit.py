@@ -5,7 +5,6 @@ recurring runs), binds 127.0.0.1 on an ephemeral port, serves a bounded number
 of requests and records them, so the tests can check what was sent.
 """
 
-import argparse
 import http.server
 import json
 import socket
@@ -16,7 +15,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from kubeflow import cli
+from conftest import retrain_kubeflow as _retrain
 
 ROOT = "gs://bucket/retrain/pipeline_root"
 SECRET = "s3cr3t-t0ken-value"
@@ -123,15 +122,6 @@ def spec_file(tmp_path, monkeypatch):
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(SPEC))
     return str(path)
-
-
-def _retrain(capsys, *argv):
-    parser = argparse.ArgumentParser(prog="retrain")
-    handlers = cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    code = handlers[args.command](args)
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
 
 
 def test_submit_creates_a_run_with_the_compiled_pipeline_root(spec_file, capsys):
