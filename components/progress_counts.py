@@ -53,8 +53,8 @@ class Counter:
     """One worker's share of a stage's count; cheap to call per element."""
 
     def __init__(self, stage: str, interval: float = 0.5):
-        self._dir = _stage_dir(stage)
-        self._path = self._dir and os.path.join(self._dir, f"{os.getpid()}-{next(_ids)}.json")
+        folder = _stage_dir(stage)
+        self._path = folder and os.path.join(folder, f"{os.getpid()}-{next(_ids)}.json")
         self._done = 0
         self._interval = interval
         self._last = 0.0

@@ -71,9 +71,13 @@ def list_versions(serving_dir: str) -> List[int]:
             if tf.io.gfile.exists(os.path.join(serving_dir, str(v), COMPLETE_MARKER))]
 
 
-def _write_version(folder: str, files: Dict[str, str], metrics: Dict[str, Any]) -> None:
+def _copy_files(folder: str, files: Dict[str, str]) -> None:
     for name, src in files.items():
         tf.io.gfile.copy(src, os.path.join(folder, name), overwrite=True)
+
+
+def _finish_version(folder: str, metrics: Dict[str, Any]) -> None:
+    """metrics.json, then the completion marker: the last two writes of a version."""
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     with tf.io.gfile.GFile(os.path.join(folder, COMPLETE_MARKER), "w") as f:
@@ -88,9 +92,10 @@ def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, 
     staging = os.path.join(serving_dir, f".incoming-{uuid.uuid4().hex}")
     tf.io.gfile.makedirs(staging)
     try:
+        _copy_files(staging, files)
         for attempt in range(100):
             version = (_numbered(serving_dir) or [0])[-1] + 1
-            _write_version(staging, files, dict(metrics, version=version))
+            _finish_version(staging, dict(metrics, version=version))
             try:
                 # os.rename refuses to replace a non-empty folder, so two
                 # concurrent pushers can't both take the same number.
@@ -113,7 +118,8 @@ def _publish_in_place(serving_dir: str, files: Dict[str, str], metrics: Dict[str
     folder = os.path.join(serving_dir, str(version))
     tf.io.gfile.makedirs(folder)
     try:
-        _write_version(folder, files, dict(metrics, version=version))
+        _copy_files(folder, files)
+        _finish_version(folder, dict(metrics, version=version))
     except BaseException:
         try:
             tf.io.gfile.rmtree(folder)
