@@ -117,7 +117,8 @@ def _features_fn(backbone: str, weights: str):
         pixels, seed = args
         return tf.cond(seed[1] > 0, lambda: augment(pixels, seed), lambda: pixels)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 2], tf.int64)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, 2], tf.int64)],
+                 autograph=False)
     def features(images, seeds):
         pixels = preprocessing.decode_and_resize(images, size)
         pixels = tf.cond(tf.reduce_any(seeds[:, 1] > 0),
