@@ -60,6 +60,22 @@ def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
     return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
+
+_DECODERS: dict = {}
+
+
+def decode_batch(image_bytes, size: int) -> tf.Tensor:
+    """decode_and_resize for eager callers: one traced graph per size, reused.
+
+    Called eagerly, tf.map_fn runs Python (and AutoGraph) for every image: 32
+    224x224 PNGs took 160 ms that way here, 70 ms through this graph, which is
+    also the one BottleneckGen and the Transform graph run.
+    """
+    if size not in _DECODERS:
+        _DECODERS[size] = tf.function(lambda b: decode_and_resize(b, size), autograph=False,
+                                      input_signature=[tf.TensorSpec([None], tf.string)])
+    return _DECODERS[size](tf.convert_to_tensor(image_bytes, tf.string))
+
 # tf.Transform traces preprocessing_fn several times per run (analysis, export,
 # apply); building the backbone and reading its weights each time cost ~10 s.
 # make_and_track_object creates objects eagerly, so one instance per process

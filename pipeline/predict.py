@@ -66,13 +66,13 @@ def load_pixels(path: str, size: int, max_pixels: int) -> "object":
     data = image_io.read_bytes(path)
     img = image_io.decode(data, max_pixels)
     try:
-        return preprocessing.decode_and_resize(tf.constant([img.data]), size).numpy()[0]
+        return preprocessing.decode_batch([img.data], size).numpy()[0]
     except (tf.errors.InvalidArgumentError, tf.errors.OpError):
         if img.reencoded:
             raise
         # Pillow read it but TF's decoder does not: ingestion hands TF a PNG then.
         img = image_io.decode(data, max_pixels, keep_original=False)
-        return preprocessing.decode_and_resize(tf.constant([img.data]), size).numpy()[0]
+        return preprocessing.decode_batch([img.data], size).numpy()[0]
 
 
 def run(args: argparse.Namespace) -> int:
