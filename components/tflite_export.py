@@ -52,7 +52,7 @@ FILE_NAMES: Dict[str, str] = {
 DEFAULT_VARIANTS: Tuple[str, ...] = ("float32", "int8")
 # Minimum top-1 agreement with the SavedModel on the eval split.
 DEFAULT_PARITY_BOUNDS: Dict[str, float] = {"float32": 0.99, "fp16": 0.99, "dynamic": 0.97, "int8": 0.97}
-DEFAULT_CALIBRATION_IMAGES = 200
+DEFAULT_CALIBRATION_IMAGES = 100  # as in TF's post-training integer quantization guide
 # Calibration images (at most) on which the int8 variant's bias correction is measured.
 BIAS_CORRECTION_IMAGES = 64
 PARITY_FILE = "parity.json"

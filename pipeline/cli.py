@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parity-bound", action="append", default=[], metavar="VARIANT=MIN",
                      help="minimum top-1 agreement with the SavedModel for a variant to be "
                           "pushed (defaults 0.99 float32/fp16, 0.97 dynamic/int8); repeatable")
-    run.add_argument("--calibration-images", type=int, default=200,
+    run.add_argument("--calibration-images", type=int, default=100,
                      help="training images used to calibrate the int8 variant")
     run.add_argument("--enable-cache", action="store_true",
                      help="reuse outputs of unchanged steps from earlier runs in this workdir")

@@ -62,7 +62,7 @@ class PipelineConfig:
     # (defaults: 0.99 float32/fp16, 0.97 dynamic/int8); int8 calibration images.
     tflite_variants: Tuple[str, ...] = ("float32", "int8")
     parity_bounds: Dict[str, float] = dataclasses.field(default_factory=dict)
-    calibration_images: int = 200
+    calibration_images: int = 100
     # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
     beam_args: List[str] = dataclasses.field(default_factory=lambda: ["--direct_num_workers=1"])
     enable_cache: bool = False
