@@ -5,6 +5,7 @@ component runs it in fixed-size batches (``batch_size``; tf.Transform exposes
 none) and keeps every result in a FeatureCache artifact keyed by
 
     sha256(image content) | view | backbone | weights fingerprint | preprocessing version
+    | cache format
 
 so a rerun after adding images computes features only for the new ones, and a
 change of backbone, weights or decoding code invalidates the cache by itself.
@@ -17,7 +18,10 @@ Outputs:
   bottlenecks    Examples (Split-train, Split-eval): ``features`` [D] float,
                  ``label`` int64, ``content_sha256``, ``view`` (0 = the image;
                  1..K = augmented views, train split only).
-  feature_cache  FeatureCache: every (key, features) this run used, old and new.
+  feature_cache  FeatureCache: every (key, features) this run used, old and new, in
+                 ``features-*.tfrecord``: uncompressed TFRecords, each record the
+                 64-byte hex key then the float32 vector, little-endian (as gzip'd
+                 tf.Examples, writing and reading them cost about 1 s a run here).
 
 The features are those of the Transform graph the serving model embeds: same
 decode_and_resize, same backbone builder (components.preprocessing).
@@ -33,6 +37,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 import numpy as np
 import tensorflow as tf
 from tfx import types
@@ -44,6 +49,10 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from components import backbones, image_example_gen, preprocessing, previous_artifacts, progress_counts
 
 CACHE_FILE_PREFIX = "features"
+CACHE_FILE_SUFFIX = ".tfrecord"
+# Bump when the cache record layout changes: older caches then miss, never misparse.
+CACHE_FORMAT_VERSION = 2
+_KEY_BYTES = 64  # hex sha256
 PROGRESS_STAGE = "BottleneckGen"
 
 
@@ -77,7 +86,7 @@ def cache_namespace(backbone: str, weights: str) -> str:
     fingerprint = backbones.weights_fingerprint(backbone, weights)
     if fingerprint == "random":
         return ""
-    return f"{backbone}|{fingerprint}|p{preprocessing.PREPROCESSING_VERSION}"
+    return f"{backbone}|{fingerprint}|p{preprocessing.PREPROCESSING_VERSION}|c{CACHE_FORMAT_VERSION}"
 
 
 def entry_key(namespace: str, sha: str, view: int) -> bytes:
@@ -137,13 +146,15 @@ class _ComputeFeatures(beam.DoFn):
         self._computed = beam.metrics.Metrics.counter("bottleneck_gen", "computed")
 
     def setup(self):
-        self._features = _features_fn(self._backbone, self._weights)
+        self._features = None  # built on the first miss: a rerun without new images needs no backbone
         self._progress = progress_counts.Counter(PROGRESS_STAGE)
 
     def finish_bundle(self):
         self._progress.close()
 
     def process(self, batch: List[Tuple[bytes, Dict]]):
+        if self._features is None:
+            self._features = _features_fn(self._backbone, self._weights)
         features = self._features(
             tf.constant([r["image"] for _, r in batch]),
             tf.constant([_seed(r["sha"], r["view"]) for _, r in batch], tf.int64)).numpy()
@@ -160,15 +171,14 @@ def _parse(serialized: bytes, split: str) -> Dict:
 
 
 def _cache_record(key: bytes, vec: np.ndarray) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
-        "features": tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist())),
-    })).SerializeToString()
+    return key + np.asarray(vec, "<f4").tobytes()
 
 
-def _parse_cache(serialized: bytes) -> Tuple[bytes, np.ndarray]:
-    f = tf.train.Example.FromString(serialized).features.feature
-    return f["key"].bytes_list.value[0], np.asarray(f["features"].float_list.value, np.float32)
+def _parse_cache(record: bytes) -> Tuple[bytes, np.ndarray]:
+    if len(record) <= _KEY_BYTES or (len(record) - _KEY_BYTES) % 4:
+        raise ValueError(f"malformed feature-cache record of {len(record)} bytes: "
+                         f"expected a {_KEY_BYTES}-byte key and float32 features")
+    return record[:_KEY_BYTES], np.frombuffer(record, "<f4", offset=_KEY_BYTES).astype(np.float32)
 
 
 def _bottleneck(record: Dict, vec: np.ndarray) -> bytes:
@@ -253,7 +263,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         p = self._make_beam_pipeline()
         if reuse:
             cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(
-                os.path.join(previous.uri, CACHE_FILE_PREFIX + "*"), compression_type="gzip")
+                os.path.join(previous.uri, CACHE_FILE_PREFIX + "*" + CACHE_FILE_SUFFIX),
+                compression_type=CompressionTypes.UNCOMPRESSED)
                 | "ParseCache" >> beam.Map(_parse_cache))
         else:
             cached = p | "NoCache" >> beam.Create([])
@@ -288,7 +299,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "CacheRecord" >> beam.MapTuple(lambda k, r, v: _cache_record(k, v))
                  | "WriteCache" >> beam.io.WriteToTFRecord(
                      os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
-                     file_name_suffix=".gz", compression_type="gzip"))
+                     file_name_suffix=CACHE_FILE_SUFFIX, compression_type=CompressionTypes.UNCOMPRESSED))
         result = p.run()
         result.wait_until_finish()
 

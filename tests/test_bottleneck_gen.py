@@ -156,3 +156,21 @@ def test_other_weights_invalidate_and_views_are_cached(runs, tmp_path):
     assert _counts(runs["work"]) == {"computed": 0, "cache_hits": len(_all(again)), "reused_cache": 1}
     for key, (_, vec) in again["train"].items():
         np.testing.assert_array_equal(vec, views["train"][key][1])
+
+
+def test_cache_records_round_trip_and_bad_records_are_named():
+    vec = np.linspace(-3.0, 3.0, 1024, dtype=np.float32)
+    key = bottleneck_gen.entry_key("ns", "ab" * 32, 0)
+    got_key, got = bottleneck_gen._parse_cache(bottleneck_gen._cache_record(key, vec))
+    assert got_key == key and got.dtype == np.float32
+    np.testing.assert_array_equal(got, vec)
+    for bad in (key, key + b"\x00\x01\x02"):  # no features; a partial float
+        with pytest.raises(ValueError, match="malformed feature-cache record"):
+            bottleneck_gen._parse_cache(bad)
+
+
+def test_cache_namespace_names_the_record_format(monkeypatch):
+    """A cache written in another record layout is never reused, so never misparsed."""
+    before = bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet")
+    monkeypatch.setattr(bottleneck_gen, "CACHE_FORMAT_VERSION", bottleneck_gen.CACHE_FORMAT_VERSION + 1)
+    assert bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet") != before
