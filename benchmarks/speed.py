@@ -13,6 +13,9 @@
    the epochs actually run.
 3. Incremental rerun: +10 % new images, same workdir: feature step seconds of
    the second run / the first.
+
+Each pipeline run is a fresh Python process, as two `retrain run` commands are:
+a built backbone or traced function from the first run can't flatter the second.
 4. Augmentation: eval accuracy with 2 cached augmented views per train image.
 5. Fixed overhead: seconds per component for a 100-image run.
 """
@@ -28,6 +31,8 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -44,8 +49,18 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "speed.json"
 
 
 def run_pipeline(images, workdir, **overrides) -> dict:
-    cfg = PipelineConfig(images=str(images), workdir=str(workdir), min_accuracy=0.0,
-                         min_images_per_class=1, **overrides)
+    """One local pipeline run in a fresh Python process, as `retrain run` would be:
+    nothing (built backbone, traced functions) carries over from an earlier run."""
+    args = json.dumps({"images": str(images), "workdir": str(workdir), "overrides": overrides})
+    out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--one-run", args],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _one_run(spec: str) -> None:
+    spec = json.loads(spec)
+    cfg = PipelineConfig(images=spec["images"], workdir=spec["workdir"], min_accuracy=0.0,
+                         min_images_per_class=1, **spec["overrides"])
     t0 = time.perf_counter()
     summary = local_runner.run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -53,7 +68,7 @@ def run_pipeline(images, workdir, **overrides) -> dict:
                                             "training", "history.json")),
                      key=os.path.getmtime)[-1]
     summary["epochs"] = len(json.load(open(history))["loss"])
-    return summary
+    print(json.dumps(summary, default=str))
 
 
 def split_files(summary, images: pathlib.Path):
@@ -105,7 +120,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
     ap.add_argument("--keep", help="keep datasets and workdirs here")
+    ap.add_argument("--one-run", help=argparse.SUPPRESS)  # internal: run_pipeline's child process
     args = ap.parse_args(argv)
+    if args.one_run:
+        return _one_run(args.one_run)
     backbones.fetch_weights("mobilenet_v1")
     root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="speed-"))
     src = datasets.emoji_dataset()

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -58,6 +59,7 @@ def runs(tmp_path_factory, emoji_root, imagenet_weights):
     (images / "flags" / "half_synced.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
     workdir = root / "work"
     base = PipelineConfig(images=str(images), workdir=str(workdir), epochs=60, enable_cache=True)
+    packages_before = set(_tfx_ephemeral_packages())
 
     a = local_runner.run(PipelineConfig(**{**base.__dict__, "corrupt_train_labels": True,
                                            "min_accuracy": 0.7}))
@@ -71,7 +73,19 @@ def runs(tmp_path_factory, emoji_root, imagenet_weights):
     served = _digest(os.path.join(workdir, "serving", "1"))
     c = local_runner.run(PipelineConfig(**{**base.__dict__, "corrupt_train_labels": True,
                                            "min_accuracy": 0.0}))
-    return {"a": a, "b": b, "c": c, "workdir": workdir, "served_after_b": served}
+    return {"a": a, "b": b, "c": c, "workdir": workdir, "served_after_b": served,
+            "new_tfx_packages": set(_tfx_ephemeral_packages()) - packages_before}
+
+
+def _tfx_ephemeral_packages():
+    """TFX's per-executor sdists of itself for remote Beam workers (<tmp>/<dir>/build/tfx)."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), "*", "build", "tfx"))
+
+
+def test_runs_leave_no_tfx_package_copies_in_tmp(runs):
+    # Without config.DIRECT_RUNNER_NO_STAGING each Beam component of each run
+    # left a 42 MB copy of TFX there and spent ~1.2 s making it.
+    assert runs["new_tfx_packages"] == set()
 
 
 def test_first_run_value_threshold_alone_decides(runs):
