@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
@@ -139,33 +138,6 @@ def _features_fn(backbone: str, weights: str):
     return features
 
 
-_READY_LOCK = threading.Lock()
-_READY: Dict[Tuple[str, str], object] = {}
-
-
-def ready_features_fn(backbone: str, weights: str):
-    """This process's feature function for (backbone, weights): built, traced, run once.
-
-    Its first call also optimises the graph (about 0.5 s for MobileNet v1), so
-    with the model build that is ~1.5 s before the first image: when Beam runs
-    the DoFn in this process, the executor starts it in a thread while Beam
-    plans and reads, and the DoFn picks it up here.
-    """
-    with _READY_LOCK:
-        key = (backbone, weights)
-        if key not in _READY:
-            fn = _features_fn(backbone, weights)
-            size = backbones.get_spec(backbone).input_size
-            fn(tf.io.encode_png(tf.zeros([size, size, 3], tf.uint8))[None], tf.zeros([1, 2], tf.int64))
-            _READY[key] = fn
-        return _READY[key]
-
-
-def _in_process(beam_args: Iterable[str]) -> bool:
-    """Whether Beam runs DoFns in this process (DirectRunner, one worker)."""
-    return not any("multi_processing" in a or a.startswith("--runner") for a in beam_args)
-
-
 class _ComputeFeatures(beam.DoFn):
     """A batch of (key, record) -> (key, record sans image, features); one backbone per worker."""
 
@@ -182,7 +154,7 @@ class _ComputeFeatures(beam.DoFn):
 
     def process(self, batch: List[Tuple[bytes, Dict]]):
         if self._features is None:
-            self._features = ready_features_fn(self._backbone, self._weights)
+            self._features = _features_fn(self._backbone, self._weights)
         features = self._features(
             tf.constant([r["image"] for _, r in batch]),
             tf.constant([_seed(r["sha"], r["view"]) for _, r in batch], tf.int64)).numpy()
@@ -292,8 +264,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         hits = beam.metrics.Metrics.counter("bottleneck_gen", "cache_hits")
         _report_total(examples, splits, augment_views)
-        if _in_process(self._beam_pipeline_args):
-            threading.Thread(target=ready_features_fn, args=(backbone, weights), daemon=True).start()
         p = self._make_beam_pipeline()
         if reuse:
             cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(
