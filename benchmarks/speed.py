@@ -13,11 +13,11 @@
    the epochs actually run.
 3. Incremental rerun: +10 % new images, same workdir: feature step seconds of
    the second run / the first.
+4. Augmentation: eval accuracy with 2 cached augmented views per train image.
+5. Fixed overhead: seconds per component for a 100-image run.
 
 Each pipeline run is a fresh Python process, as two `retrain run` commands are:
 a built backbone or traced function from the first run can't flatter the second.
-4. Augmentation: eval accuracy with 2 cached augmented views per train image.
-5. Fixed overhead: seconds per component for a 100-image run.
 """
 
 from __future__ import annotations

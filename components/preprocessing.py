@@ -60,7 +60,6 @@ def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
     return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
-
 _DECODERS: dict = {}
 
 
@@ -75,6 +74,7 @@ def decode_batch(image_bytes, size: int) -> tf.Tensor:
         _DECODERS[size] = tf.function(lambda b: decode_and_resize(b, size), autograph=False,
                                       input_signature=[tf.TensorSpec([None], tf.string)])
     return _DECODERS[size](tf.convert_to_tensor(image_bytes, tf.string))
+
 
 # tf.Transform traces preprocessing_fn several times per run (analysis, export,
 # apply); building the backbone and reading its weights each time cost ~10 s.
@@ -111,22 +111,13 @@ class _TrackedBackbone(tf.Module):
         return self._forward(pixels)
 
 
-_TRACKED: dict = {}
-
-
-def _tracked_backbone(name: str, weights: str) -> _TrackedBackbone:
-    key = (name, weights)
-    if key not in _TRACKED:
-        _TRACKED[key] = _TrackedBackbone(shared_extractor(name, weights))
-    return _TRACKED[key]
-
-
 def preprocessing_fn(inputs, custom_config):
     """custom_config: {'backbone': name, 'weights': 'imagenet'|'keras'|'random'|path}."""
     name = custom_config["backbone"]
     weights = custom_config.get("weights", "imagenet")
     spec = backbones.get_spec(name)
-    extractor = tft.make_and_track_object(lambda: _tracked_backbone(name, weights), name="backbone")
+    extractor = tft.make_and_track_object(
+        lambda: _TrackedBackbone(shared_extractor(name, weights)), name="backbone")
     images = tf.reshape(inputs[IMAGE_KEY], [-1])
     features = extractor(decode_and_resize(images, spec.input_size))
     outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, spec.feature_dim])}
