@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
@@ -112,12 +112,13 @@ def _seed(sha: str, view: int) -> Tuple[int, int]:
     return int(sha[:15], 16), view
 
 
-def _features_fn(backbone: str, weights: str):
+def _features_fn(backbone: str, weights: str, augmenting: bool):
     """(encoded images [N], seeds [N, 2]: (image, view)) -> features [N, D], as one graph.
 
     Decoding, augmentation (views > 0) and the backbone in a tf.function: called
     eagerly, the Keras model and tf.map_fn ran at about half the speed
-    (benchmarks/speed.py measures both).
+    (benchmarks/speed.py measures both). Without ``augmenting`` the graph has no
+    augmentation branch (its tracing and first call cost about 0.1 s).
     """
     model = preprocessing.shared_extractor(backbone, weights)
     size = backbones.get_spec(backbone).input_size
@@ -130,6 +131,8 @@ def _features_fn(backbone: str, weights: str):
                  autograph=False)
     def features(images, seeds):
         pixels = preprocessing.decode_and_resize(images, size)
+        if not augmenting:
+            return model(pixels, training=False)
         pixels = tf.cond(tf.reduce_any(seeds[:, 1] > 0),
                          lambda: tf.map_fn(one_view, (pixels, seeds), fn_output_signature=tf.float32),
                          lambda: pixels)
@@ -139,10 +142,14 @@ def _features_fn(backbone: str, weights: str):
 
 
 class _ComputeFeatures(beam.DoFn):
-    """A batch of (key, record) -> (key, record sans image, features); one backbone per worker."""
+    """A batch of (key, record) -> (key, record sans image, features); one backbone per worker.
 
-    def __init__(self, backbone: str, weights: str):
-        self._backbone, self._weights = backbone, weights
+    Features travel as float32 little-endian bytes, the cache's and the packed
+    FloatList's layout: no per-value conversion, and Beam's bytes coder moves them.
+    """
+
+    def __init__(self, backbone: str, weights: str, augmenting: bool):
+        self._backbone, self._weights, self._augmenting = backbone, weights, augmenting
         self._computed = beam.metrics.Metrics.counter("bottleneck_gen", "computed")
 
     def setup(self):
@@ -154,14 +161,15 @@ class _ComputeFeatures(beam.DoFn):
 
     def process(self, batch: List[Tuple[bytes, Dict]]):
         if self._features is None:
-            self._features = _features_fn(self._backbone, self._weights)
+            self._features = _features_fn(self._backbone, self._weights, self._augmenting)
         features = self._features(
             tf.constant([r["image"] for _, r in batch]),
             tf.constant([_seed(r["sha"], r["view"]) for _, r in batch], tf.int64)).numpy()
+        features = features.astype("<f4", copy=False)
         self._computed.inc(len(batch))
         self._progress.add(len(batch))
         for (key, record), vec in zip(batch, features):
-            yield key, _meta(record), vec.astype(np.float32)
+            yield key, _meta(record), vec.tobytes()
 
 
 def _wanted(serialized: bytes, split: str, views: int, namespace: str) -> Iterable[Tuple[bytes, Dict]]:
@@ -173,30 +181,46 @@ def _wanted(serialized: bytes, split: str, views: int, namespace: str) -> Iterab
         yield entry_key(namespace, record["sha"], view), dict(record, view=view)
 
 
-def _cache_record(key: bytes, vec: np.ndarray) -> bytes:
-    return key + np.asarray(vec, "<f4").tobytes()
+def _cache_record(key: bytes, features: bytes) -> bytes:
+    return key + features
 
 
-def _parse_cache(record: bytes) -> Tuple[bytes, np.ndarray]:
+def _parse_cache(record: bytes) -> Tuple[bytes, bytes]:
+    """A cache record -> (key, float32 little-endian feature bytes)."""
     if len(record) <= _KEY_BYTES or (len(record) - _KEY_BYTES) % 4:
         raise ValueError(f"malformed feature-cache record of {len(record)} bytes: "
                          f"expected a {_KEY_BYTES}-byte key and float32 features")
-    return record[:_KEY_BYTES], np.frombuffer(record, "<f4", offset=_KEY_BYTES).astype(np.float32)
+    return record[:_KEY_BYTES], record[_KEY_BYTES:]
 
 
-def _bottleneck(record: Dict, vec: np.ndarray) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        preprocessing.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vec.tolist())),
-        preprocessing.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[record["label"]])),
-        "content_sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record["sha"].encode()])),
-        "view": tf.train.Feature(int64_list=tf.train.Int64List(value=[record["view"]])),
-    })).SerializeToString()
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
-def _bottleneck_of_split(row: Tuple[bytes, Dict, np.ndarray], split: str) -> Iterable[bytes]:
-    _, record, vec = row
-    if record["split"] == split:
-        yield _bottleneck(record, vec)
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature(name: str, kind: int, payload: bytes) -> bytes:
+    """One Features.feature map entry; kind: 1 BytesList, 2 FloatList, 3 Int64List."""
+    return _field(1, _field(1, name.encode()) + _field(2, _field(kind, _field(1, payload))))
+
+
+def _bottleneck(record: Dict, features: bytes) -> bytes:
+    """The bottleneck tf.Example, serialised by hand: the features bytes are already
+    a packed FloatList's payload (tf.train.FloatList(value=...) costs ~0.1 ms a row)."""
+    return _field(1, b"".join((
+        _feature(preprocessing.FEATURES_KEY, 2, features),
+        _feature(preprocessing.LABEL_KEY, 3, _varint(record["label"])),
+        _feature("content_sha256", 1, record["sha"].encode()),
+        _feature("view", 3, _varint(record["view"])))))
 
 
 class _Route(beam.DoFn):
@@ -232,6 +256,82 @@ def _join(item, hits_counter):
     for meta in groups["want"]:  # routed here only because its key is cached
         hits_counter.inc()
         yield key, meta, cached[0]
+
+
+_CACHE_OUTPUT = "cache"
+_TEMP_DIR = ".writing"
+
+
+def _record_options(output: str) -> tf.io.TFRecordOptions:
+    """Bottlenecks: gzip, as TFX Examples are, at level 1 (half the time of the
+    default level here, 3 % larger). The cache: uncompressed, as it is read whole every run."""
+    if output == _CACHE_OUTPUT:
+        return tf.io.TFRecordOptions()
+    return tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+
+
+class _WriteRows(beam.DoFn):
+    """(key, record, features) rows -> this bundle's files under a temp folder, one per output.
+
+    Yields {output: temp path}. Nothing is final until _commit renames the files
+    of the bundles Beam committed; a failed attempt's files stay in the temp
+    folder, which is deleted. One sink instead of Beam's WriteToTFRecord per
+    output: each of those costs several stages and side inputs (about 1 s a run).
+    """
+
+    def __init__(self, temp_dir: str, cache: bool):
+        self._temp_dir, self._cache = temp_dir, cache
+
+    def setup(self):
+        tf.io.gfile.makedirs(self._temp_dir)
+
+    def start_bundle(self):
+        self._writers, self._paths = {}, {}
+
+    def _writer(self, output: str) -> tf.io.TFRecordWriter:
+        if output not in self._writers:
+            path = os.path.join(self._temp_dir, f"{output}-{uuid.uuid4().hex}")
+            self._writers[output] = tf.io.TFRecordWriter(path, _record_options(output))
+            self._paths[output] = path
+        return self._writers[output]
+
+    def process(self, row):
+        key, record, vec = row
+        self._writer(record["split"]).write(_bottleneck(record, vec))
+        if self._cache:
+            self._writer(_CACHE_OUTPUT).write(_cache_record(key, vec))
+
+    def finish_bundle(self):
+        for writer in self._writers.values():
+            writer.close()
+        if self._paths:
+            yield beam.transforms.window.GlobalWindows.windowed_value(dict(self._paths))
+
+
+def _commit(bundles: List[Dict[str, str]], destinations: Dict[str, Tuple[str, str]]) -> None:
+    """Renames the committed bundles' files to <prefix>-NNNNN-of-MMMMM<suffix>."""
+    paths: Dict[str, List[str]] = {}
+    for bundle in bundles:
+        for output, path in bundle.items():
+            paths.setdefault(output, []).append(path)
+    for output, files in paths.items():
+        prefix, suffix = destinations[output]
+        tf.io.gfile.makedirs(os.path.dirname(prefix))
+        for i, path in enumerate(sorted(files)):
+            final = f"{prefix}-{i:05d}-of-{len(files):05d}{suffix}"
+            if tf.io.gfile.exists(path) or not tf.io.gfile.exists(final):  # a retried commit skips
+                tf.io.gfile.rename(path, final, overwrite=True)
+
+
+def _finish_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
+    """Drops the temp folder; an output that got no rows gets one empty file, as readers expect."""
+    if tf.io.gfile.exists(temp_dir):
+        tf.io.gfile.rmtree(temp_dir)
+    for output, (prefix, suffix) in destinations.items():
+        if not tf.io.gfile.glob(f"{prefix}-*{suffix}"):
+            tf.io.gfile.makedirs(os.path.dirname(prefix))
+            with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001{suffix}", _record_options(output)):
+                pass
 
 
 def _report_total(examples, splits: List[str], augment_views: int) -> None:
@@ -287,22 +387,23 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "Match" >> beam.FlatMap(_join, hits))
         computed = (routed.miss
                     | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-                    | "Features" >> beam.ParDo(_ComputeFeatures(backbone, weights)))
-        rows = (found, computed) | "All" >> beam.Flatten()
-        for split in splits:
-            _ = (rows
-                 | f"ToExample[{split}]" >> beam.FlatMap(_bottleneck_of_split, split)
-                 | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                     os.path.join(out.uri, f"Split-{split}", "bottlenecks"),
-                     file_name_suffix=".gz", compression_type="gzip"))
+                    | "Features" >> beam.ParDo(_ComputeFeatures(backbone, weights, augment_views > 0)))
+        temp_dir = os.path.join(cache_out.uri, _TEMP_DIR)
+        destinations = {split: (os.path.join(out.uri, f"Split-{split}", "bottlenecks"), ".gz")
+                        for split in splits}
         if namespace:  # random weights are never cached
-            _ = (rows
-                 | "CacheRecord" >> beam.MapTuple(lambda k, r, v: _cache_record(k, v))
-                 | "WriteCache" >> beam.io.WriteToTFRecord(
-                     os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
-                     file_name_suffix=CACHE_FILE_SUFFIX, compression_type=CompressionTypes.UNCOMPRESSED))
+            destinations[_CACHE_OUTPUT] = (os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
+                                           CACHE_FILE_SUFFIX)
+        # Each branch writes where it is produced: a Flatten of the two would make
+        # the runner buffer every row (and pickle its features) for one more stage.
+        written = (found | "WriteCached" >> beam.ParDo(_WriteRows(temp_dir, bool(namespace))),
+                   computed | "WriteComputed" >> beam.ParDo(_WriteRows(temp_dir, bool(namespace))))
+        _ = (written | "Written" >> beam.Flatten()
+             | "AllWritten" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+             | "Commit" >> beam.Map(_commit, destinations))
         result = p.run()
         result.wait_until_finish()
+        _finish_outputs(temp_dir, destinations)
 
         counters: Dict[str, int] = {}  # one result per step using the counter: add them up
         for m in result.metrics().query(

@@ -114,6 +114,11 @@ def test_rerun_computes_only_new_images(runs):
     assert len(second) == 18 and set(first) <= set(second)
     for key in first:
         np.testing.assert_array_equal(first[key][1], second[key][1])
+    # each run's artifacts hold only their final files: no temp folder, no stray parts
+    for cache in glob.glob(str(runs["work"] / "root" / "BottleneckGen" / "feature_cache" / "*")):
+        assert [n for n in os.listdir(cache) if not n.startswith("features-")] == []
+    for split in glob.glob(str(runs["work"] / "root" / "BottleneckGen" / "bottlenecks" / "*" / "*")):
+        assert all(n.startswith("bottlenecks-") and n.endswith(".gz") for n in os.listdir(split))
 
 
 def test_head_from_cache_equals_head_from_scratch(runs, monkeypatch):
@@ -161,12 +166,57 @@ def test_other_weights_invalidate_and_views_are_cached(runs, tmp_path):
 def test_cache_records_round_trip_and_bad_records_are_named():
     vec = np.linspace(-3.0, 3.0, 1024, dtype=np.float32)
     key = bottleneck_gen.entry_key("ns", "ab" * 32, 0)
-    got_key, got = bottleneck_gen._parse_cache(bottleneck_gen._cache_record(key, vec))
-    assert got_key == key and got.dtype == np.float32
-    np.testing.assert_array_equal(got, vec)
+    got_key, got = bottleneck_gen._parse_cache(bottleneck_gen._cache_record(key, vec.astype("<f4").tobytes()))
+    assert got_key == key
+    np.testing.assert_array_equal(np.frombuffer(got, "<f4"), vec)
     for bad in (key, key + b"\x00\x01\x02"):  # no features; a partial float
         with pytest.raises(ValueError, match="malformed feature-cache record"):
             bottleneck_gen._parse_cache(bad)
+
+
+@pytest.mark.parametrize("label,view,dim", [(0, 0, 1024), (1, 2, 1280), (300, 129, 2048), (2**40, 0, 1)])
+def test_hand_serialised_bottleneck_is_the_tf_example(label, view, dim):
+    """Multi-byte varints and lengths included: it must parse as tf.train.Example
+    builds it, so Transform and the Trainer read the same values."""
+    vec = np.random.default_rng(label).standard_normal(dim).astype(np.float32)
+    sha = "0f" * 32
+    data = bottleneck_gen._bottleneck({"label": label, "sha": sha, "view": view}, vec.astype("<f4").tobytes())
+    expected = tf.train.Example(features=tf.train.Features(feature={
+        preprocessing.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vec)),
+        preprocessing.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "content_sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha.encode()])),
+        "view": tf.train.Feature(int64_list=tf.train.Int64List(value=[view]))}))
+    assert tf.train.Example.FromString(data) == expected
+    parsed = tf.io.parse_single_example(data, {
+        preprocessing.FEATURES_KEY: tf.io.FixedLenFeature([dim], tf.float32),
+        preprocessing.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)})
+    np.testing.assert_array_equal(parsed[preprocessing.FEATURES_KEY].numpy(), vec)
+    assert int(parsed[preprocessing.LABEL_KEY]) == label
+
+
+def test_commit_names_committed_files_and_empty_outputs_still_get_a_file(tmp_path):
+    temp = tmp_path / "cache" / bottleneck_gen._TEMP_DIR
+    temp.mkdir(parents=True)
+    destinations = {"train": (str(tmp_path / "b" / "Split-train" / "bottlenecks"), ".gz"),
+                    "eval": (str(tmp_path / "b" / "Split-eval" / "bottlenecks"), ".gz")}
+    bundles = []
+    for i in range(2):  # two committed bundles of train rows
+        path = str(temp / f"train-{i}")
+        with tf.io.TFRecordWriter(path, bottleneck_gen._record_options("train")) as w:
+            w.write(f"row{i}".encode())
+        bundles.append({"train": path})
+    (temp / "train-failed-attempt").write_bytes(b"partial")  # never committed
+    bottleneck_gen._commit(bundles, destinations)
+    bottleneck_gen._commit(bundles, destinations)  # a retried commit changes nothing
+    bottleneck_gen._finish_outputs(str(temp), destinations)
+    assert not temp.exists()
+    train = sorted(os.listdir(tmp_path / "b" / "Split-train"))
+    assert train == ["bottlenecks-00000-of-00002.gz", "bottlenecks-00001-of-00002.gz"]
+    rows = tf.data.TFRecordDataset([str(tmp_path / "b" / "Split-train" / f) for f in train], "GZIP")
+    assert sorted(r.numpy() for r in rows) == [b"row0", b"row1"]
+    # eval got no rows: one empty, readable file, as Beam's sinks leave
+    (empty,) = glob.glob(str(tmp_path / "b" / "Split-eval" / "*.gz"))
+    assert list(tf.data.TFRecordDataset(empty, "GZIP")) == []
 
 
 def test_cache_namespace_names_the_record_format(monkeypatch):
