@@ -16,8 +16,11 @@
 4. Augmentation: eval accuracy with 2 cached augmented views per train image.
 5. Fixed overhead: seconds per component for a 100-image run.
 
-Each pipeline run is a fresh Python process, as two `retrain run` commands are:
-a built backbone or traced function from the first run can't flatter the second.
+Every measurement (the raw reference, each pipeline run, the naive baseline)
+is a fresh Python process, as two `retrain run` commands are: a built backbone
+or traced function from the first run can't flatter the second, and no
+process runs while another holds gigabytes of images and TF state (here, a
+child started beside a 3.5 GB parent ran its feature step 0.5 s slower).
 """
 
 from __future__ import annotations
@@ -48,19 +51,26 @@ from pipeline.config import PipelineConfig  # noqa: E402
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "speed.json"
 
 
-def run_pipeline(images, workdir, **overrides) -> dict:
-    """One local pipeline run in a fresh Python process, as `retrain run` would be:
-    nothing (built backbone, traced functions) carries over from an earlier run."""
-    args = json.dumps({"images": str(images), "workdir": str(workdir), "overrides": overrides})
-    out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--one-run", args],
-                         check=True, stdout=subprocess.PIPE, text=True).stdout
+def in_child(task: str, **spec) -> dict:
+    """Runs _CHILD_TASKS[task](**spec) in a fresh Python process; returns its result."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"task": task, "spec": spec}, f)
+    try:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--child", f.name],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout
+    finally:
+        os.unlink(f.name)
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _one_run(spec: str) -> None:
-    spec = json.loads(spec)
-    cfg = PipelineConfig(images=spec["images"], workdir=spec["workdir"], min_accuracy=0.0,
-                         min_images_per_class=1, **spec["overrides"])
+def run_pipeline(images, workdir, **overrides) -> dict:
+    """One local pipeline run in a fresh process, as `retrain run` would be."""
+    return in_child("pipeline", images=str(images), workdir=str(workdir), overrides=overrides)
+
+
+def _pipeline(images: str, workdir: str, overrides: dict) -> dict:
+    cfg = PipelineConfig(images=images, workdir=workdir, min_accuracy=0.0,
+                         min_images_per_class=1, **overrides)
     t0 = time.perf_counter()
     summary = local_runner.run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -68,7 +78,11 @@ def _one_run(spec: str) -> None:
                                             "training", "history.json")),
                      key=os.path.getmtime)[-1]
     summary["epochs"] = len(json.load(open(history))["loss"])
-    print(json.dumps(summary, default=str))
+    return summary
+
+
+def _raw(images: str, backbone: str, batch_size: int) -> dict:
+    return raw_inference(pathlib.Path(images), backbone, batch_size)
 
 
 def split_files(summary, images: pathlib.Path):
@@ -120,10 +134,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
     ap.add_argument("--keep", help="keep datasets and workdirs here")
-    ap.add_argument("--one-run", help=argparse.SUPPRESS)  # internal: run_pipeline's child process
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: in_child's process
     args = ap.parse_args(argv)
-    if args.one_run:
-        return _one_run(args.one_run)
+    if args.child:
+        with open(args.child) as f:
+            job = json.load(f)
+        print(json.dumps(_CHILD_TASKS[job["task"]](**job["spec"]), default=str))
+        return None
     backbones.fetch_weights("mobilenet_v1")
     root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="speed-"))
     src = datasets.emoji_dataset()
@@ -132,9 +149,9 @@ def main(argv=None) -> dict:
         build_dataset(src, base, args.images)
         build_dataset(src, more, int(args.images * 1.1))
         build_dataset(src, small, 100)
-        raw_before = raw_inference(base, "mobilenet_v1", args.batch_size)
+        raw_before = in_child("raw", images=str(base), backbone="mobilenet_v1", batch_size=args.batch_size)
         first = run_pipeline(base, root / "work", feature_batch_size=args.batch_size)
-        raw_after = raw_inference(base, "mobilenet_v1", args.batch_size)
+        raw_after = in_child("raw", images=str(base), backbone="mobilenet_v1", batch_size=args.batch_size)
         raw = max(raw_before, raw_after, key=lambda r: r["inference_images_per_s"])
         raw["repeats"] = [raw_before["inference_images_per_s"], raw_after["inference_images_per_s"]]
         second = run_pipeline(more, root / "work", feature_batch_size=args.batch_size)
@@ -144,8 +161,8 @@ def main(argv=None) -> dict:
 
         train, evals = split_files(first, base)
         epochs = first["epochs"]
-        naive = naive_baseline(train, evals, len(first["label_names"]),
-                               epochs if args.full_naive else min(args.naive_epochs, epochs))
+        naive = in_child("naive", train=train, evals=evals, num_classes=len(first["label_names"]),
+                         epochs_to_run=epochs if args.full_naive else min(args.naive_epochs, epochs))
         naive_total = naive["seconds_per_epoch"] * epochs
     finally:
         if not args.keep:
@@ -188,6 +205,9 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return result
+
+
+_CHILD_TASKS = {"pipeline": _pipeline, "raw": _raw, "naive": naive_baseline}
 
 
 if __name__ == "__main__":

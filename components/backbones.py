@@ -455,6 +455,15 @@ def _h5_has_layer(path: pathlib.Path, layer: str) -> bool:
 # ------------------------------------------------------------------ fingerprints
 
 
+def ensure_weights(name: str, weights: str) -> None:
+    """For weights="keras", downloads Keras' ImageNet weights unless its cache has them
+    (the one call here that may download); other weights are checked where they are read."""
+    if weights == "keras":
+        fname = _IMPL[get_spec(name).name].keras_notop_file
+        if not fname or not any((d / fname).is_file() for d in _keras_cache_dirs()):
+            _keras_download(name, include_top=False)
+
+
 def weights_fingerprint(name: str, weights: str) -> str:
     """Cache key for the weights ``build_feature_extractor(name, weights)`` uses.
 

@@ -83,6 +83,7 @@ class BottleneckGenSpec(ComponentSpec):
 
 def cache_namespace(backbone: str, weights: str) -> str:
     """What a cached vector depends on besides the image (random weights: never cached)."""
+    backbones.ensure_weights(backbone, weights)  # weights="keras": downloaded on first use
     fingerprint = backbones.weights_fingerprint(backbone, weights)
     if fingerprint == "random":
         return ""

@@ -84,8 +84,14 @@ _EXTRACTORS: dict = {}
 
 
 def shared_extractor(name: str, weights: str):
-    """The process-wide feature extractor for (backbone, weights)."""
-    key = (name, weights)
+    """The process-wide feature extractor for (backbone, weights).
+
+    Keyed on the weights' fingerprint too: a weights file rewritten in place in a
+    long-lived process (a notebook, a test session) gets a new model, never the
+    old one's features cached under the new file's fingerprint.
+    """
+    backbones.ensure_weights(name, weights)
+    key = (name, weights, backbones.weights_fingerprint(name, weights))
     if key not in _EXTRACTORS:
         _EXTRACTORS[key] = backbones.build_feature_extractor(name, weights)
     return _EXTRACTORS[key]

@@ -6,6 +6,7 @@ runs' caches, as it does across scheduled retraining runs.
 """
 
 import glob
+import hashlib
 import os
 
 import numpy as np
@@ -97,7 +98,6 @@ def test_first_run_computes_every_image_like_the_transform_graph(runs):
     assert runs["first_counts"] == {"computed": 16, "cache_hits": 0, "reused_cache": 0}
     assert len(first) == 16 and all(view == 0 for _, view in first)
     files = sorted(runs["images"].glob("*/[0-7].png"))
-    import hashlib
     by_sha = {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in files}
     shas = sorted(by_sha)
     pixels = preprocessing.decode_and_resize(tf.constant([by_sha[s].read_bytes() for s in shas]), 224)
@@ -224,3 +224,32 @@ def test_cache_namespace_names_the_record_format(monkeypatch):
     before = bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet")
     monkeypatch.setattr(bottleneck_gen, "CACHE_FORMAT_VERSION", bottleneck_gen.CACHE_FORMAT_VERSION + 1)
     assert bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet") != before
+
+
+def test_keras_weights_are_downloaded_on_first_use_then_keyed(tmp_path, monkeypatch):
+    """weights="keras" (the online path): the first cache key downloads Keras' file
+    instead of failing, later ones reuse it. The download is simulated (no network
+    here) by writing the file where Keras' get_file would."""
+    monkeypatch.setattr(backbones, "_keras_cache_dirs", lambda: [tmp_path])
+    impl = backbones._IMPL["mobilenet_v2"]
+    downloads = []
+
+    def download(name, include_top):  # as Keras' get_file: fetch unless cached, then load
+        path = tmp_path / impl.keras_notop_file
+        if not path.exists():
+            downloads.append((name, include_top))
+            impl.application(include_top=include_top).save_weights(str(path))
+        app = impl.application(include_top=include_top)
+        app.load_weights(str(path))
+        return app
+
+    monkeypatch.setattr(backbones, "_keras_download", download)
+    with pytest.raises(backbones.BackboneWeightsError, match="not downloaded yet"):
+        backbones.weights_fingerprint("mobilenet_v2", "keras")  # itself never downloads
+    namespace = bottleneck_gen.cache_namespace("mobilenet_v2", "keras")
+    assert downloads == [("mobilenet_v2", False)]
+    sha = hashlib.sha256((tmp_path / impl.keras_notop_file).read_bytes()).hexdigest()
+    assert namespace.startswith(f"mobilenet_v2|{sha}|")
+    assert bottleneck_gen.cache_namespace("mobilenet_v2", "keras") == namespace
+    assert preprocessing.shared_extractor("mobilenet_v2", "keras") is not None
+    assert len(downloads) == 1

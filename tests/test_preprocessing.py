@@ -58,3 +58,23 @@ def test_transform_outputs_backbone_features(tiny_transform):
     assert dist.min(1).max() < 1e-4
     assert [int(t["label"]) for t in transformed] == [raw[j]["label"] for j in match]
     assert np.std(feats, axis=0).mean() > 0  # images differ -> features differ
+
+
+def test_shared_extractor_follows_a_rewritten_weights_file(tmp_path, imagenet_weights):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(imagenet_weights.read_bytes())
+    x = tf.random.stateless_uniform([1, 224, 224, 3], [1, 2], 0.0, 255.0)
+    first = preprocessing.shared_extractor("mobilenet_v1", str(path))
+    assert preprocessing.shared_extractor("mobilenet_v1", str(path)) is first  # built once
+    before = first(x).numpy()
+    # rewrite the file in place: the last pointwise conv's kernel halved
+    app = backbones._application_with_weights("mobilenet_v1", str(path), need_top=False)
+    kernel = app.get_layer("conv_pw_13").kernel
+    kernel.assign(kernel * 0.5)
+    app.save_weights(str(path))
+    second = preprocessing.shared_extractor("mobilenet_v1", str(path))
+    assert second is not first
+    after = second(x).numpy()
+    assert not np.allclose(after, before)
+    np.testing.assert_array_equal(
+        after, backbones.build_feature_extractor("mobilenet_v1", str(path))(x).numpy())
