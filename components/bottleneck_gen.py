@@ -324,6 +324,15 @@ def _commit(bundles: List[Dict[str, str]], destinations: Dict[str, Tuple[str, st
                 tf.io.gfile.rename(path, final, overwrite=True)
 
 
+def _clear_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
+    """An execution retried on the same URIs must not keep an earlier attempt's shards."""
+    if tf.io.gfile.exists(temp_dir):
+        tf.io.gfile.rmtree(temp_dir)
+    for prefix, suffix in destinations.values():
+        for path in tf.io.gfile.glob(f"{prefix}-*{suffix}"):
+            tf.io.gfile.remove(path)
+
+
 def _finish_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
     """Drops the temp folder; an output that got no rows gets one empty file, as readers expect."""
     if tf.io.gfile.exists(temp_dir):
@@ -395,6 +404,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if namespace:  # random weights are never cached
             destinations[_CACHE_OUTPUT] = (os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
                                            CACHE_FILE_SUFFIX)
+        _clear_outputs(temp_dir, destinations)
         # Each branch writes where it is produced: a Flatten of the two would make
         # the runner buffer every row (and pickle its features) for one more stage.
         written = (found | "WriteCached" >> beam.ParDo(_WriteRows(temp_dir, bool(namespace))),

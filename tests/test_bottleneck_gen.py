@@ -194,11 +194,17 @@ def test_hand_serialised_bottleneck_is_the_tf_example(label, view, dim):
     assert int(parsed[preprocessing.LABEL_KEY]) == label
 
 
-def test_commit_names_committed_files_and_empty_outputs_still_get_a_file(tmp_path):
+def test_outputs_are_cleared_then_committed_and_never_left_without_a_file(tmp_path):
     temp = tmp_path / "cache" / bottleneck_gen._TEMP_DIR
     temp.mkdir(parents=True)
     destinations = {"train": (str(tmp_path / "b" / "Split-train" / "bottlenecks"), ".gz"),
                     "eval": (str(tmp_path / "b" / "Split-eval" / "bottlenecks"), ".gz")}
+    stale = tmp_path / "b" / "Split-train" / "bottlenecks-00002-of-00003.gz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier attempt's shard")
+    bottleneck_gen._clear_outputs(str(temp), destinations)
+    assert not stale.exists()
+    temp.mkdir(parents=True)
     bundles = []
     for i in range(2):  # two committed bundles of train rows
         path = str(temp / f"train-{i}")
