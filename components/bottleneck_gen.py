@@ -324,10 +324,14 @@ def _commit(bundles: List[Dict[str, str]], destinations: Dict[str, Tuple[str, st
                 tf.io.gfile.rename(path, final, overwrite=True)
 
 
-def _clear_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
-    """An execution retried on the same URIs must not keep an earlier attempt's shards."""
+def _drop_temp(temp_dir: str) -> None:
     if tf.io.gfile.exists(temp_dir):
         tf.io.gfile.rmtree(temp_dir)
+
+
+def _clear_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
+    """An execution retried on the same URIs must not keep an earlier attempt's shards."""
+    _drop_temp(temp_dir)
     for prefix, suffix in destinations.values():
         for path in tf.io.gfile.glob(f"{prefix}-*{suffix}"):
             tf.io.gfile.remove(path)
@@ -335,8 +339,7 @@ def _clear_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> N
 
 def _finish_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
     """Drops the temp folder; an output that got no rows gets one empty file, as readers expect."""
-    if tf.io.gfile.exists(temp_dir):
-        tf.io.gfile.rmtree(temp_dir)
+    _drop_temp(temp_dir)
     for output, (prefix, suffix) in destinations.items():
         if not tf.io.gfile.glob(f"{prefix}-*{suffix}"):
             tf.io.gfile.makedirs(os.path.dirname(prefix))
@@ -407,8 +410,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         _clear_outputs(temp_dir, destinations)
         # Each branch writes where it is produced: a Flatten of the two would make
         # the runner buffer every row (and pickle its features) for one more stage.
-        written = (found | "WriteCached" >> beam.ParDo(_WriteRows(temp_dir, bool(namespace))),
-                   computed | "WriteComputed" >> beam.ParDo(_WriteRows(temp_dir, bool(namespace))))
+        write = _WriteRows(temp_dir, cache=bool(namespace))
+        written = (found | "WriteCached" >> beam.ParDo(write),
+                   computed | "WriteComputed" >> beam.ParDo(write))
         _ = (written | "Written" >> beam.Flatten()
              | "AllWritten" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
              | "Commit" >> beam.Map(_commit, destinations))
