@@ -21,6 +21,10 @@ anyway). Nothing is ever rewritten: the newest file whose target still exists wi
   the same rule as LatestBlessedModelStrategy (blessed, whether or not a TFLite
   variant was pushed).
 * ``feature_cache`` records: written by BottleneckGen after it wrote its cache.
+* ``blessed_model`` records written by `retrain bless --pipeline-root`
+  (pipeline/registry_ops.py): a pushed version's model blessed again (an
+  ordinary record), or a reset (``"reset": true``): the newest record being a
+  reset means "no baseline", until a later run records a blessed model.
 
 Lookup steps (:class:`LatestBlessedModelLookup`, :class:`LatestFeatureCacheLookup`)
 output a real artifact of the type the Resolver would have passed on, produced by
@@ -137,6 +141,12 @@ def latest(registry: str, kind: str) -> Optional[Dict[str, Any]]:
         except (tf.errors.OpError, ValueError) as e:
             logging.warning("Registry: skipping unreadable record %s (%s)", path, e)
             continue
+        if not isinstance(entry, dict):
+            logging.warning("Registry: skipping %s: not a JSON object", path)
+            continue
+        if entry.get("reset") is True:
+            logging.info("Registry: %s is a reset (%s): no %s", path, entry.get("reason", ""), kind)
+            return None
         problem = _target_problem(kind, entry)
         if problem:
             logging.warning("Registry: skipping %s: %s", path, problem)

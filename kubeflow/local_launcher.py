@@ -1,28 +1,38 @@
-"""Runs a compiled pipeline.yaml on this machine the way KFP's launcher would.
+"""Runs a compiled pipeline.yaml on this machine the way a KFP v2 backend would.
 
 No cluster and no containers: the spec's DAG is walked in dependency order
-(independent tasks in parallel, like KFP) and every task is executed from what
-the spec says, nothing else:
+(independent tasks in parallel) and every task is executed from what the spec
+says, nothing else. ``backend`` chooses whose rules apply (kubeflow/kfp_backend.py
+names the kubeflow/pipelines source file behind each):
 
-* container tasks: the container's command and args run as a subprocess
-  (``python`` is this interpreter, standing in for the image's), with
-  ``{{$}}`` replaced by an ExecutorInput JSON whose input artifacts are the
-  upstream tasks' outputs and whose output artifacts live under
-  ``<pipeline_root>/<pipeline>/<run_id>/<task>/<output key>``; afterwards the
-  executor's ExecutorOutput file is read back for the output metadata. A
+* ``kfp`` (default; ``kfp-2.0``, ``kfp-2.5``, ``kfp-2.15`` ... pick a release,
+  plain ``kfp`` is 2.14): the open-source backend. Input artifacts arrive
+  untyped (``instanceSchema: ""``), named by their MLMD id, with metadata as
+  read back from MLMD (lists and structs wrapped, bools as numbers,
+  ``display_name`` and ``store_session_info`` added); outputs live under
+  ``<root>/<pipeline>/<run>/<task>/<uuid>/<key>`` (no uuid before 2.4); from
+  2.5 every task gets an ``executor-logs`` output holding its stdout and
+  stderr; the ExecutorOutput file lives in the pod, not under the root; no
+  lifecycle hook runs; the cache key is the backend's (inputs by MLMD id);
+  resolver executors and task names Argo would refuse are refused.
+* ``vertex``: Vertex AI Pipelines: typed inputs with the producer's metadata, a
   ``lifecycle.preCacheCheck`` hook (FileBasedExampleGen's driver) runs first
-  and its updated parameters and artifacts feed the executor and the cache
-  key, as on Vertex AI Pipelines.
-* resolver tasks: their artifact queries run against the artifacts of earlier
-  runs under the same pipeline root (see local_metadata).
-* importer tasks: register (or, without reimport, reuse) the artifact at the URI.
-* caching: a task whose cache is on (task ``cachingOptions`` or a run-level
-  override) reuses the outputs of an earlier execution with the same cache key.
+  and its parameters feed the executor and the cache key, and resolver tasks
+  run their artifact queries against earlier runs (see local_metadata).
+
+For both: container tasks run the container's command and args as a
+subprocess (``python`` is this interpreter, standing in for the image's) with
+``{{$}}`` replaced by the ExecutorInput JSON; importer tasks register (or,
+without reimport, reuse) the artifact at the URI; a task whose cache is on
+(``cachingOptions`` or a run-level override, as kfp's client rewrites it)
+reuses the outputs of an earlier execution with the same cache key.
 
 What is not emulated raises NotEmulated naming it: conditions, loops, nested
-DAGs, exit handlers, task-final-status inputs, unknown placeholders.
+DAGs, exit handlers, task-final-status inputs, unknown placeholders. Also not
+emulated: the download of every input artifact into the pod's emptyDir (local
+roots are read in place), and retries.
 
-  python -m kubeflow.local_launcher pipeline.yaml --pipeline-root DIR
+  python -m kubeflow.local_launcher pipeline.yaml --pipeline-root DIR [--backend kfp|vertex]
 """
 
 from __future__ import annotations
@@ -35,19 +45,22 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import yaml
 
+from kubeflow import kfp_backend
+from kubeflow.kfp_backend import Backend, BackendError
 from kubeflow.local_metadata import LocalMetadata, NotEmulated, schema_title
 
 # What the component image sets (kubeflow/Dockerfile): TFX 1.16 needs Keras 2.
 IMAGE_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-_PLACEHOLDER = re.compile(r"\{\{\$(.*?)\}\}")
 # Linux refuses a single argv string over 128 KiB (MAX_ARG_STRLEN); so does a pod.
 _MAX_ARG = 128 * 1024 - 1
 
@@ -81,13 +94,15 @@ class RunResult:
 
 class LocalLauncher:
 
-    def __init__(self, spec_path: str, pipeline_root: str, *, python: str = sys.executable,
-                 max_parallel: int = 2, enable_caching: Optional[bool] = None,
-                 task_timeout_s: float = 1800, env: Optional[Dict[str, str]] = None,
+    def __init__(self, spec_path: str, pipeline_root: str, *, backend: Union[str, Backend] = "kfp",
+                 python: str = sys.executable, max_parallel: int = 2,
+                 enable_caching: Optional[bool] = None, task_timeout_s: float = 1800,
+                 env: Optional[Dict[str, str]] = None,
                  log: Optional[Callable[[str], None]] = None):
         with open(spec_path) as f:
             self.spec = yaml.safe_load(f)
-        _check_spec(self.spec)
+        self.backend = backend if isinstance(backend, Backend) else Backend.parse(backend)
+        _check_spec(self.spec, self.backend)
         self.pipeline = self.spec["pipelineInfo"]["name"]
         self.root = os.path.abspath(pipeline_root)
         self.python = python
@@ -110,7 +125,7 @@ class LocalLauncher:
             if ups - set(tasks):
                 raise NotEmulated(f"task {name} depends on unknown tasks {sorted(ups - set(tasks))}")
         result = RunResult(run_id, self.pipeline, os.path.join(self.root, self.pipeline, run_id), {})
-        self.log(f"run {run_id}: {len(tasks)} tasks, pipeline root {self.root}")
+        self.log(f"run {run_id} ({self.backend}): {len(tasks)} tasks, pipeline root {self.root}")
         pending, running, failure = set(tasks), {}, None
         with futures.ThreadPoolExecutor(self.max_parallel) as pool:
             while (pending and failure is None) or running:
@@ -158,9 +173,11 @@ class LocalLauncher:
             if task.get(key):
                 raise NotEmulated(f"task {name}: {key} is not emulated")
         executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
-        inputs = _input_artifacts(name, task, upstream)
+        inputs = self._input_artifacts(name, task, upstream)
         params = _input_parameters(name, task, upstream, pipeline_params)
-        task_dir = os.path.join(self.root, self.pipeline, run_id, name)
+        if self.backend.oss:
+            params = kfp_backend.typed_parameters(
+                params, component.get("inputDefinitions", {}).get("parameters", {}))
 
         produced: Dict[str, Any] = {}
         if "resolver" in executor:
@@ -172,13 +189,34 @@ class LocalLauncher:
             outputs, state = self._import(name, component, executor["importer"], params, run_id), "IMPORTED"
         elif "container" in executor:
             outputs, produced, state = self._run_container(
-                run_id, name, task, component, executor["container"], inputs, params, task_dir)
+                run_id, name, task, component, executor["container"], inputs, params)
         else:
             raise NotEmulated(f"task {name}: executor kind {sorted(executor)} is not emulated")
         seconds = round(time.time() - start, 1)
         found = {k: len(v) for k, v in outputs.items()}
         self.log(f"{name}: {state} in {seconds} s; outputs {found}")
         return TaskResult(name, state, seconds, outputs, produced)
+
+    def _input_artifacts(self, name: str, task: Dict[str, Any],
+                         upstream: Dict[str, TaskResult]) -> Artifacts:
+        out = {}
+        for key, spec in task.get("inputs", {}).get("artifacts", {}).items():
+            if "taskOutputArtifact" not in spec:
+                raise NotEmulated(f"task {name}: input artifact {key} from {sorted(spec)}")
+            src = spec["taskOutputArtifact"]
+            produced = upstream[src["producerTask"]].outputs
+            if src["outputArtifactKey"] not in produced:
+                # KFP 2.0 says so; 2.5+ drops the error and passes nothing (a bug).
+                raise TaskFailed(f"task {name}: cannot find output artifact key "
+                                 f"{src['outputArtifactKey']!r} in producer task {src['producerTask']!r}")
+            listed = produced[src["outputArtifactKey"]]
+            if self.backend.oss:
+                # Read back from MLMD by id: untyped, metadata as stored (driver.go).
+                out[key] = [self.metadata.as_input(a["id"]) for a in listed]
+            else:
+                # A resolver that found nothing passes an empty list on, as on Vertex.
+                out[key] = [_without(a, "id") for a in copy.deepcopy(listed)]
+        return out
 
     def _import(self, name, component, importer, params, run_id) -> Artifacts:
         source = importer.get("artifactUri", {})
@@ -195,57 +233,105 @@ class LocalLauncher:
         if artifact is None:
             artifact = {"name": _artifact_name(run_id, name, key), "type": importer["typeSchema"],
                         "uri": uri, "metadata": dict(importer.get("metadata") or {})}
-            self.metadata.record_artifact(self.pipeline, artifact)
+            stored = kfp_backend.to_mlmd(artifact["metadata"], key, self.backend) \
+                if self.backend.oss else None
+            if stored is not None:  # importer_launcher.go: no display_name
+                stored.pop("display_name", None)
+            artifact = self.metadata.record_artifact(self.pipeline, artifact, stored)
         return {key: [artifact]}
 
-    def _run_container(self, run_id, name, task, component, container, inputs, params, task_dir):
-        outputs = {
-            key: [{"name": _artifact_name(run_id, name, key), "type": spec["artifactType"],
-                   "uri": os.path.join(task_dir, key), "metadata": dict(spec.get("metadata") or {})}]
-            for key, spec in component.get("outputDefinitions", {}).get("artifacts", {}).items()}
-        out_params = {key: os.path.join(task_dir, "parameters", key)
-                      for key in component.get("outputDefinitions", {}).get("parameters", {})}
-        output_file = os.path.join(task_dir, "executor_output.json")
+    def _run_container(self, run_id, name, task, component, container, inputs, params):
+        outputs_def = component.get("outputDefinitions", {})
+        task_root = os.path.join(self.root, self.pipeline, run_id, name)
+        if self.backend.execution_dirs:
+            task_root = os.path.join(task_root, str(uuid.uuid4()))
+        outputs = {key: [_output_artifact(spec["artifactType"], task_root, key, spec, self.backend)]
+                   for key, spec in outputs_def.get("artifacts", {}).items()}
+        if self.backend.publish_logs:
+            outputs[kfp_backend.EXECUTOR_LOGS] = [_output_artifact(
+                kfp_backend.EXECUTOR_LOGS_TYPE, task_root, kfp_backend.EXECUTOR_LOGS, {}, self.backend)]
         # Object stores have no folders: code may write <uri>/<file> straight away
-        # on gs://, so a local root needs each output folder to exist up front.
-        os.makedirs(task_dir, exist_ok=True)
-        for artifacts in outputs.values():
-            os.makedirs(artifacts[0]["uri"], exist_ok=True)
+        # on gs:// or s3://, so a local root needs each output folder up front.
+        os.makedirs(task_root, exist_ok=True)
+        for key, artifacts in outputs.items():
+            if key != kfp_backend.EXECUTOR_LOGS:
+                os.makedirs(artifacts[0]["uri"], exist_ok=True)
+        pod = tempfile.mkdtemp(prefix=f"pod-{name}-")  # the pod's own disk, gone afterwards
+        try:
+            return self._in_pod(pod, run_id, name, task, component, container, inputs, params,
+                                outputs, task_root)
+        finally:
+            shutil.rmtree(pod, ignore_errors=True)
+
+    def _in_pod(self, pod, run_id, name, task, component, container, inputs, params, outputs,
+                task_root):
+        outputs_def = component.get("outputDefinitions", {})
+        out_param_defs = outputs_def.get("parameters", {})
+        if self.backend.oss:
+            out_params = {k: os.path.join(pod, kfp_backend.POD_PARAMETER_DIR, k) for k in out_param_defs}
+            output_file = os.path.join(pod, "task-root", "output_metadata.json") \
+                if self.backend.outputs_named else os.path.join(pod, kfp_backend.POD_OUTPUT_FILE)
+        else:  # Vertex: under the pipeline root (TFX's comment in kubeflow_v2_run_executor)
+            out_params = {k: os.path.join(task_root, "parameters", k) for k in out_param_defs}
+            output_file = os.path.join(task_root, "executor_output.json")
+        for path in [output_file, *out_params.values()]:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        definitions = component.get("inputDefinitions", {}).get("parameters", {})
 
         def executor_input():
-            return _executor_input(inputs, params, outputs, out_params, output_file)
+            shown = kfp_backend.with_defaults(params, definitions) if self.backend.oss else params
+            return _executor_input(inputs, shown, outputs, out_params, output_file)
 
         hook = container.get("lifecycle", {}).get("preCacheCheck")
-        if hook:
+        if hook and not self.backend.oss:
             # Vertex runs the driver before its cache lookup: the input fingerprint
             # it computes is part of the cache key, so new files bust the cache.
             self._exec(name, "driver", list(hook["command"]) + list(hook.get("args", [])),
-                       executor_input(), container, task_dir)
+                       executor_input(), container, task_root, pod)
             driver_out = _read_executor_output(output_file, name)
             params = {**params, **driver_out.get("parameterValues", {})}
-            _merge_output_metadata(outputs, driver_out)
+            kfp_backend.merge_outputs(outputs, driver_out, self.root, self.backend)
 
         use_cache = self.enable_caching if self.enable_caching is not None else \
             bool(task.get("cachingOptions", {}).get("enableCache"))
-        key = _cache_key(component, container, params, inputs)
+        argv = list(container["command"]) + list(container.get("args", []))
+        if self.backend.oss:
+            key = kfp_backend.cache_key(
+                {k: [a["name"] for a in v] for k, v in inputs.items()}, params, outputs,
+                out_param_defs, container.get("image", ""), argv)
+        else:
+            key = _vertex_cache_key(component, container, params, inputs)
         if use_cache:
             hit = self.metadata.cached_execution(self.pipeline, key)
             if hit:
+                missing = sorted(set(outputs) - set(hit["outputs"]))
+                if missing:  # driver.go, reusing a cached execution
+                    raise TaskFailed(f"task {name}: unable to find artifact with name {missing[0]} "
+                                     "in mlmd output artifacts")
                 return hit["outputs"], hit["parameters"], "CACHED"
 
-        argv = list(container["command"]) + list(container.get("args", []))
-        self._exec(name, "executor", argv, executor_input(), container, task_dir)
+        logs = outputs.get(kfp_backend.EXECUTOR_LOGS)
+        self._exec(name, "executor", argv, executor_input(), container, task_root, pod,
+                   tee=logs[0]["uri"] if logs else None)
         result = _read_executor_output(output_file, name)
-        _merge_output_metadata(outputs, result)
-        produced = dict(result.get("parameterValues", {}))
-        for artifacts in outputs.values():
-            for artifact in artifacts:
-                self.metadata.record_artifact(self.pipeline, artifact)
-        self.metadata.record_execution(self.pipeline, key, run_id, name, outputs, produced)
-        return outputs, produced, "SUCCEEDED"
+        try:
+            kfp_backend.merge_outputs(outputs, result, self.root, self.backend)
+            produced = {k: kfp_backend.output_parameter(k, result, out_params[k], d.get("parameterType"))
+                        for k, d in out_param_defs.items()}
+            recorded = {key: [self.metadata.record_artifact(
+                            self.pipeline, a,
+                            kfp_backend.to_mlmd(a.get("metadata") or {}, key, self.backend)
+                            if self.backend.oss else None) for a in listed]
+                        for key, listed in outputs.items()}
+        except BackendError as e:
+            raise TaskFailed(f"task {name}: {e}") from None
+        if use_cache:  # launcher_v2.go stores a fingerprint only when it computed one
+            self.metadata.record_execution(self.pipeline, key, run_id, name, recorded, produced)
+        return recorded, produced, "SUCCEEDED"
 
     def _exec(self, name: str, step: str, argv: List[str], executor_input: Dict[str, Any],
-              container: Dict[str, Any], task_dir: str) -> None:
+              container: Dict[str, Any], task_root: str, pod: str,
+              tee: Optional[str] = None) -> None:
         argv = [_substitute(a, executor_input, name) for a in argv]
         too_long = [a[:60] for a in argv if len(a.encode()) > _MAX_ARG]
         if too_long:
@@ -254,16 +340,16 @@ class LocalLauncher:
             argv[0] = self.python
         env = dict(self.env)
         env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
-        log_path = os.path.join(task_dir, f"{step}.log")
-        scratch = os.path.join(task_dir, ".scratch")
-        os.makedirs(scratch, exist_ok=True)
+        log_path = os.path.join(task_root, f"{step}.log")
         with open(log_path, "wb") as log:
             try:
-                proc = subprocess.run(argv, cwd=scratch, env=env, stdout=log,
+                proc = subprocess.run(argv, cwd=pod, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, timeout=self.task_timeout_s)
             except subprocess.TimeoutExpired:
                 raise TaskFailed(f"task {name} ({step}) ran over {self.task_timeout_s} s; "
                                  f"log: {log_path}") from None
+        if tee:  # launcher_v2.go tees the command's stdout and stderr into this file
+            shutil.copyfile(log_path, tee)
         if proc.returncode != 0:
             with open(log_path, errors="replace") as f:
                 tail = "".join(f.readlines()[-25:])
@@ -273,7 +359,7 @@ class LocalLauncher:
 
 # ---------------------------------------------------------------------- helpers
 
-def _check_spec(spec: Any) -> None:
+def _check_spec(spec: Any, backend: Backend) -> None:
     if not isinstance(spec, dict) or not {"root", "components", "deploymentSpec",
                                           "pipelineInfo"} <= set(spec):
         raise ValueError("not a KFP v2 pipeline spec: root, components, deploymentSpec "
@@ -285,6 +371,15 @@ def _check_spec(spec: Any) -> None:
         # 2.0 passes parameters in another ExecutorInput field; TFX writes 2.1
         # with use_pipeline_spec_2_1=True, as kubeflow.runner does.
         raise NotEmulated(f"pipeline spec schema {spec.get('schemaVersion')!r}: only 2.1 is emulated")
+    if backend.oss:
+        for label, executor in spec["deploymentSpec"]["executors"].items():
+            if not {"container", "importer"} & set(executor):
+                raise BackendError(f"executor(label={label!r}): {kfp_backend.RESOLVER_REFUSED}")
+        from kubeflow.runner import KubeflowError, check_task_names  # Argo's rule
+        try:
+            check_task_names(spec)
+        except KubeflowError as e:
+            raise BackendError(str(e)) from None
 
 
 def _upstream(task: Dict[str, Any]) -> set:
@@ -297,18 +392,6 @@ def _upstream(task: Dict[str, Any]) -> set:
         if "taskOutputParameter" in spec:
             ups.add(spec["taskOutputParameter"]["producerTask"])
     return ups
-
-
-def _input_artifacts(name: str, task: Dict[str, Any], upstream: Dict[str, TaskResult]) -> Artifacts:
-    out = {}
-    for key, spec in task.get("inputs", {}).get("artifacts", {}).items():
-        if "taskOutputArtifact" not in spec:
-            raise NotEmulated(f"task {name}: input artifact {key} from {sorted(spec)}")
-        src = spec["taskOutputArtifact"]
-        producer = upstream[src["producerTask"]]
-        # A resolver that found nothing passes an empty list on, as on Vertex.
-        out[key] = copy.deepcopy(producer.outputs.get(src["outputArtifactKey"], []))
-    return out
 
 
 def _input_parameters(name, task, upstream, pipeline_params) -> Dict[str, Any]:
@@ -335,70 +418,38 @@ def _artifact_name(run_id: str, task: str, key: str) -> str:
     return f"local/artifacts/{run_id}.{task}.{key}"
 
 
-def _executor_input(inputs: Artifacts, params: Dict[str, Any], outputs: Artifacts,
-                    out_params: Dict[str, str], output_file: str) -> Dict[str, Any]:
-    doc = {
-        "inputs": {"parameterValues": params,
-                   "artifacts": {k: {"artifacts": v} for k, v in inputs.items()}},
-        "outputs": {"artifacts": {k: {"artifacts": v} for k, v in outputs.items()},
-                    "parameters": {k: {"outputFile": p} for k, p in out_params.items()},
-                    "outputFile": output_file},
-    }
-    from google.protobuf import json_format
-    from kfp.pipeline_spec import pipeline_spec_pb2
-    json_format.ParseDict(doc, pipeline_spec_pb2.ExecutorInput())  # must be a valid one
-    return doc
+def _output_artifact(artifact_type: Dict[str, Any], task_root: str, key: str,
+                     spec: Dict[str, Any], backend: Backend) -> Dict[str, Any]:
+    """An output as the driver provisions it (Vertex: named like a resource)."""
+    artifact = {"type": artifact_type, "uri": os.path.join(task_root, key)}
+    if spec.get("metadata"):
+        artifact["metadata"] = dict(spec["metadata"])
+    if backend.outputs_named:
+        artifact["name"] = key
+    elif not backend.oss:
+        artifact["name"] = "local/artifacts/" + hashlib.sha1(artifact["uri"].encode()).hexdigest()[:16]
+    return artifact
 
 
-def _substitute(arg: str, executor_input: Dict[str, Any], task: str) -> str:
-    def one(m: re.Match) -> str:
-        expr = m.group(1)
-        if expr == "":
-            return json.dumps(executor_input, sort_keys=True)
-        p = re.fullmatch(r"\.inputs\.parameters\['([^']+)'\]", expr)
-        if p:
-            value = executor_input["inputs"]["parameterValues"][p.group(1)]
-            return value if isinstance(value, str) else json.dumps(value)
-        a = re.fullmatch(r"\.(inputs|outputs)\.artifacts\['([^']+)'\]\.(uri|path)", expr)
-        if a:
-            return executor_input[a.group(1)]["artifacts"][a.group(2)]["artifacts"][0]["uri"]
-        o = re.fullmatch(r"\.outputs\.parameters\['([^']+)'\]\.output_file", expr)
-        if o:
-            return executor_input["outputs"]["parameters"][o.group(1)]["outputFile"]
-        if expr == ".outputs.output_file":
-            return executor_input["outputs"]["outputFile"]
-        raise NotEmulated(f"task {task}: placeholder {{{{${expr}}}}} is not emulated")
-    return _PLACEHOLDER.sub(one, arg)
+def _without(artifact: Dict[str, Any], *keys: str) -> Dict[str, Any]:
+    return {k: v for k, v in artifact.items() if k not in keys}
 
 
-def _read_executor_output(path: str, task: str) -> Dict[str, Any]:
-    if not os.path.exists(path):
-        return {}
-    from google.protobuf import json_format
-    from kfp.pipeline_spec import pipeline_spec_pb2
-    with open(path) as f:
-        text = f.read()
-    try:
-        proto = json_format.Parse(text, pipeline_spec_pb2.ExecutorOutput())
-    except json_format.ParseError as e:
-        raise TaskFailed(f"task {task}: {path} is not an ExecutorOutput: {e}") from None
-    return json_format.MessageToDict(proto)
-
-
-def _merge_output_metadata(outputs: Artifacts, executor_output: Dict[str, Any]) -> None:
-    """The executor's view of its outputs (metadata, uri) replaces the launcher's."""
-    for key, listed in executor_output.get("artifacts", {}).items():
-        if key not in outputs:
-            continue  # the launcher only keeps declared outputs
-        for mine, theirs in zip(outputs[key], listed.get("artifacts", [])):
-            mine["metadata"] = theirs.get("metadata", {})
-            mine["uri"] = theirs.get("uri") or mine["uri"]
-
-
-def _cache_key(component, container, params, inputs) -> str:
+def _vertex_cache_key(component, container, params, inputs) -> str:
     doc = {"component": component, "container": container, "parameters": params,
            "inputs": {k: [a["name"] for a in v] for k, v in inputs.items()}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+_executor_input = kfp_backend.executor_input
+_substitute = kfp_backend.substitute
+
+
+def _read_executor_output(path: str, task: str) -> Dict[str, Any]:
+    try:
+        return kfp_backend.read_executor_output(path, task)
+    except BackendError as e:
+        raise TaskFailed(str(e)) from None
 
 
 def main(argv=None) -> int:
@@ -408,12 +459,15 @@ def main(argv=None) -> int:
     p.add_argument("--run-id", default=None)
     p.add_argument("--max-parallel", type=int, default=2)
     p.add_argument("--enable-caching", choices=["on", "off", "compiled"], default="compiled")
+    p.add_argument("--backend", default="kfp",
+                   help="kfp (open-source KFP v2, 2.14), kfp-<major>.<minor>, or vertex")
     args = p.parse_args(argv)
     caching = {"on": True, "off": False, "compiled": None}[args.enable_caching]
     try:
-        result = LocalLauncher(args.spec, args.pipeline_root, max_parallel=args.max_parallel,
+        result = LocalLauncher(args.spec, args.pipeline_root, backend=args.backend,
+                               max_parallel=args.max_parallel,
                                enable_caching=caching).run(args.run_id)
-    except (TaskFailed, NotEmulated, ValueError, OSError) as e:
+    except (TaskFailed, NotEmulated, BackendError, ValueError, OSError) as e:
         print(f"local-launcher: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({n: t.state for n, t in result.tasks.items()}, sort_keys=True))

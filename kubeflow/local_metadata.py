@@ -9,7 +9,10 @@ files under ``<pipeline_root>/.local-metadata/``:
   name = same MLMD context), and the latest match wins, as on Vertex;
 * importer tasks: ``reimport: false`` reuses an artifact already registered
   with the same URI and type;
-* caching: an execution's outputs are found again by its cache key.
+* caching: an execution's outputs are found again by its cache key;
+* artifact ids: every recorded artifact gets the next integer id, as in MLMD.
+  The open-source driver names input artifacts by that id and reads them back
+  from their stored custom properties (``as_input``).
 
 Only successful executions are recorded, so every artifact here is LIVE.
 """
@@ -63,10 +66,36 @@ class LocalMetadata:
         with self._lock, open(os.path.join(self._dir, name), "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
-    def record_artifact(self, pipeline: str, artifact: Dict[str, Any]) -> None:
-        """artifact: a RuntimeArtifact as a JSON dict (name, type, uri, metadata)."""
-        self._append("artifacts.jsonl", {"pipeline": pipeline, "state": "LIVE",
-                                          "created": time.time_ns(), "artifact": artifact})
+    def record_artifact(self, pipeline: str, artifact: Dict[str, Any],
+                        custom_properties: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Stores a RuntimeArtifact (JSON dict: name, type, uri, metadata); returns
+        it with its new ``id``. With ``custom_properties`` (MLMD-form values, as the
+        open-source launcher stores them) ``metadata`` becomes what reading them back
+        gives, and ``name`` the id, as its consumers will see it."""
+        with self._lock:
+            path = os.path.join(self._dir, "artifacts.jsonl")
+            count = 0
+            if os.path.exists(path):
+                with open(path) as f:
+                    count = sum(1 for line in f if line.strip())
+            stored = dict(artifact, id=count + 1)
+            if custom_properties is not None:
+                from kubeflow.kfp_backend import from_mlmd
+                stored.update(name=str(stored["id"]), custom_properties=custom_properties,
+                              metadata=from_mlmd(custom_properties))
+            with open(path, "a") as f:
+                f.write(json.dumps({"pipeline": pipeline, "state": "LIVE", "created": time.time_ns(),
+                                    "artifact": stored}, sort_keys=True) + "\n")
+        return stored
+
+    def as_input(self, artifact_id: int) -> Dict[str, Any]:
+        """An artifact as the open-source driver reads it back (kfp_backend.input_artifact)."""
+        from kubeflow.kfp_backend import input_artifact
+        for row in self._read("artifacts.jsonl"):
+            if row["artifact"].get("id") == artifact_id:
+                a = row["artifact"]
+                return input_artifact(artifact_id, a["uri"], a.get("custom_properties") or {})
+        raise KeyError(f"no artifact with id {artifact_id}")
 
     def record_execution(self, pipeline: str, cache_key: str, run_id: str, task: str,
                          outputs: Dict[str, List[Dict[str, Any]]],

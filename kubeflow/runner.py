@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
@@ -24,9 +25,12 @@ import yaml  # noqa: E402
 
 from pipeline.config import PipelineConfig  # noqa: E402
 
-# Entry point the V2 runner writes into every container task: the image must have it.
+# Entry point the V2 runner writes into every container task; the compiled spec
+# runs it through SHIM_ENTRYPOINT (kubeflow/executor_entrypoint.py), which repairs
+# what the open-source backend hands it. The image must have all three.
 EXECUTOR_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor")
 DRIVER_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver")
+SHIM_ENTRYPOINT = ("python", "-m", "kubeflow.executor_entrypoint")
 OUTPUT_SUFFIXES = (".yaml", ".yml")
 # --target -> PipelineConfig.lookup. "kfp": open-source KFP v2, whose backend
 # compiles container and importer executors only; "vertex": Vertex AI Pipelines,
@@ -37,6 +41,12 @@ TARGETS = {"kfp": "registry", "vertex": "resolver"}
 LOOKUP_EXECUTOR = "components.previous_artifacts.LookupExecutor"
 # The V2 compiler's own check for custom artifact schema titles (compiler_utils).
 _KFP_SCHEMA_TITLE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
+# Argo's rule for DAG task and template names (argo-workflows workflow/validate/
+# validate.go, workflowFieldNameFmt, max 128), checked when a run is created. The
+# open-source backend uses task keys verbatim (argocompiler/dag.go) and adds a
+# "<key>-driver" task; a leading digit is refused because it uses `depends`.
+ARGO_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]*$")
+ARGO_MAX_NAME = 128 - len("-driver")
 
 
 class KubeflowError(ValueError):
@@ -100,7 +110,7 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str) -> str:
     check_artifact_types(tfx_pipeline)
     check_resolvers(tfx_pipeline)
     runner.run(tfx_pipeline)
-    _finish_spec(output, config.pipeline_root)
+    _finish_spec(output, config.pipeline_root, config.lookup)
     check_executors(output, config.lookup)
     return output
 
@@ -181,10 +191,30 @@ def check_executors(path: str, lookup: str) -> None:
                             f"and importer ({', '.join(bad)}), which its backend rejects")
 
 
-def _finish_spec(path: str, pipeline_root: str) -> None:
-    """Records the root in the spec itself (KFP uses it when a run names none),
-    and turns caching off for the registry lookups: the answer is in the
-    registry, not in their inputs, so a cache hit would return a stale one."""
+def check_task_names(doc: dict) -> None:
+    """Every task name of a spec for open-source KFP must pass Argo's validation,
+    or `submit` fails and a recurring run fails at every trigger."""
+    names = list(doc["root"]["dag"]["tasks"])
+    for component in doc.get("components", {}).values():
+        names += list(component.get("dag", {}).get("tasks", {}))
+    bad = sorted(n for n in set(names) if not ARGO_NAME.fullmatch(n) or len(n) > ARGO_MAX_NAME)
+    if bad:
+        raise KubeflowError(
+            f"task names {bad} would be refused by Argo on open-source KFP: a name must start "
+            f"with a letter, hold only letters, digits and '-', and be at most {ARGO_MAX_NAME} "
+            "characters (give the node another id with .with_id())")
+
+
+def _finish_spec(path: str, pipeline_root: str, lookup: str) -> None:
+    """Records the root in the spec itself (KFP uses it when a run names none);
+    runs every executor through SHIM_ENTRYPOINT; for open-source KFP (registry
+    lookups) checks task names and turns caching off where it would be wrong:
+
+    * the registry lookups: their answer is in the registry, not in their inputs;
+    * a task with a pre-cache hook (ImageExampleGen): the open-source backend
+      never runs the hook, so its cache key would hold only constants and a
+      cache hit would hide new images. The shim runs the hook's driver instead.
+    """
     with open(path) as f:
         text = f.read()
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
@@ -192,9 +222,24 @@ def _finish_spec(path: str, pipeline_root: str) -> None:
     spec["defaultPipelineRoot"] = pipeline_root
     for task in spec["root"]["dag"]["tasks"].values():
         component = spec["components"][task["componentRef"]["name"]]
-        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container", {})
-        if LOOKUP_EXECUTOR in container.get("args", []):
+        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container")
+        if not container:
+            continue
+        hook = container.get("lifecycle", {}).get("preCacheCheck")
+        if lookup == "registry" and (LOOKUP_EXECUTOR in container.get("args", []) or hook):
             task.pop("cachingOptions", None)
+        if tuple(container["command"]) == EXECUTOR_ENTRYPOINT:
+            container["command"] = list(SHIM_ENTRYPOINT)
+            extra = ["--json_serialized_outputs_spec_args",
+                     json.dumps(component.get("outputDefinitions", {}), sort_keys=True)]
+            if hook:
+                extra += ["--pre_cache_check_module", hook["command"][-1]]
+            args = container.get("args", [])
+            at = args.index("--json_serialized_inputs_spec_args") + 2 \
+                if "--json_serialized_inputs_spec_args" in args else 4
+            container["args"] = args[:at] + extra + args[at:]
+    if lookup == "registry":
+        check_task_names(spec)
     with open(path, "w") as f:
         f.write(header)
         yaml.safe_dump(spec, f, sort_keys=True)

@@ -4,6 +4,7 @@
   retrain runs   --workdir DIR [--limit N] [--json]   past runs, newest first
   retrain bless  --workdir DIR --version V [--reason TEXT]
   retrain bless  --workdir DIR --reset    [--reason TEXT]
+  retrain bless  --pipeline-root URI [--serving-dir URI] --version V | --reset   (Kubeflow)
 
 `register(subparsers)` adds them to the `retrain` parser and returns
 {command: handler(args) -> exit code}. Exit codes as for `retrain run`: 0 done,
@@ -40,7 +41,14 @@ def register(subparsers) -> Dict[str, Callable[[argparse.Namespace], int]]:
 
     bl = subparsers.add_parser(
         "bless", help="make a pushed version the baseline again, or reset the baseline")
-    _common(bl)
+    where = bl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="the workdir of `retrain run`")
+    where.add_argument("--pipeline-root", help="Kubeflow runs (`retrain compile --target kfp`): "
+                       "records the baseline in the registry under this root (local, gs://, s3://)")
+    bl.add_argument("--serving-dir", default=None,
+                    help="with --pipeline-root: where versions were pushed "
+                         "(default: <pipeline-root>/serving)")
+    bl.add_argument("--pipeline-name", default="image-retrain", help=argparse.SUPPRESS)
     what = bl.add_mutually_exclusive_group(required=True)
     what.add_argument("--version", type=int, help="pushed version (serving/<V>) to compare new models with")
     what.add_argument("--reset", action="store_true",
@@ -100,6 +108,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_bless(args) -> int:
+    if args.pipeline_root:
+        return _bless_registry(args)
     from pipeline import history
     config = _config(args)
     try:
@@ -116,6 +126,28 @@ def cmd_bless(args) -> int:
                        + f": the next run is compared with model {result['model_uri']} "
                        f"(recorded as {result['operation']})")
     except (FileNotFoundError, history.HistoryError) as e:
+        return _fail(str(e))
+    print(json.dumps(result, sort_keys=True) if args.json else message)
+    return 0
+
+
+def _bless_registry(args) -> int:
+    from pipeline import history, registry_ops
+    root = args.pipeline_root if "://" in args.pipeline_root else os.path.abspath(args.pipeline_root)
+    try:
+        if args.reset:
+            result = registry_ops.reset_baseline(root, args.pipeline_name, reason=args.reason)
+            message = ("baseline reset: the next Kubeflow run has no baseline and is judged by the "
+                       f"minimum accuracy alone (recorded as {result['operation']})")
+        else:
+            result = registry_ops.bless_version(root, args.pipeline_name, args.version,
+                                                serving_dir=args.serving_dir, reason=args.reason)
+            acc = result.get("accuracy")
+            message = (f"version {result['version']} is the baseline again"
+                       + (f" (eval accuracy {acc:.4f} when pushed)" if acc is not None else "")
+                       + f": the next Kubeflow run is compared with model {result['model_uri']} "
+                       f"(recorded as {result['operation']})")
+    except history.HistoryError as e:
         return _fail(str(e))
     print(json.dumps(result, sort_keys=True) if args.json else message)
     return 0

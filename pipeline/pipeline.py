@@ -97,7 +97,7 @@ def create_components(config: PipelineConfig) -> list:
         # What the next run's baseline lookup finds: the model, once blessed.
         nodes.append(previous_artifacts.RecordBlessedModel(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-            registry=registry).with_id("record_blessed_model"))
+            registry=registry).with_id("record-blessed-model"))
     return nodes
 
 
@@ -125,9 +125,9 @@ def previous_lookups(config: PipelineConfig):
     if config.lookup == "registry":
         registry = previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
         return (previous_artifacts.LatestBlessedModelLookup(registry).with_id(
-                    "latest_blessed_model_lookup"),
+                    "latest-blessed-model-lookup"),
                 previous_artifacts.LatestFeatureCacheLookup(registry).with_id(
-                    "latest_feature_cache_lookup"),
+                    "latest-feature-cache-lookup"),
                 registry)
     raise ValueError(f"config.lookup must be 'resolver' or 'registry', got {config.lookup!r}")
 

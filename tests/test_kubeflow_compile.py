@@ -1,6 +1,7 @@
 """`retrain compile`: the local pipeline as a KFP v2 spec, and the image it names."""
 
 import importlib
+import json
 import re
 import shlex
 import sys
@@ -68,7 +69,7 @@ def test_yaml_is_a_kfp_v2_pipeline_spec(compiled):
     assert _extract_pipeline_yaml(compiled["path"]).pipeline_spec == spec
 
 
-def test_every_component_is_a_task_with_the_image_and_tfx_entry_point(compiled):
+def test_every_component_is_a_task_with_the_image_and_the_entry_point_shim(compiled):
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.utils import import_utils, name_utils
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
@@ -78,15 +79,23 @@ def test_every_component_is_a_task_with_the_image_and_tfx_entry_point(compiled):
         assert node.id in tasks, f"{node.id} missing from the spec"
         container = _executor(doc, node.id)["container"]
         assert container["image"] == IMAGE
-        assert tuple(container["command"]) == runner.EXECUTOR_ENTRYPOINT
+        # TFX's entry point, through the shim that repairs the open-source
+        # driver's ExecutorInput (kubeflow/executor_entrypoint.py).
+        assert tuple(container["command"]) == runner.SHIM_ENTRYPOINT
         args = container["args"]
+        outputs = json.loads(args[args.index("--json_serialized_outputs_spec_args") + 1])
+        assert outputs == doc["components"][node.id].get("outputDefinitions", {})
         executor = name_utils.get_full_name(node.executor_spec.executor_class)
         assert args[args.index("--executor_class_path") + 1] == executor
         assert import_utils.import_class_by_path(executor) is node.executor_spec.executor_class
         assert args[args.index("--json_serialized_invocation_args") + 1] == "{{$}}"
         assert args[-2:] == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    driver = _executor(doc, "ImageExampleGen")["container"]["lifecycle"]["preCacheCheck"]
+    example_gen = _executor(doc, "ImageExampleGen")["container"]
+    driver = example_gen["lifecycle"]["preCacheCheck"]
     assert tuple(driver["command"]) == runner.DRIVER_ENTRYPOINT
+    # The open-source backend never runs the hook: the shim runs the driver.
+    args = example_gen["args"]
+    assert args[args.index("--pre_cache_check_module") + 1] == runner.DRIVER_ENTRYPOINT[-1]
     pusher = tasks["TFLitePusher"]["inputs"]["parameters"]["serving_dir"]["runtimeValue"]
     assert pusher["constant"] == f"{ROOT}/serving"
 
@@ -101,9 +110,9 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
     assert all(k == ["container"] for k in kinds.values()), kinds
     registry = f"{ROOT}/_registry/{compiled['config'].pipeline_name}"
     for task, kind, key, consumers in (
-            ("latest_blessed_model_lookup", "blessed_model", "model", {"LabelGuard": "baseline_model",
+            ("latest-blessed-model-lookup", "blessed_model", "model", {"LabelGuard": "baseline_model",
                                                                         "Evaluator": "baseline_model"}),
-            ("latest_feature_cache_lookup", "feature_cache", "cache", {"BottleneckGen": "previous_cache"})):
+            ("latest-feature-cache-lookup", "feature_cache", "cache", {"BottleneckGen": "previous_cache"})):
         params = tasks[task]["inputs"]["parameters"]
         assert params["kind"]["runtimeValue"]["constant"] == kind
         assert params["registry"]["runtimeValue"]["constant"] == registry
@@ -113,24 +122,43 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
             assert source == {"producerTask": task, "outputArtifactKey": key}
     # The writers of the records the lookups read.
     assert tasks["BottleneckGen"]["inputs"]["parameters"]["registry"]["runtimeValue"]["constant"] == registry
-    record = tasks["record_blessed_model"]["inputs"]["artifacts"]
+    record = tasks["record-blessed-model"]["inputs"]["artifacts"]
     assert record["model"]["taskOutputArtifact"]["producerTask"] == "Trainer"
     assert record["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
     evaluator = _executor(doc, "Evaluator")["container"]["args"]
     assert evaluator[evaluator.index("--executor_class_path") + 1] == \
         "components.previous_artifacts.EvaluatorExecutor"
-    assert previous_artifacts.EvaluatorExecutor  # importable where the spec says
+    from tfx.utils import import_utils
+    assert import_utils.import_class_by_path(evaluator[evaluator.index("--executor_class_path") + 1]) \
+        is previous_artifacts.EvaluatorExecutor
 
 
-def test_compiled_caching_is_off_for_the_lookups_only(tmp_path):
+def test_every_task_name_passes_argos_rule(compiled):
+    # argo-workflows workflow/validate/validate.go: ^[a-zA-Z0-9][-a-zA-Z0-9]*$, max 128
+    # (KFP adds "<name>-driver"; a leading digit fails with `depends`).
+    for name in compiled["doc"]["root"]["dag"]["tasks"]:
+        assert re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]*", name) and len(name) + len("-driver") <= 128, name
+
+
+@pytest.mark.parametrize("name", ["latest_model", "9lives", "dot.name", "a" * 122])
+def test_task_names_argo_would_refuse_are_refused_at_compile_time(name):
+    doc = {"root": {"dag": {"tasks": {"ok-name": {}, name: {}}}}, "components": {}}
+    with pytest.raises(runner.KubeflowError, match="would be refused by Argo"):
+        runner.check_task_names(doc)
+    runner.check_task_names({"root": {"dag": {"tasks": {"ok-name": {}, "a" * 121: {}}}}})
+
+
+def test_compiled_caching_is_off_for_the_lookups_and_the_example_gen(tmp_path):
     from pipeline.config import PipelineConfig
     config = runner.kubeflow_config(PipelineConfig(
         images=f"{ROOT}/images", workdir=str(tmp_path), label_names=("a", "b"), enable_cache=True), ROOT)
     doc = yaml.safe_load(open(runner.compile_pipeline(config, str(tmp_path / "p.yaml"), IMAGE)))
     cached = {n for n, t in doc["root"]["dag"]["tasks"].items()
               if t.get("cachingOptions", {}).get("enableCache")}
+    # The lookups' answer is in the registry; ImageExampleGen's pre-cache hook,
+    # which would key its cache on the images, never runs on open-source KFP.
     assert set(doc["root"]["dag"]["tasks"]) - cached == {
-        "latest_blessed_model_lookup", "latest_feature_cache_lookup"}
+        "latest-blessed-model-lookup", "latest-feature-cache-lookup", "ImageExampleGen"}
     from components import previous_artifacts
     assert runner.LOOKUP_EXECUTOR == f"{previous_artifacts.__name__}.{previous_artifacts.LookupExecutor.__name__}"
 
@@ -149,7 +177,7 @@ def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled_vertex):
     compiled = compiled_vertex
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
     assert compiled["config"].lookup == "resolver"
-    assert "record_blessed_model" not in tasks and "registry" not in str(tasks["BottleneckGen"])
+    assert "record-blessed-model" not in tasks and "registry" not in str(tasks["BottleneckGen"])
     (resolver,) = [n for n in compiled["nodes"] if isinstance(n, Resolver) and
                    n.exec_properties[RESOLVER_STRATEGY_CLASS] is LatestBlessedModelStrategy]
     blessing, model = f"{resolver.id}-model-blessing-resolver", f"{resolver.id}-model-resolver"
@@ -239,7 +267,7 @@ def test_cli_compile_for_dataflow(tmp_path, capsys):
     assert args[-7:] == ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
                          f"--temp_location={ROOT}/tmp", f"--sdk_container_image={IMAGE}",
                          "--experiments=use_runner_v2", "--max_num_workers=4"]
-    assert "latest_blessed_model_lookup" in doc["root"]["dag"]["tasks"]  # --target kfp, the default
+    assert "latest-blessed-model-lookup" in doc["root"]["dag"]["tasks"]  # --target kfp, the default
     gen = doc["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
     assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
 

@@ -1,17 +1,21 @@
 """The compiled pipeline.yaml for open-source KFP (``--target kfp``: registry
-lookups, no resolver task), executed the way KFP's launcher would
-(kubeflow.local_launcher).
+lookups, no resolver task), executed the way the open-source KFP v2 backend
+would (kubeflow.local_launcher, backend "kfp": untyped inputs read back from
+MLMD by id, an executor-logs output on every task, no pre-cache hook, Argo's
+task-name rule, the backend's cache key; see test_kfp_backend.py).
 
   run-1  compile with caching on, run every task from the spec (TFX's
-         kubeflow_v2_run_executor in subprocesses, real MobileNet v1 weights, 3
-         emoji classes): the registry is empty, so both lookups pass on an empty
-         artifact (found=0), the Evaluator has no baseline and the value threshold
-         decides; a TFLite model is pushed, the blessed model and the feature
-         cache are recorded in <pipeline_root>/_registry/.
-  run-2  the same spec again: the ExampleGen driver re-runs (same files, same
-         fingerprint: cache hit), the lookups (never cached) find run-1's blessed
-         model (copied into their output) and FeatureCache (a pointer), so no
-         feature is computed and the Evaluator compares with run-1's model.
+         executors through kubeflow.executor_entrypoint in subprocesses, real
+         MobileNet v1 weights, 3 emoji classes): the registry is empty, so both
+         lookups pass on an empty artifact (found=0), the Evaluator has no
+         baseline and the value threshold decides; a TFLite model is pushed, the
+         blessed model and the feature cache are recorded in
+         <pipeline_root>/_registry/.
+  run-2  one new image per class, the same spec: ImageExampleGen (never cached
+         on this backend) sees them, the lookups (never cached) find run-1's
+         blessed model (copied into their output) and FeatureCache (a pointer),
+         so only the new images' features are computed and the Evaluator
+         compares with run-1's model.
 
 The Vertex form (resolver tasks) is checked at compile level in
 test_kubeflow_compile.py; the launcher's resolver emulation in
@@ -32,7 +36,8 @@ pytestmark = pytest.mark.slow
 
 CLASSES = ["flags", "food_and_drink", "smileys_and_emotion"]
 IMAGE = "registry.example/retrain:e2e"
-BASELINE_LOOKUP, CACHE_LOOKUP = "latest_blessed_model_lookup", "latest_feature_cache_lookup"
+BASELINE_LOOKUP, CACHE_LOOKUP = "latest-blessed-model-lookup", "latest-feature-cache-lookup"
+PER_CLASS = 15
 EVALUATOR = "Evaluator"
 
 
@@ -55,7 +60,7 @@ def kfp(tmp_path_factory, emoji_root, imagenet_weights):
     from pipeline.config import PipelineConfig
 
     tmp = tmp_path_factory.mktemp("kfp-e2e")
-    images = copy_subset(emoji_root, tmp / "images", CLASSES, per_class=15)
+    images = copy_subset(emoji_root, tmp / "images", CLASSES, per_class=PER_CLASS)
     config = preflight.scan(PipelineConfig(
         images=str(images), workdir=str(tmp), epochs=40, tflite_variants=("float32",),
         enable_cache=True))
@@ -63,7 +68,7 @@ def kfp(tmp_path_factory, emoji_root, imagenet_weights):
                                     target="kfp")
     assert config.lookup == "registry"
     spec = runner.compile_pipeline(config, str(tmp / "pipeline.yaml"), IMAGE)
-    first = LocalLauncher(spec, config.pipeline_root, max_parallel=2).run("run-1")
+    first = LocalLauncher(spec, config.pipeline_root, backend="kfp", max_parallel=2).run("run-1")
     registry = previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
     # What run 1 left for run 2 (read now: run 2 adds its own records).
     recorded = {kind: [json.load(open(p)) for p in previous_artifacts.records(registry, kind)]
@@ -75,19 +80,29 @@ def kfp(tmp_path_factory, emoji_root, imagenet_weights):
 
 
 @pytest.fixture(scope="module")
-def second_run(kfp):
+def second_run(kfp, emoji_root):
+    import shutil
     from kubeflow.local_launcher import LocalLauncher
-    # Caching as compiled (on, except for the lookups), as `retrain submit` sends it.
-    return LocalLauncher(kfp["spec"], kfp["config"].pipeline_root, max_parallel=2).run("run-2")
+    for c in CLASSES:  # one image per class that run 1 did not see
+        new = sorted((emoji_root / c).iterdir())[PER_CLASS]
+        shutil.copy(new, kfp["tmp"] / "images" / c / new.name)
+    # Caching as compiled (on, except for the lookups and ImageExampleGen), as
+    # `retrain submit` sends it.
+    return LocalLauncher(kfp["spec"], kfp["config"].pipeline_root, backend="kfp",
+                         max_parallel=2).run("run-2")
 
 
 def test_the_spec_has_no_resolver_task(kfp):
     executors = kfp["doc"]["deploymentSpec"]["executors"].values()
     assert all(set(e) <= {"container", "importer"} for e in executors)
     tasks = kfp["doc"]["root"]["dag"]["tasks"]
-    for lookup in (BASELINE_LOOKUP, CACHE_LOOKUP):
-        assert "cachingOptions" not in tasks[lookup]  # a cache hit would be a stale answer
-    assert tasks["ImageExampleGen"]["cachingOptions"] == {"enableCache": True}
+    # A cache hit would be a stale answer: the registry, or (no pre-cache hook
+    # on this backend) the image folder, is not in the cache key.
+    for task in (BASELINE_LOOKUP, CACHE_LOOKUP, "ImageExampleGen"):
+        assert "cachingOptions" not in tasks[task]
+    assert tasks["Trainer"]["cachingOptions"] == {"enableCache": True}
+    container = kfp["doc"]["deploymentSpec"]["executors"]["ImageExampleGen_executor"]["container"]
+    assert container["command"] == ["python", "-m", "kubeflow.executor_entrypoint"]
 
 
 def test_every_task_of_the_spec_ran(kfp):
@@ -95,8 +110,12 @@ def test_every_task_of_the_spec_ran(kfp):
     assert set(first.tasks) == set(doc["root"]["dag"]["tasks"])
     for name, task in first.tasks.items():
         assert task.state == "SUCCEEDED", name
+        # Every task got the executor-logs output the driver adds since KFP 2.5.
+        with open(task.outputs["executor-logs"][0]["uri"]) as f:
+            assert f.read(), name
         for key, artifacts in task.outputs.items():
-            assert os.path.isdir(artifacts[0]["uri"]), (name, key)
+            if key != "executor-logs":
+                assert os.path.isdir(artifacts[0]["uri"]), (name, key)
     # An empty registry: both lookups pass on an artifact that says "none".
     for lookup, key in ((BASELINE_LOOKUP, "model"), (CACHE_LOOKUP, "cache")):
         assert first.artifact(lookup, key)["metadata"]["found"] == 0
@@ -161,16 +180,23 @@ def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, sec
     cache = second_run.artifact(CACHE_LOOKUP, "cache")["metadata"]
     assert cache["found"] == 1
     assert cache["source_uri"] == first.artifact(features, "feature_cache")["uri"]
-    # Unchanged images: ExampleGen is a cache hit (after its driver re-ran).
-    assert second_run.tasks[_task_of(doc, "image_example_gen.Executor")].state == "CACHED"
+    # ExampleGen ran again (the shim ran its driver: span and fingerprint) and
+    # saw the 3 new images.
+    example_gen = _task_of(doc, "image_example_gen.Executor")
+    assert second_run.tasks[example_gen].state == "SUCCEEDED"
+    examples = second_run.artifact(example_gen, "examples")["metadata"]
+    assert "num_files:48," in examples["input_fingerprint"]  # 45 + 3 images
+    before = first.artifact(example_gen, "examples")["metadata"]
+    counts = [sum(m[k] for k in m if k.startswith("split_count_")) for m in (before, examples)]
+    assert counts == [3 * PER_CLASS, 3 * PER_CLASS + 3]
     guard = second_run.artifact(_task_of(doc, "label_guard.Executor"), "label_check")
     with open(os.path.join(guard["uri"], "label_check.json")) as f:
         assert json.load(f)["baseline_model"] == baseline["uri"]
-    # BottleneckGen follows the pointer to run 1's FeatureCache, so it runs
-    # again, but computes no feature: every image is a cache hit.
+    # BottleneckGen follows the pointer to run 1's FeatureCache: it computes
+    # the new images' features only.
     assert second_run.tasks[features].state == "SUCCEEDED"
     meta = second_run.artifact(features, "bottlenecks")["metadata"]
-    assert meta["reused_cache"] == 1 and meta["computed"] == 0 and meta["cache_hits"] > 0
+    assert meta["reused_cache"] == 1 and meta["computed"] == 3 and meta["cache_hits"] > 0
     assert second_run.tasks[trainer].state == "SUCCEEDED"
     # The Evaluator ran again, this time with run 1's model as its baseline.
     assert second_run.tasks[EVALUATOR].state == "SUCCEEDED"
@@ -185,3 +211,45 @@ def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, sec
     assert sorted(os.listdir(config.serving_dir)) == ["1", "2"]
     for kind in previous_artifacts.KINDS:
         assert len(previous_artifacts.records(kfp["registry"], kind)) == 2
+
+
+def _lookup_baseline(registry, tmp):
+    """What the next run's baseline lookup task would pass on (the real executor)."""
+    from tfx.types import standard_artifacts
+    out = standard_artifacts.Model()
+    out.uri = str(tmp)
+    previous_artifacts.LookupExecutor().Do(
+        {}, {"model": [out]}, {"kind": previous_artifacts.BLESSED_MODEL, "registry": registry})
+    return out
+
+
+def test_bless_and_reset_write_registry_records_the_lookup_follows(kfp, second_run, capsys):
+    """`retrain bless --pipeline-root`: the registry, not MLMD, is what Kubeflow runs read."""
+    from pipeline import cli
+    config, registry, tmp = kfp["config"], kfp["registry"], kfp["tmp"]
+    trainer = _task_of(kfp["doc"], "trainer.executor.GenericExecutor")
+    v1_model = kfp["first"].artifact(trainer, "model")["uri"]
+    v2_model = second_run.artifact(trainer, "model")["uri"]
+    root = ["--pipeline-root", config.pipeline_root, "--serving-dir", config.serving_dir]
+    assert _lookup_baseline(registry, tmp / "l0").get_string_custom_property("source_uri") == v2_model
+
+    assert cli.main(["bless", *root, "--version", "1", "--reason", "v2 misbehaves", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["version"] == 1 and result["model_uri"] == v1_model
+    looked_up = _lookup_baseline(registry, tmp / "l1")
+    assert looked_up.get_int_custom_property("found") == 1
+    assert looked_up.get_string_custom_property("source_uri") == v1_model
+    assert os.path.isfile(tmp / "l1" / "Format-Serving" / "saved_model.pb")
+
+    assert cli.main(["bless", *root, "--reset", "--reason", "new label space"]) == 0
+    capsys.readouterr()
+    assert _lookup_baseline(registry, tmp / "l2").get_int_custom_property("found") == 0
+    with open(previous_artifacts.records(registry, previous_artifacts.BLESSED_MODEL)[-1]) as f:
+        reset = json.load(f)
+    assert reset["reset"] is True and reset["reason"] == "new label space" and reset["user"]
+
+    assert cli.main(["bless", *root, "--version", "7"]) == 2
+    assert "no pushed version 7" in capsys.readouterr().err
+    empty = ["--pipeline-root", str(tmp / "empty-root")]
+    assert cli.main(["bless", *empty, "--reset"]) == 2
+    assert "nothing to reset" in capsys.readouterr().err

@@ -1,11 +1,18 @@
 """kubeflow.local_launcher on small specs: container tasks, caching, failures,
-and TFX-compiled importer and resolver nodes (no TFX executor runs here: fast)."""
+and TFX-compiled importer and resolver nodes (no TFX executor runs here: fast).
+
+The open-source backend's own rules (untyped inputs, executor-logs, MLMD round
+trip, cache key) are tested in test_kfp_backend.py; resolver tasks exist on
+Vertex only, so those tests use ``backend="vertex"``."""
 
 import json
+import os
+import re
 
 import pytest
 import yaml
 
+from kubeflow import kfp_backend
 from kubeflow.local_launcher import LocalLauncher, TaskFailed
 from kubeflow.local_metadata import LocalMetadata, NotEmulated
 
@@ -75,7 +82,7 @@ def _quiet(_msg):
 
 def test_container_tasks_pass_artifacts_and_metadata(tmp_path):
     root = tmp_path / "root"
-    run = LocalLauncher(_toy_spec(tmp_path), str(root), log=_quiet).run("run-1")
+    run = LocalLauncher(_toy_spec(tmp_path), str(root), backend="vertex", log=_quiet).run("run-1")
     assert {n: t.state for n, t in run.tasks.items()} == {"make": "SUCCEEDED", "use": "SUCCEEDED"}
     data = run.artifact("make", "data")
     assert data["uri"] == str(root / "toy" / "run-1" / "make" / "data")
@@ -83,6 +90,21 @@ def test_container_tasks_pass_artifacts_and_metadata(tmp_path):
     result = run.artifact("use", "result")
     assert (root / "toy" / "run-1" / "use" / "result" / "result.txt").read_text() == "HELLO"
     assert result["name"] != data["name"]
+
+
+def test_open_source_backend_gives_each_execution_its_own_folder(tmp_path):
+    root = tmp_path / "root"
+    run = LocalLauncher(_toy_spec(tmp_path), str(root), log=_quiet).run("run-1")
+    data, result = run.artifact("make", "data"), run.artifact("use", "result")
+    # driver.go provisionOutputs: <root>/<pipeline>/<run>/<task>/<uuid>/<key>
+    task_dir, key = os.path.split(data["uri"])
+    assert key == "data" and os.path.dirname(task_dir) == str(root / "toy" / "run-1" / "make")
+    assert re.fullmatch(r"[0-9a-f-]{36}", os.path.basename(task_dir))
+    with open(os.path.join(result["uri"], "result.txt")) as f:
+        assert f.read() == "HELLO"
+    # Stored as a double in MLMD, read back as a number, with the key as display_name.
+    assert data["metadata"] == {"length": 5.0, "display_name": "data",
+                                "store_session_info": kfp_backend.SESSION_INFO}
 
 
 def test_cache_reuses_outputs_of_an_identical_task(tmp_path):
@@ -153,11 +175,11 @@ def resolver_spec(tmp_path_factory):
 def test_importer_registers_once_and_latest_artifact_resolver_finds_it(tmp_path, resolver_spec):
     spec, data = resolver_spec
     root = str(tmp_path / "root")
-    first = LocalLauncher(spec, root, max_parallel=1, log=_quiet).run("run-1")
+    first = LocalLauncher(spec, root, backend="vertex", max_parallel=1, log=_quiet).run("run-1")
     imported = first.artifact("import_examples", "result")
     assert imported["uri"] == data and imported["metadata"]["split_names"] == '["train"]'
     assert first.tasks["import_examples"].state == "IMPORTED"
-    second = LocalLauncher(spec, root, log=_quiet).run("run-2")
+    second = LocalLauncher(spec, root, backend="vertex", log=_quiet).run("run-2")
     # reimport is off: the same artifact again, and it is the latest Examples.
     assert second.artifact("import_examples", "result") == imported
     assert second.artifact("latest_examples", "examples") == imported
@@ -169,7 +191,9 @@ def test_latest_blessed_model_resolver_picks_the_newest_blessed_model(tmp_path, 
     doc = yaml.safe_load(open(spec))
     types = {key: defn["artifactType"] for comp in doc["components"].values()
              for key, defn in comp.get("outputDefinitions", {}).get("artifacts", {}).items()}
-    empty = LocalLauncher(spec, root, log=_quiet).run("run-0")
+    with pytest.raises(kfp_backend.BackendError, match=kfp_backend.RESOLVER_REFUSED):
+        LocalLauncher(spec, root, log=_quiet)  # compiler/visitor.go refuses the spec
+    empty = LocalLauncher(spec, root, backend="vertex", log=_quiet).run("run-0")
     assert empty.tasks["baseline-model-resolver"].outputs == {"model": []}
 
     store = LocalMetadata(root)
@@ -182,7 +206,7 @@ def test_latest_blessed_model_resolver_picks_the_newest_blessed_model(tmp_path, 
     store.record_artifact("other-pipeline", {  # another MLMD context: never seen
         "name": "blessings/x", "type": types["model_blessing"], "uri": "/b/x",
         "metadata": {"blessed": 1.0, "current_model_id": "models/x"}})
-    run = LocalLauncher(spec, root, log=_quiet).run("run-4")
+    run = LocalLauncher(spec, root, backend="vertex", log=_quiet).run("run-4")
     assert run.artifact("baseline-model-blessing-resolver", "model_blessing")["name"] == "blessings/1"
     assert run.artifact("baseline-model-resolver", "model")["name"] == "models/1"
 
