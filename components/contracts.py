@@ -1,0 +1,85 @@
+"""Names every part of the pipeline agrees on, defined once. Imports no TensorFlow.
+
+Components write these, runners, reports and tools read them back, and MLMD
+stores some of them (artifact type names), so a change here is a change of
+format: old workdirs must still read (see tests of the old-workdir fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List
+
+# ------------------------------------------------------------- tf.Example keys
+# Raw Examples (ImageExampleGen), one per image.
+IMAGE_KEY = "image"                    # bytes: canonical encoded image (JPEG/PNG)
+LABEL_KEY = "label"                    # int64: index into the label vocabulary
+LABEL_NAME_KEY = "label_name"          # bytes: the class folder's name
+RELATIVE_PATH_KEY = "relative_path"    # bytes: path under the images root
+HEIGHT_KEY = "height"                  # int64
+WIDTH_KEY = "width"                    # int64
+CONTENT_SHA256_KEY = "content_sha256"  # bytes: sha256 of the original file (split + cache key)
+# Everything but the image: what the serving signature passes through untouched.
+NON_INPUT_KEYS = (LABEL_KEY, LABEL_NAME_KEY, RELATIVE_PATH_KEY, HEIGHT_KEY, WIDTH_KEY,
+                  CONTENT_SHA256_KEY)
+# Bottleneck Examples (BottleneckGen) and the Transform graph's output.
+FEATURES_KEY = "features"              # float32[feature_dim]: the backbone's vector
+
+# --------------------------------------------------------- files in artifacts
+SERVING_MODEL_DIR = "Format-Serving"   # TFX's SavedModel folder in a Model artifact
+LABELS_FILE = "labels.txt"             # label vocabulary, one per line, index = line
+LABEL_SPACE_FILE = "label_space.json"  # a Model's classes and class shares (LabelGuard)
+INGESTION_REPORT_FILE = "ingestion_report.jsonl"  # every file, used or skipped, and why
+PARITY_FILE = "parity.json"            # TFLite variants' agreement with the SavedModel
+METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
+COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version
+
+# ------------------------------------------- artifact type names (in MLMD)
+# Kubeflow imports a custom type's TYPE_NAME as a class path; MLMD stores it.
+TFLITE_MODELS_TYPE = "components.TFLiteModels"
+LABEL_CHECK_TYPE = "components.LabelCheck"
+
+_VERSION = re.compile(r"^[0-9]+$")
+
+
+def read_labels(text: str) -> List[str]:
+    """A labels file's class names: split on "\\n" only (a class name can never
+    hold a line break; str.splitlines() would also split on U+2028 and others)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _listdir(folder: str) -> List[str]:
+    if "://" not in folder:
+        return os.listdir(folder) if os.path.isdir(folder) else []
+    import tensorflow as tf  # object stores: only when asked for one
+    return [n.rstrip("/") for n in tf.io.gfile.listdir(folder)] if tf.io.gfile.isdir(folder) else []
+
+
+def _exists(path: str) -> bool:
+    if "://" not in path:
+        return os.path.exists(path)
+    import tensorflow as tf
+    return tf.io.gfile.exists(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """os.path.join for local paths, '/' for URIs (gs://, s3://)."""
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+def numbered_versions(serving_dir: str) -> List[int]:
+    """Every numbered folder in a serving dir, complete or not, ascending."""
+    return sorted(int(n) for n in _listdir(serving_dir) if _VERSION.match(n))
+
+
+def list_versions(serving_dir: str) -> List[int]:
+    """Complete versions of a serving dir (holding COMPLETE_MARKER), ascending:
+    the only ones a consumer, a report or `retrain bless` may use."""
+    return [v for v in numbered_versions(serving_dir)
+            if _exists(join(serving_dir, str(v), COMPLETE_MARKER))]
