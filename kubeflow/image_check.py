@@ -20,7 +20,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 def modules() -> List[str]:
     from kubeflow import runner
     from pipeline import pipeline
-    return [runner.EXECUTOR_ENTRYPOINT[-1], runner.DRIVER_ENTRYPOINT[-1], "pipeline.pipeline",
+    return [runner.ENTRY[-1], runner.TFX_EXECUTOR, runner.TFX_DRIVER, "pipeline.pipeline",
+            "components.object_store_worker", "tensorflow_io",
             pipeline.PREPROCESSING_FN.rsplit(".", 1)[0], pipeline.RUN_FN.rsplit(".", 1)[0]]
 
 

@@ -24,9 +24,15 @@ import yaml  # noqa: E402
 
 from pipeline.config import PipelineConfig  # noqa: E402
 
-# Entry point the V2 runner writes into every container task: the image must have it.
-EXECUTOR_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor")
-DRIVER_ENTRYPOINT = ("python", "-m", "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver")
+# Entry points the V2 runner writes into every container task (and, for
+# ImageExampleGen, its preCacheCheck hook) ...
+TFX_EXECUTOR = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+TFX_DRIVER = "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"
+# ... and how the spec starts them: through kubeflow/entrypoint.py (s3:// set-up,
+# exit code kept). The image must have both.
+ENTRY = ("python", "-m", "kubeflow.entrypoint")
+EXECUTOR_ENTRYPOINT = ENTRY + (TFX_EXECUTOR,)
+DRIVER_ENTRYPOINT = ENTRY + (TFX_DRIVER,)
 OUTPUT_SUFFIXES = (".yaml", ".yml")
 # --target -> PipelineConfig.lookup. "kfp": open-source KFP v2, whose backend
 # compiles container and importer executors only; "vertex": Vertex AI Pipelines,
@@ -183,13 +189,20 @@ def check_executors(path: str, lookup: str) -> None:
 
 def _finish_spec(path: str, pipeline_root: str) -> None:
     """Records the root in the spec itself (KFP uses it when a run names none),
-    and turns caching off for the registry lookups: the answer is in the
-    registry, not in their inputs, so a cache hit would return a stale one."""
+    starts TFX's entry points through ENTRY, and turns caching off for the
+    registry lookups: the answer is in the registry, not in their inputs, so a
+    cache hit would return a stale one."""
     with open(path) as f:
         text = f.read()
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     spec = yaml.safe_load(text)
     spec["defaultPipelineRoot"] = pipeline_root
+    for executor in spec["deploymentSpec"]["executors"].values():
+        container = executor.get("container", {})
+        for step in (container, container.get("lifecycle", {}).get("preCacheCheck", {})):
+            command = tuple(step.get("command", ()))
+            if command in (ENTRY[:2] + (TFX_EXECUTOR,), ENTRY[:2] + (TFX_DRIVER,)):
+                step["command"] = list(ENTRY + command[2:])
     for task in spec["root"]["dag"]["tasks"].values():
         component = spec["components"][task["componentRef"]["name"]]
         container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container", {})
