@@ -140,7 +140,7 @@ def walk_images(root: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
                 max_depth: int = 16) -> Iterator[Candidate | Skipped]:
     """Yields every file under `root` as a Candidate or a Skipped.
 
-    Uses tf.io.gfile so local paths and gs:// URIs behave the same. Symlinked
+    Uses tf.io.gfile so local paths and gs:// or s3:// URIs behave the same. Symlinked
     folders are not followed (gfile.walk lists them as files on local disk; we
     skip anything that isn't a regular file), so a symlink loop can't hang it.
     """
@@ -166,10 +166,11 @@ def _walk_label(tf, root, top, label, exts, max_depth):
         for name in sorted(tf.io.gfile.listdir(folder)):
             name = name.rstrip("/")
             path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            remote = "://" in root  # gs://, s3://: no symlinks, and no local path to resolve
+            rel = path[len(root) + 1:] if remote else os.path.relpath(path, root).replace(os.sep, "/")
             if _is_hidden(name):
                 yield Skipped(rel, "hidden file or folder", label)
-            elif os.path.islink(path) and os.path.isdir(path):
+            elif not remote and os.path.islink(path) and os.path.isdir(path):
                 yield Skipped(rel, "symlinked folder not followed", label)
             elif tf.io.gfile.isdir(path):
                 if depth + 1 > max_depth:

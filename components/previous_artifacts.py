@@ -13,7 +13,7 @@ left under
 
 (one directory per pipeline name, like one MLMD context per pipeline; each file
 a JSON object, written under a hidden temporary name and renamed into place, so
-a reader sees a whole record or none; on gs:// a single object write is atomic
+a reader sees a whole record or none; on gs:// or s3:// a single object write is atomic
 anyway). Nothing is ever rewritten: the newest file whose target still exists wins.
 
 * ``blessed_model`` records: written by :class:`RecordBlessedModel`, a step after
@@ -168,7 +168,7 @@ def _target_problem(kind: str, entry: Dict[str, Any]) -> Optional[str]:
 
 
 def copy_tree(src: str, dest: str) -> int:
-    """Copies every file under `src` to `dest` (tf.io.gfile: local or gs://); returns the count."""
+    """Copies every file under `src` to `dest` (tf.io.gfile: local, gs:// or s3://); returns the count."""
     src = src.rstrip("/")
     copied = 0
     for folder, _, files in tf.io.gfile.walk(src):

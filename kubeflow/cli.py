@@ -117,6 +117,11 @@ def _label_names(args, config):
         if len(labels) < 2:
             raise KubeflowError(f"--labels needs at least 2 class names, got {args.labels!r}")
         return dataclasses.replace(config, label_names=tuple(labels))
+    from components import object_store
+    try:
+        object_store.prepare([config.images])  # s3://: login checked, tf.io.gfile knows s3://
+    except object_store.ObjectStoreError as e:
+        raise KubeflowError(f"cannot list --images from this machine: {e}; or pass --labels a,b,c") from None
     import tensorflow as tf
     try:
         # isdir() in scan() reads an unknown scheme as "missing"; exists() says why.
@@ -125,8 +130,8 @@ def _label_names(args, config):
     except tf.errors.UnimplementedError:
         scheme = config.images.split("://")[0]
         raise KubeflowError(
-            f"this environment cannot read {scheme}:// paths ({config.images}); s3:// needs the "
-            "tensorflow-io package (here and in the image); or pass --labels a,b,c") from None
+            f"this environment cannot read {scheme}:// paths ({config.images}); "
+            "pass --labels a,b,c") from None
     except tf.errors.OpError as e:
         raise KubeflowError(f"cannot list {config.images} from this machine "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:150]}); give it read "

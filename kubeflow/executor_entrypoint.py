@@ -33,6 +33,11 @@ does not survive; this module repairs the ExecutorInput, then calls TFX's
 
 Every repair is a no-op on Vertex's ExecutorInput (typed inputs, no extra
 output, the driver already ran), so one spec form serves both.
+
+Before any of it, the s3:// locations the arguments name are set up and
+checked (components/object_store.py: a wrong secret is one line in the pod's
+log), and the process ends through ``object_store.exit_process`` with the real
+exit code (tensorflow-io's S3 plugin aborts a normal exit, tensorflow/io#2039).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from components import object_store  # noqa: E402  (no TensorFlow import)
 
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 # Keys the open-source launcher adds to every artifact it records in MLMD.
@@ -138,7 +145,13 @@ def merge_driver_metadata(executor_output: Dict[str, Any], driver_output: Dict[s
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        object_store.prepare(object_store.buckets_in(" ".join(argv)))
+    except object_store.ObjectStoreError as e:
+        print(f"executor_entrypoint: error: {e}", file=sys.stderr)
+        return 2
+    args, beam_args = parse_args(argv)
     try:
         executor_input = json.loads(args.json_serialized_invocation_args)
         inputs_spec = json.loads(args.json_serialized_inputs_spec_args) \
@@ -173,4 +186,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # absl/argparse exits; keep their code
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # what the interpreter would print and return
+        import traceback
+        traceback.print_exc()
+        code = 1
+    object_store.exit_process(code)

@@ -21,7 +21,7 @@ def modules() -> List[str]:
     from kubeflow import runner
     from pipeline import pipeline
     return [runner.SHIM_ENTRYPOINT[-1], runner.EXECUTOR_ENTRYPOINT[-1], runner.DRIVER_ENTRYPOINT[-1],
-            "pipeline.pipeline",
+            "pipeline.pipeline", "components.object_store_worker", "tensorflow_io",
             pipeline.PREPROCESSING_FN.rsplit(".", 1)[0], pipeline.RUN_FN.rsplit(".", 1)[0]]
 
 

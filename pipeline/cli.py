@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--images", required=True,
                      help="folder of <label>/<image> files, or a uri,label CSV manifest")
     run.add_argument("--workdir", required=True, help="pipeline root, MLMD store and serving/")
+    run.add_argument("--pipeline-root", default=None,
+                     help="artifact root instead of <workdir>/pipeline_root, e.g. s3://bucket/root")
+    run.add_argument("--serving-dir", default=None,
+                     help="where versions are pushed instead of <workdir>/serving, e.g. s3://bucket/serving")
     run.add_argument("--backbone", default="mobilenet_v1")
     run.add_argument("--weights", default="imagenet",
                      help="imagenet (offline cache), keras (download), random, or a weights file")
@@ -150,12 +154,20 @@ def _parity_bounds(items) -> dict:
     return bounds
 
 
+def _location(path):
+    return path if path is None or "://" in path else os.path.abspath(path)
+
+
 def _cmd_run(args) -> int:
-    from components.label_guard import LabelSpaceError
-    from pipeline import local_runner, preflight
+    if "://" in args.workdir:
+        return _fail(f"--workdir must be a local folder (it holds the MLMD SQLite store), got "
+                     f"{args.workdir}; put artifacts and versions on s3:// with "
+                     "--pipeline-root and --serving-dir", 2)
+    from components import object_store
     from pipeline.config import PipelineConfig, direct_beam_args
     config = PipelineConfig(
-        images=os.path.abspath(args.images) if "://" not in args.images else args.images,
+        images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
+        serving_uri=_location(args.serving_dir),
         workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
         min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
         eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
@@ -165,10 +177,17 @@ def _cmd_run(args) -> int:
         feature_batch_size=args.feature_batch_size, augment_views=args.augment_views,
         tflite_variants=tuple(v.strip() for v in args.tflite_variants.split(",") if v.strip()),
         calibration_images=args.calibration_images)
-    from components import backbones
     try:
         config = dataclasses.replace(config, parity_bounds=_parity_bounds(args.parity_bound),
                                      beam_args=direct_beam_args(args.beam_workers))
+        # Before TensorFlow and TFX load: a wrong key or endpoint fails in a second.
+        object_store.prepare(config.locations())
+    except ValueError as e:  # ObjectStoreError included
+        return _fail(str(e), 2)
+    from components import backbones
+    from components.label_guard import LabelSpaceError
+    from pipeline import local_runner, preflight
+    try:
         config = preflight.scan(config)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)
@@ -218,5 +237,11 @@ def main(argv=None) -> int:
     return 2
 
 
+def entry() -> None:
+    """The `retrain` command: main() and an exit that survives tensorflow-io (object_store)."""
+    from components import object_store
+    object_store.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -31,7 +31,7 @@ def direct_beam_args(workers: int) -> List[str]:
 
 @dataclasses.dataclass
 class PipelineConfig:
-    # <images>/<label>/<file> folder, or a `uri,label` CSV manifest; local or gs://.
+    # <images>/<label>/<file> folder, or a `uri,label` CSV manifest; local, gs:// or s3://.
     images: str
     workdir: str                     # pipeline root, MLMD database and serving/ live here
     pipeline_name: str = "image-retrain"
@@ -99,6 +99,16 @@ class PipelineConfig:
     @property
     def serving_dir(self) -> str:
         return self.serving_uri or os.path.join(self.workdir, "serving")
+
+    def locations(self) -> Tuple[str, str, str]:
+        """Where the pipeline reads images and writes artifacts and versions."""
+        return (self.images, self.pipeline_root, self.serving_dir)
+
+    def pipeline_beam_args(self) -> List[str]:
+        """beam_args plus what the locations need (s3://: components/object_store.py)."""
+        from components import object_store
+        extra = [a for a in object_store.beam_args(self.locations()) if a not in self.beam_args]
+        return list(self.beam_args) + extra
 
     def transform_config(self) -> dict:
         return {"backbone": self.backbone, "weights": self.weights}

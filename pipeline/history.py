@@ -248,14 +248,12 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
 # -------------------------------------------------------------- bless / reset
 
 def _read_version_metrics(config: PipelineConfig, version: int) -> Tuple[str, Dict[str, Any]]:
-    import tensorflow as tf  # gfile: serving dirs may be gs:// URIs
+    import tensorflow as tf  # gfile: serving dirs may be gs:// or s3:// URIs
+    from components.tflite_pusher import list_versions  # complete ones: _SUCCESS written
     vdir = os.path.join(config.serving_dir, str(int(version)))
     path = os.path.join(vdir, _METRICS_FILE)
-    if not tf.io.gfile.exists(path):
-        versions = []
-        if tf.io.gfile.isdir(config.serving_dir):
-            versions = sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(config.serving_dir)
-                              if n.rstrip("/").isdigit())
+    versions = list_versions(config.serving_dir)
+    if int(version) not in versions or not tf.io.gfile.exists(path):
         raise HistoryError(f"no pushed version {version} in {config.serving_dir} "
                            f"(pushed versions: {versions or 'none'})")
     with tf.io.gfile.GFile(path) as f:

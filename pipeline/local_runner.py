@@ -10,6 +10,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tfx import v1 as tfx  # noqa: E402
 
+from components import object_store  # noqa: E402
 from pipeline import preflight, report, run_summary  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.pipeline import FEATURE_CACHE_RESOLVER, create_pipeline  # noqa: E402
@@ -41,6 +42,7 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
 
     show_progress prints live component progress to stderr (pipeline.progress).
     """
+    object_store.prepare(config.locations())  # s3://: settings, login check, tf.io.gfile plugin
     config = preflight.scan(config)
     os.makedirs(config.workdir, exist_ok=True)
     pipeline = create_pipeline(config, metadata_config(config))

@@ -141,4 +141,4 @@ def create_pipeline(config: PipelineConfig,
         components=create_components(config),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.beam_args))
+        beam_pipeline_args=config.pipeline_beam_args())

@@ -283,16 +283,12 @@ def _thresholds(d: RunData) -> Dict[str, Any]:
 
 
 def _pushed_versions(config: PipelineConfig) -> Dict[int, Dict[str, Any]]:
-    import tensorflow as tf
+    from components.tflite_pusher import list_versions  # complete ones: _SUCCESS written
     out = {}
-    if not tf.io.gfile.isdir(config.serving_dir):
-        return out
-    for name in tf.io.gfile.listdir(config.serving_dir):
-        name = name.rstrip("/")
-        if name.isdigit():
-            metrics = _read_json(os.path.join(config.serving_dir, name, _METRICS_FILE))
-            if metrics:
-                out[int(name)] = metrics
+    for version in list_versions(config.serving_dir):
+        metrics = _read_json(os.path.join(config.serving_dir, str(version), _METRICS_FILE))
+        if metrics:
+            out[version] = metrics
     return out
 
 

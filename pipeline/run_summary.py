@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
@@ -114,7 +115,7 @@ def summarize_run(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         for blessing in outputs.get("blessing", []):
             summary["blessed"] = bool(_prop(blessing, "blessed", 0))
         for ev in outputs.get("evaluation", []):
-            if config.label_names and os.path.isdir(ev.uri):
+            if config.label_names and tf.io.gfile.isdir(ev.uri):  # local, gs:// or s3://
                 result = evaluation.summarize(ev.uri, config.label_names)
                 summary["accuracy"] = result["accuracy"]
                 summary["baseline_accuracy"] = result["baseline_accuracy"]

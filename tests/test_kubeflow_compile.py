@@ -292,11 +292,17 @@ def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, ca
     (["--labels", "a,b", "--beam-runner", "dataflow"], "needs --dataflow-project and --dataflow-region"),
     (["--labels", "a,b", "--beam-workers", "0"], "--beam-workers must be >= 1"),
     (["--labels", "only"], "--labels needs at least 2 class names"),
-    (["--images", "s3://bucket/images"], "s3:// needs the tensorflow-io package"),
+    (["--images", "s3://bucket/images"], "cannot list --images from this machine: s3://bucket/images: "
+     "cannot reach the S3 endpoint http://127.0.0.1:9 (AWS_ENDPOINT_URL)"),
     (["--labels", "a,b", "--eval-percent", "0"], "eval_percent must be between 1 and 99"),
 ])
 def test_cli_compile_bad_input(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
+    # s3://: an endpoint where nothing listens (port 9, discard), whatever this machine's AWS set-up.
+    for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+                        "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL_S3": "", "S3_ENDPOINT": "",
+                        "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}.items():
+        monkeypatch.setenv(name, value)  # removed or restored after the test
     argv = ["compile", "--image", IMAGE, "--pipeline-root", ROOT, *extra]
     if "--output" not in extra:
         argv += ["--output", "p.yaml"]
@@ -353,7 +359,8 @@ def test_dockerfile_runs_the_image_check_which_covers_every_task(compiled, image
     # What the compiled tasks start is what the check imports...
     doc = compiled["doc"]
     containers = [e["container"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e]
-    started = {c["command"][-1] for c in containers} | {runner.DRIVER_ENTRYPOINT[-1]}
+    started = {m for c in containers for m in c["command"][2:]} | set(runner.DRIVER_ENTRYPOINT[2:])
+    assert "kubeflow.executor_entrypoint" in started
     assert started <= set(image_check.modules())
     # ...and every executor class the spec names was imported along the way.
     for c in containers:
