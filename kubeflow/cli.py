@@ -58,6 +58,14 @@ def register(subparsers) -> Dict[str, Handler]:
     c.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="extra Beam pipeline option, passed through (repeatable), "
                         "e.g. --beam-arg=--max_num_workers=4")
+    c.add_argument("--s3-secret", default=None, metavar="NAME",
+                   help="Kubernetes secret the pods take AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                        "from (a default KFP install's MinIO: mlpipeline-minio-artifact)")
+    c.add_argument("--s3-secret-keys", default="accesskey,secretkey", metavar="ACCESS,SECRET",
+                   help="the two keys in that secret (default: accesskey,secretkey)")
+    c.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="AWS_ENDPOINT_URL for the pods, e.g. http://minio-service.kubeflow:9000")
+    c.add_argument("--s3-region", default=None, help="AWS_REGION for the pods")
 
     for name, text in (("submit", "run a compiled pipeline.yaml once on Kubeflow Pipelines"),
                        ("schedule", "run a compiled pipeline.yaml on a cron schedule")):
@@ -138,6 +146,23 @@ def _label_names(args, config):
                             "access or pass --labels a,b,c") from None
 
 
+def _s3_access(args):
+    """kubeflow.pod_env.S3Access from the --s3-* flags, or None."""
+    from kubeflow import pod_env
+    from kubeflow.runner import KubeflowError
+    if not args.s3_secret:
+        if args.s3_endpoint or args.s3_region:
+            raise KubeflowError("--s3-endpoint and --s3-region need --s3-secret (the pods' credentials)")
+        return None
+    keys = [k.strip() for k in args.s3_secret_keys.split(",")]
+    if len(keys) != 2 or not all(keys):
+        raise KubeflowError(f"--s3-secret-keys must be ACCESS,SECRET, got {args.s3_secret_keys!r}")
+    if args.s3_endpoint and not args.s3_endpoint.startswith(("http://", "https://")):
+        raise KubeflowError(f"--s3-endpoint must be an http:// or https:// URL, got {args.s3_endpoint!r}")
+    return pod_env.S3Access(secret=args.s3_secret, access_key=keys[0], secret_key=keys[1],
+                            endpoint=args.s3_endpoint, region=args.s3_region)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipeline import preflight
     from pipeline.config import PipelineConfig
@@ -161,7 +186,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
         config = _label_names(args, config)
-        path = runner.compile_pipeline(config, args.output, args.image)
+        path = runner.compile_pipeline(config, args.output, args.image, _s3_access(args))
     except (runner.KubeflowError, preflight.PreflightError) as e:
         return _fail(e)
     except Exception as e:  # a compiler failure: name it, keep it on one line

@@ -98,9 +98,10 @@ class LocalLauncher:
                  python: str = sys.executable, max_parallel: int = 2,
                  enable_caching: Optional[bool] = None, task_timeout_s: float = 1800,
                  env: Optional[Dict[str, str]] = None,
+                 secrets: Optional[Dict[str, Dict[str, str]]] = None,
                  log: Optional[Callable[[str], None]] = None):
-        with open(spec_path) as f:
-            self.spec = yaml.safe_load(f)
+        from kubeflow import pod_env
+        self.spec, self.platform = pod_env.read(spec_path)
         self.backend = backend if isinstance(backend, Backend) else Backend.parse(backend)
         _check_spec(self.spec, self.backend)
         self.pipeline = self.spec["pipelineInfo"]["name"]
@@ -110,6 +111,8 @@ class LocalLauncher:
         self.enable_caching = enable_caching  # None: each task's compiled setting
         self.task_timeout_s = task_timeout_s
         self.env = {**os.environ, **IMAGE_ENV, **(env or {})}
+        # The cluster's Kubernetes secrets, for the platform spec's secretAsEnv.
+        self.secrets = dict(secrets or {})
         self.log = log or (lambda msg: print(f"[local-launcher] {msg}", file=sys.stderr, flush=True))
         self.metadata = LocalMetadata(self.root)
 
@@ -287,7 +290,7 @@ class LocalLauncher:
             # Vertex runs the driver before its cache lookup: the input fingerprint
             # it computes is part of the cache key, so new files bust the cache.
             self._exec(name, "driver", list(hook["command"]) + list(hook.get("args", [])),
-                       executor_input(), container, task_root, pod)
+                       executor_input(), container, task_root, pod, component["executorLabel"])
             driver_out = _read_executor_output(output_file, name)
             params = {**params, **driver_out.get("parameterValues", {})}
             kfp_backend.merge_outputs(outputs, driver_out, self.root, self.backend)
@@ -312,7 +315,7 @@ class LocalLauncher:
 
         logs = outputs.get(kfp_backend.EXECUTOR_LOGS)
         self._exec(name, "executor", argv, executor_input(), container, task_root, pod,
-                   tee=logs[0]["uri"] if logs else None)
+                   component["executorLabel"], tee=logs[0]["uri"] if logs else None)
         result = _read_executor_output(output_file, name)
         try:
             kfp_backend.merge_outputs(outputs, result, self.root, self.backend)
@@ -330,7 +333,7 @@ class LocalLauncher:
         return recorded, produced, "SUCCEEDED"
 
     def _exec(self, name: str, step: str, argv: List[str], executor_input: Dict[str, Any],
-              container: Dict[str, Any], task_root: str, pod: str,
+              container: Dict[str, Any], task_root: str, pod: str, label: str,
               tee: Optional[str] = None) -> None:
         argv = [_substitute(a, executor_input, name) for a in argv]
         too_long = [a[:60] for a in argv if len(a.encode()) > _MAX_ARG]
@@ -340,6 +343,11 @@ class LocalLauncher:
             argv[0] = self.python
         env = dict(self.env)
         env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+        try:  # the driver puts the platform spec's secretAsEnv into the pod
+            from kubeflow import pod_env
+            env.update(pod_env.secret_env(self.platform, label, self.secrets))
+        except KeyError as e:
+            raise TaskFailed(f"task {name}: CreateContainerConfigError: {e.args[0]}") from None
         log_path = os.path.join(task_root, f"{step}.log")
         with open(log_path, "wb") as log:
             try:

@@ -94,8 +94,9 @@ def check_output_path(output: str) -> None:
                             f"other single-file form), got {output}")
 
 
-def compile_pipeline(config: PipelineConfig, output: str, image: str) -> str:
-    """Writes the spec for `config` (label_names already set) to `output`; returns its path."""
+def compile_pipeline(config: PipelineConfig, output: str, image: str, s3_access=None) -> str:
+    """Writes the spec for `config` (label_names already set) to `output`; returns its path.
+    `s3_access` (kubeflow.pod_env.S3Access): pods take S3 credentials from a secret."""
     check_output_path(output)
     if not image or any(c.isspace() for c in image):
         raise KubeflowError(f"--image must be a container image reference, got {image!r}")
@@ -112,6 +113,9 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str) -> str:
     runner.run(tfx_pipeline)
     _finish_spec(output, config.pipeline_root, config.lookup)
     check_executors(output, config.lookup)
+    if s3_access is not None:
+        from kubeflow import pod_env
+        pod_env.add_s3_access(output, s3_access)
     return output
 
 
@@ -249,9 +253,9 @@ def load_spec(path: str):
     """pipeline.yaml -> kfp PipelineSpec proto (raises KubeflowError if it is not one)."""
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
+    from kubeflow import pod_env
     try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
+        doc, _ = pod_env.read(path)  # a platform spec may follow the pipeline spec
         return json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())
     except FileNotFoundError:
         raise KubeflowError(f"pipeline spec not found: {path}") from None

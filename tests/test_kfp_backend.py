@@ -203,3 +203,36 @@ def test_parameter_text_matches_go_formatting():
     # metadata/converter.go PbValueToText with strconv.FormatFloat(x, 'f', -1, 64).
     assert [kfp_backend.parameter_text(v) for v in (6.0, 0.5, 1e-7, True, ["a", 1], None)] == \
         ["6", "0.5", "0.0000001", "true", '["a",1]', ""]
+
+
+ENV_PROBE = """
+import json, os, sys
+ei = json.loads(sys.argv[1])
+keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+with open(os.path.join(os.environ["PROBE_DIR"], "env.json"), "w") as f:
+    json.dump({k: os.environ.get(k) for k in keys}, f)
+"""
+
+
+def test_pods_take_s3_credentials_from_a_secret_through_the_platform_spec(tmp_path):
+    # kfp-kubernetes' secretAsEnv, applied to the pod by driver.go (2.0-2.5) / k8s.go.
+    from kubeflow import pod_env
+    spec_path = _spec(tmp_path)
+    doc = yaml.safe_load(open(spec_path))
+    for executor in doc["deploymentSpec"]["executors"].values():
+        executor["container"]["command"] = ["python", "-c", ENV_PROBE]
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(doc))
+    access = pod_env.S3Access(endpoint="http://minio-service.kubeflow:9000")
+    pod_env.add_s3_access(spec_path, access)
+    spec, platform = pod_env.read(spec_path)
+    text = open(spec_path).read()
+    assert "minio123" not in text and "AWS_SECRET_ACCESS_KEY" in text  # names only, no value
+    assert platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["make_executor"] == {
+        "secretAsEnv": [access.secret_as_env()]}
+    secrets = {"mlpipeline-minio-artifact": {"accesskey": "minio", "secretkey": "minio123"}}
+    _launcher(tmp_path, spec_path, secrets=secrets).run("r1")
+    with open(tmp_path / "probe-inputs" / "env.json") as f:
+        assert json.load(f) == {"AWS_ACCESS_KEY_ID": "minio", "AWS_SECRET_ACCESS_KEY": "minio123",
+                                "AWS_ENDPOINT_URL": "http://minio-service.kubeflow:9000"}
+    with pytest.raises(TaskFailed, match="secret 'mlpipeline-minio-artifact' not found"):
+        _launcher(tmp_path, spec_path).run("r2")

@@ -287,8 +287,34 @@ def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, ca
     assert sum("resolver" in e for e in executors.values()) == 3
 
 
+def test_cli_compile_with_an_s3_secret_writes_a_platform_spec_kfp_reads(tmp_path, capsys):
+    out_file = tmp_path / "pipeline.yaml"
+    code, _, err = _retrain(capsys, "compile", "--output", out_file, "--image", IMAGE,
+                            "--pipeline-root", "s3://bucket/retrain", "--labels", "dog,cat",
+                            "--s3-secret", "mlpipeline-minio-artifact",
+                            "--s3-endpoint", "http://minio-service.kubeflow:9000")
+    assert code == 0, err
+    from kfp.client.client import _extract_pipeline_yaml  # what Client.create_run_* sends
+    doc = _extract_pipeline_yaml(str(out_file))
+    assert doc.pipeline_spec == runner.load_spec(str(out_file))
+    from google.protobuf import json_format
+    platform = json_format.MessageToDict(doc.platform_spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    labels = set(yaml.safe_load_all(out_file.read_text()).__next__()["deploymentSpec"]["executors"])
+    assert set(executors) == labels
+    secret = executors["Trainer_executor"]["secretAsEnv"][0]
+    assert secret["secretName"] == "mlpipeline-minio-artifact"
+    assert {p["envVar"] for p in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    container = json_format.MessageToDict(doc.pipeline_spec)["deploymentSpec"]["executors"][
+        "Trainer_executor"]["container"]
+    assert container["env"] == [
+        {"name": "AWS_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"}]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--output", "p.json", "--labels", "a,b"], "--output must end with .yaml or .yml"),
+    (["--labels", "a,b", "--s3-endpoint", "http://m:9000"], "--s3-endpoint and --s3-region need --s3-secret"),
+    (["--labels", "a,b", "--s3-secret", "s", "--s3-secret-keys", "a"], "--s3-secret-keys must be ACCESS,SECRET"),
     (["--labels", "a,b", "--beam-runner", "dataflow"], "needs --dataflow-project and --dataflow-region"),
     (["--labels", "a,b", "--beam-workers", "0"], "--beam-workers must be >= 1"),
     (["--labels", "only"], "--labels needs at least 2 class names"),
