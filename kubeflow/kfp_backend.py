@@ -196,7 +196,20 @@ def with_defaults(params: Dict[str, Any], definitions: Dict[str, Any]) -> Dict[s
 
 # ------------------------------------------------------------- caching
 
-def cache_key(input_names: Dict[str, list], params: Dict[str, Any], outputs: Artifacts, output_parameters: Dict[str, Any],
+def vertex_cache_key(component, container, params, inputs) -> str:
+    """Vertex: the whole component, the parameters after its pre-cache hook, inputs by name."""
+    doc = {"component": component, "container": container, "parameters": params,
+           "inputs": {k: [a["name"] for a in v] for k, v in inputs.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def vertex_artifact_name(run_id: str, task: str, key: str) -> str:
+    # KFP/Vertex give every artifact a unique resource name; TFX maps it to an id.
+    return f"local/artifacts/{run_id}.{task}.{key}"
+
+
+def cache_key(input_names: Dict[str, list], params: Dict[str, Any], outputs: Artifacts,
+              output_parameters: Dict[str, Any],
               image: str, command_and_args: list) -> str:
     """cacheutils/cache.go GenerateCacheKey: input artifacts by MLMD id, parameter
     values, output specs without URIs, output parameter types, image and the raw
@@ -263,6 +276,19 @@ def output_parameter(key: str, executor_output: Dict[str, Any], path: str,
 
 
 # ------------------------------------------------------------ the launcher
+
+def provision_output(artifact_type: Dict[str, Any], task_root: str, key: str,
+                     spec: Dict[str, Any], backend: Backend) -> Dict[str, Any]:
+    """An output as driver.go provisionOutputs makes it (Vertex: named like a resource)."""
+    artifact = {"type": artifact_type, "uri": os.path.join(task_root, key)}
+    if spec.get("metadata"):
+        artifact["metadata"] = dict(spec["metadata"])
+    if backend.outputs_named:
+        artifact["name"] = key
+    elif not backend.oss:
+        artifact["name"] = "local/artifacts/" + hashlib.sha1(artifact["uri"].encode()).hexdigest()[:16]
+    return artifact
+
 
 def executor_input(inputs: Artifacts, params: Dict[str, Any], outputs: Artifacts,
                    out_params: Dict[str, str], output_file: str) -> Dict[str, Any]:

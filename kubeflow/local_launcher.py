@@ -41,10 +41,8 @@ import argparse
 import concurrent.futures as futures
 import copy
 import dataclasses
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -53,9 +51,8 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import yaml
 
-from kubeflow import kfp_backend
+from kubeflow import kfp_backend, pipeline_spec
 from kubeflow.kfp_backend import Backend, BackendError
 from kubeflow.local_metadata import LocalMetadata, NotEmulated, schema_title
 
@@ -103,7 +100,7 @@ class LocalLauncher:
         from kubeflow import pod_env
         self.spec, self.platform = pod_env.read(spec_path)
         self.backend = backend if isinstance(backend, Backend) else Backend.parse(backend)
-        _check_spec(self.spec, self.backend)
+        pipeline_spec.check_spec(self.spec, self.backend)
         self.pipeline = self.spec["pipelineInfo"]["name"]
         self.root = os.path.abspath(pipeline_root)
         self.python = python
@@ -121,9 +118,9 @@ class LocalLauncher:
     def run(self, run_id: Optional[str] = None,
             parameters: Optional[Dict[str, Any]] = None) -> RunResult:
         run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        params = self._pipeline_parameters(parameters or {})
+        params = pipeline_spec.pipeline_parameters(self.spec, parameters or {})
         tasks = self.spec["root"]["dag"]["tasks"]
-        deps = {name: _upstream(task) for name, task in tasks.items()}
+        deps = {name: pipeline_spec.upstream(task) for name, task in tasks.items()}
         for name, ups in deps.items():
             if ups - set(tasks):
                 raise NotEmulated(f"task {name} depends on unknown tasks {sorted(ups - set(tasks))}")
@@ -152,18 +149,6 @@ class LocalLauncher:
             raise failure
         return result
 
-    def _pipeline_parameters(self, given: Dict[str, Any]) -> Dict[str, Any]:
-        defined = self.spec["root"].get("inputDefinitions", {}).get("parameters", {})
-        unknown = set(given) - set(defined)
-        if unknown:
-            raise ValueError(f"unknown pipeline parameters: {sorted(unknown)}")
-        params = {k: v["defaultValue"] for k, v in defined.items() if "defaultValue" in v}
-        params.update(given)
-        missing = [k for k, v in defined.items() if k not in params and not v.get("isOptional")]
-        if missing:
-            raise ValueError(f"pipeline parameters without a value: {missing}")
-        return params
-
     # ----------------------------------------------------------------- tasks
 
     def _run_task(self, run_id: str, name: str, task: Dict[str, Any],
@@ -177,7 +162,7 @@ class LocalLauncher:
                 raise NotEmulated(f"task {name}: {key} is not emulated")
         executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
         inputs = self._input_artifacts(name, task, upstream)
-        params = _input_parameters(name, task, upstream, pipeline_params)
+        params = pipeline_spec.input_parameters(name, task, upstream, pipeline_params)
         if self.backend.oss:
             params = kfp_backend.typed_parameters(
                 params, component.get("inputDefinitions", {}).get("parameters", {}))
@@ -234,7 +219,7 @@ class LocalLauncher:
         artifact = None if importer.get("reimport") else \
             self.metadata.find_imported(self.pipeline, uri, title)
         if artifact is None:
-            artifact = {"name": _artifact_name(run_id, name, key), "type": importer["typeSchema"],
+            artifact = {"name": kfp_backend.vertex_artifact_name(run_id, name, key), "type": importer["typeSchema"],
                         "uri": uri, "metadata": dict(importer.get("metadata") or {})}
             stored = kfp_backend.to_mlmd(artifact["metadata"], key, self.backend) \
                 if self.backend.oss else None
@@ -248,10 +233,10 @@ class LocalLauncher:
         task_root = os.path.join(self.root, self.pipeline, run_id, name)
         if self.backend.execution_dirs:
             task_root = os.path.join(task_root, str(uuid.uuid4()))
-        outputs = {key: [_output_artifact(spec["artifactType"], task_root, key, spec, self.backend)]
+        outputs = {key: [kfp_backend.provision_output(spec["artifactType"], task_root, key, spec, self.backend)]
                    for key, spec in outputs_def.get("artifacts", {}).items()}
         if self.backend.publish_logs:
-            outputs[kfp_backend.EXECUTOR_LOGS] = [_output_artifact(
+            outputs[kfp_backend.EXECUTOR_LOGS] = [kfp_backend.provision_output(
                 kfp_backend.EXECUTOR_LOGS_TYPE, task_root, kfp_backend.EXECUTOR_LOGS, {}, self.backend)]
         # Object stores have no folders: code may write <uri>/<file> straight away
         # on gs:// or s3://, so a local root needs each output folder up front.
@@ -283,7 +268,7 @@ class LocalLauncher:
 
         def executor_input():
             shown = kfp_backend.with_defaults(params, definitions) if self.backend.oss else params
-            return _executor_input(inputs, shown, outputs, out_params, output_file)
+            return kfp_backend.executor_input(inputs, shown, outputs, out_params, output_file)
 
         hook = container.get("lifecycle", {}).get("preCacheCheck")
         if hook and not self.backend.oss:
@@ -303,7 +288,7 @@ class LocalLauncher:
                 {k: [a["name"] for a in v] for k, v in inputs.items()}, params, outputs,
                 out_param_defs, container.get("image", ""), argv)
         else:
-            key = _vertex_cache_key(component, container, params, inputs)
+            key = kfp_backend.vertex_cache_key(component, container, params, inputs)
         if use_cache:
             hit = self.metadata.cached_execution(self.pipeline, key)
             if hit:
@@ -335,7 +320,7 @@ class LocalLauncher:
     def _exec(self, name: str, step: str, argv: List[str], executor_input: Dict[str, Any],
               container: Dict[str, Any], task_root: str, pod: str, label: str,
               tee: Optional[str] = None) -> None:
-        argv = [_substitute(a, executor_input, name) for a in argv]
+        argv = [kfp_backend.substitute(a, executor_input, name) for a in argv]
         too_long = [a[:60] for a in argv if len(a.encode()) > _MAX_ARG]
         if too_long:
             raise TaskFailed(f"task {name}: an argument exceeds 128 KiB, which no pod accepts: {too_long}")
@@ -367,90 +352,8 @@ class LocalLauncher:
 
 # ---------------------------------------------------------------------- helpers
 
-def _check_spec(spec: Any, backend: Backend) -> None:
-    if not isinstance(spec, dict) or not {"root", "components", "deploymentSpec",
-                                          "pipelineInfo"} <= set(spec):
-        raise ValueError("not a KFP v2 pipeline spec: root, components, deploymentSpec "
-                         "and pipelineInfo are required")
-    from google.protobuf import json_format
-    from kfp.pipeline_spec import pipeline_spec_pb2
-    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # structure check
-    if not str(spec.get("schemaVersion", "")).startswith("2.1"):
-        # 2.0 passes parameters in another ExecutorInput field; TFX writes 2.1
-        # with use_pipeline_spec_2_1=True, as kubeflow.runner does.
-        raise NotEmulated(f"pipeline spec schema {spec.get('schemaVersion')!r}: only 2.1 is emulated")
-    if backend.oss:
-        for label, executor in spec["deploymentSpec"]["executors"].items():
-            if not {"container", "importer"} & set(executor):
-                raise BackendError(f"executor(label={label!r}): {kfp_backend.RESOLVER_REFUSED}")
-        from kubeflow.runner import KubeflowError, check_task_names  # Argo's rule
-        try:
-            check_task_names(spec)
-        except KubeflowError as e:
-            raise BackendError(str(e)) from None
-
-
-def _upstream(task: Dict[str, Any]) -> set:
-    ups = set(task.get("dependentTasks", []))
-    inputs = task.get("inputs", {})
-    for spec in inputs.get("artifacts", {}).values():
-        if "taskOutputArtifact" in spec:
-            ups.add(spec["taskOutputArtifact"]["producerTask"])
-    for spec in inputs.get("parameters", {}).values():
-        if "taskOutputParameter" in spec:
-            ups.add(spec["taskOutputParameter"]["producerTask"])
-    return ups
-
-
-def _input_parameters(name, task, upstream, pipeline_params) -> Dict[str, Any]:
-    out = {}
-    for key, spec in task.get("inputs", {}).get("parameters", {}).items():
-        if "runtimeValue" in spec:
-            value = spec["runtimeValue"]
-            if "constant" in value:
-                out[key] = value["constant"]
-            else:
-                raise NotEmulated(f"task {name}: parameter {key} runtime value {sorted(value)}")
-        elif "componentInputParameter" in spec:
-            out[key] = pipeline_params[spec["componentInputParameter"]]
-        elif "taskOutputParameter" in spec:
-            src = spec["taskOutputParameter"]
-            out[key] = upstream[src["producerTask"]].parameters[src["outputParameterKey"]]
-        else:
-            raise NotEmulated(f"task {name}: parameter {key} from {sorted(spec)}")
-    return out
-
-
-def _artifact_name(run_id: str, task: str, key: str) -> str:
-    # KFP/Vertex give every artifact a unique resource name; TFX maps it to an id.
-    return f"local/artifacts/{run_id}.{task}.{key}"
-
-
-def _output_artifact(artifact_type: Dict[str, Any], task_root: str, key: str,
-                     spec: Dict[str, Any], backend: Backend) -> Dict[str, Any]:
-    """An output as the driver provisions it (Vertex: named like a resource)."""
-    artifact = {"type": artifact_type, "uri": os.path.join(task_root, key)}
-    if spec.get("metadata"):
-        artifact["metadata"] = dict(spec["metadata"])
-    if backend.outputs_named:
-        artifact["name"] = key
-    elif not backend.oss:
-        artifact["name"] = "local/artifacts/" + hashlib.sha1(artifact["uri"].encode()).hexdigest()[:16]
-    return artifact
-
-
 def _without(artifact: Dict[str, Any], *keys: str) -> Dict[str, Any]:
     return {k: v for k, v in artifact.items() if k not in keys}
-
-
-def _vertex_cache_key(component, container, params, inputs) -> str:
-    doc = {"component": component, "container": container, "parameters": params,
-           "inputs": {k: [a["name"] for a in v] for k, v in inputs.items()}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-_executor_input = kfp_backend.executor_input
-_substitute = kfp_backend.substitute
 
 
 def _read_executor_output(path: str, task: str) -> Dict[str, Any]:
