@@ -196,12 +196,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _token(args) -> str | None:
+    """The bearer token named by --token-env: surrounding whitespace stripped (a
+    CRLF token file), refused if it still holds a control character or anything
+    an HTTP header cannot carry. Messages name the variable, never the value."""
     if not args.token_env:
         return None
-    token = os.environ.get(args.token_env)
+    from kubeflow.runner import KubeflowError
+    token = (os.environ.get(args.token_env) or "").strip()
     if not token:
-        from kubeflow.runner import KubeflowError
         raise KubeflowError(f"--token-env {args.token_env}: that environment variable is empty or unset")
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in token):
+        raise KubeflowError(f"--token-env {args.token_env}: the token holds a control character "
+                            "(a line break inside it?); an HTTP header cannot carry it")
+    if not all(0x21 <= ord(c) <= 0x7e for c in token):
+        raise KubeflowError(f"--token-env {args.token_env}: the token holds a space or a non-ASCII "
+                            "character; bearer tokens are printable ASCII (RFC 6750)")
     return token
 
 

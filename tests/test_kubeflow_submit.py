@@ -214,6 +214,22 @@ def test_refused_login_is_named_and_the_token_never_printed(spec_file, capsys, m
         assert code == 2 and "NO_SUCH_VAR" in err[0]
 
 
+@pytest.mark.parametrize("raw,sent", [(SECRET + "\r", SECRET), ("  " + SECRET + "\n", SECRET),
+                                      (SECRET + "\nX", None), (SECRET + "\x07", None),
+                                      (SECRET + "é", None), (SECRET + " tail", None)])
+def test_a_token_is_stripped_or_refused_and_never_printed(spec_file, capsys, monkeypatch, raw, sent):
+    monkeypatch.setenv("KFP_TOKEN", raw)
+    with FakeKfp(token=SECRET) as kfp:
+        code, out, err = _retrain(capsys, "submit", "--host", kfp.url, "--token-env", "KFP_TOKEN",
+                                  spec_file)
+    if sent is None:  # refused before any request: exit 2, one line naming the variable
+        assert code == 2 and len(err) == 1 and "KFP_TOKEN" in err[0] and not kfp.requests
+    else:
+        assert code == 0, err
+        assert all(r["auth"] == f"Bearer {sent}" for r in kfp.requests)
+    assert SECRET not in out + "".join(err) and "Traceback" not in "".join(err)
+
+
 def test_a_valid_token_goes_with_every_request(spec_file, capsys, monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", SECRET)
     with FakeKfp(token=SECRET) as kfp:
