@@ -9,7 +9,6 @@ import http.server
 import json
 import socket
 import threading
-import time
 import urllib.parse
 
 import pytest
@@ -40,8 +39,10 @@ SPEC = {
 class FakeKfp:
     """Records requests; `token` makes it demand that bearer token; `fail_runs` a 500."""
 
-    def __init__(self, token=None, fail_runs=None, healthz_html=False):
+    def __init__(self, token=None, fail_runs=None, healthz_html=False, experiments=()):
         self.requests, self.token = [], token
+        # Experiments that exist already: {display_name: experiment_id}.
+        self.experiments = dict(experiments)
         self.fail_runs, self.healthz_html = fail_runs, healthz_html
         fake = self
 
@@ -74,7 +75,13 @@ class FakeKfp:
                         return self._reply(200, "<html>Sign in</html>", "text/html")
                     return self._reply(200, {"multi_user": False})
                 if route == ("GET", "/apis/v2beta1/experiments"):
-                    return self._reply(200, {})  # none yet: the client creates one
+                    # The filter kfp's client sends: display_name EQUALS <name>.
+                    wanted = json.loads(urllib.parse.parse_qs(url.query)["filter"][0])
+                    name = wanted["predicates"][0]["string_value"] \
+                        if "string_value" in wanted["predicates"][0] else wanted["predicates"][0]["stringValue"]
+                    found = [{"experiment_id": i, "display_name": n}
+                             for n, i in fake.experiments.items() if n == name]
+                    return self._reply(200, {"experiments": found} if found else {})
                 if route == ("POST", "/apis/v2beta1/experiments"):
                     return self._reply(200, {"experiment_id": "exp-1", **body})
                 if route == ("POST", "/apis/v2beta1/runs"):
@@ -132,10 +139,46 @@ def test_submit_creates_a_run_with_the_compiled_pipeline_root(spec_file, capsys)
     assert out.strip().splitlines()[-1] == "run run-123"
     (run,) = kfp.posted("/apis/v2beta1/runs")
     assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    # No experiment named Default existed: the client created it.
     # The YAML carries no runtime config: the root is sent with the run.
     assert run["runtime_config"]["pipeline_root"] == ROOT
     assert set(run["pipeline_spec"]["root"]["dag"]["tasks"]) == {"ImageExampleGen", "Trainer"}
     assert kfp.posted("/apis/v2beta1/experiments")[0]["display_name"] == "Default"
+
+
+def test_an_existing_experiment_is_reused(spec_file, capsys):
+    with FakeKfp(experiments={"nightly-retrain": "exp-42", "other": "exp-7"}) as kfp:
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file,
+                                "--experiment", "nightly-retrain")
+    assert code == 0, err
+    assert not kfp.posted("/apis/v2beta1/experiments")  # found, not created again
+    assert kfp.posted("/apis/v2beta1/runs")[0]["experiment_id"] == "exp-42"
+
+
+@pytest.fixture(scope="module")
+def compiled_spec(tmp_path_factory):
+    """A really compiled pipeline.yaml (open-source KFP target, S3 credentials from a secret)."""
+    from kubeflow import pod_env, runner
+    from pipeline.config import PipelineConfig
+    tmp = tmp_path_factory.mktemp("compiled")
+    config = runner.kubeflow_config(PipelineConfig(
+        images=f"{ROOT}/images", workdir=str(tmp), label_names=("cat", "dog")), ROOT)
+    path = runner.compile_pipeline(config, str(tmp / "pipeline.yaml"), "example/retrain:1",
+                                   pod_env.S3Access(endpoint="http://minio:9000"))
+    return path
+
+
+def test_submit_sends_the_compiled_spec_and_its_platform_spec(compiled_spec, spec_file, capsys):
+    from kubeflow import pod_env
+    spec, platform = pod_env.read(compiled_spec)
+    with FakeKfp() as kfp:
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, compiled_spec)
+    assert code == 0, err
+    (run,) = kfp.posted("/apis/v2beta1/runs")
+    # kfp's client (client.py _PipelineDoc.to_dict) sends both documents when a
+    # platform spec is present: the whole spec, and the secretAsEnv with it.
+    assert run["pipeline_spec"] == {"pipeline_spec": spec, "platform_spec": platform}
+    assert run["runtime_config"]["pipeline_root"] == ROOT
 
 
 def test_submit_pipeline_root_flag_overrides_and_is_required_somewhere(spec_file, tmp_path, capsys):
@@ -156,6 +199,7 @@ def test_schedule_sends_cron_concurrency_catchup_and_caching_off(spec_file, caps
                                   spec_file)
     assert code == 0, err
     assert out.strip().splitlines()[-1] == "recurring run rr-9"
+    assert not kfp.posted("/apis/v2beta1/experiments")[1:]
     (job,) = kfp.posted("/apis/v2beta1/recurringruns")
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert int(job["max_concurrency"]) == 1 and job["no_catchup"] is True
@@ -182,23 +226,19 @@ def _free_port():
 
 
 def test_nothing_listening_is_a_clear_error(spec_file, capsys):
-    start = time.time()
     code, _, err = _retrain(capsys, "submit", "--host", f"http://127.0.0.1:{_free_port()}", spec_file)
     assert code == 2 and len(err) == 1
     assert err[0].startswith("retrain: error: cannot reach Kubeflow Pipelines at http://127.0.0.1:")
-    assert time.time() - start < 10
 
 
 def test_a_host_that_never_answers_times_out(spec_file, capsys):
     with socket.socket() as silent:  # accepts connections (backlog), never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
-        start = time.time()
         code, _, err = _retrain(capsys, "schedule", "--host",
                                 f"http://127.0.0.1:{silent.getsockname()[1]}",
                                 "--cron", "0 0 3 * * *", "--timeout", "1", spec_file)
     assert code == 2 and "cannot reach" in err[0] and "within 1 s" in err[0]
-    assert time.time() - start < 10
 
 
 def test_refused_login_is_named_and_the_token_never_printed(spec_file, capsys, monkeypatch):
