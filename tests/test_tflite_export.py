@@ -397,3 +397,16 @@ def test_bias_correction_uses_only_public_keras_api():
     import re
     source = inspect.getsource(bias_correction)
     assert re.findall(r"(?<!\bself)\._[a-z]\w*", source) == []
+
+
+def test_recorded_class_paths_still_import():
+    """MLMD and Kubeflow specs name these; the pipeline compiles the new executor path."""
+    from tfx.utils import import_utils
+
+    from components import tflite_export  # specs compiled before components/tflite/
+    from pipeline.pipeline import TFLiteExport
+    assert import_utils.import_class_by_path("components.TFLiteModels") is TFLiteModels
+    assert TFLiteModels.TYPE_NAME == "components.TFLiteModels"
+    assert tflite_export.Executor is Executor and TFLiteExport.EXECUTOR_SPEC.executor_class is Executor
+    assert import_utils.import_class_by_path(
+        f"{Executor.__module__}.{Executor.__name__}") is Executor
