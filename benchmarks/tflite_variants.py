@@ -16,7 +16,7 @@ For each backbone:
    Keras feature extractor (the same function Transform runs); the reference for
    parity is the Keras pixel model (backbone + head) in float32, which computes what
    the SavedModel's serving_default does (Transform graph + head).
-3. Each variant is converted exactly as the pipeline does (components/tflite_export.py,
+3. Each variant is converted exactly as the pipeline does (components/tflite/,
    metadata included), then: file size; single-image latency in the TFLite
    interpreter (median of ``runs`` invokes after 5 warm-ups, ``threads`` threads, one
    fixed image; the minimum too, which is less sensitive to other load on the machine);
@@ -42,7 +42,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from components import backbones, preprocessing, tflite_export, trainer  # noqa: E402
+from components import backbones, preprocessing, trainer  # noqa: E402
+from components.tflite import convert, metadata, variants as tflite_variants  # noqa: E402
+from components.tflite.runtime import Classifier  # noqa: E402
 from pipeline import datasets  # noqa: E402
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "tflite_variants.json"
@@ -68,7 +70,7 @@ def _dataset(train_per_class: int, eval_per_class: int):
     return classes, train, evals
 
 
-def _latency_ms(classifier: tflite_export.Classifier, pixels: np.ndarray, runs: int):
+def _latency_ms(classifier: Classifier, pixels: np.ndarray, runs: int):
     """(median, min) milliseconds of single-image inference (set input + invoke + read)."""
     for _ in range(5):
         classifier.predict_one(pixels)
@@ -97,7 +99,7 @@ def bench_backbone(name: str, variants, data, args) -> list:
         f_train = np.concatenate([extractor(x_train[i:i + 64]).numpy() for i in range(0, len(x_train), 64)])
         f_eval = np.concatenate([extractor(x_eval[i:i + 64]).numpy() for i in range(0, len(x_eval), 64)])
         head, _ = trainer.train_head(f_train, y_train, f_eval, y_eval, len(classes), {"epochs": 100})
-        # Spread over all classes, as TFLiteExport does (components.tflite_export.calibration_images).
+        # Spread over all classes, as TFLiteExport does (components.tflite.convert.calibration_images).
         n = min(args.calibration, len(x_train))
         calibration = x_train[np.linspace(0, len(x_train) - 1, n).round().astype(int)]
     else:
@@ -113,16 +115,16 @@ def bench_backbone(name: str, variants, data, args) -> list:
     rows = []
     for variant in variants:
         start = time.time()
-        data_bytes = tflite_export.convert(pixel_model, variant, (lambda: iter(calibration)) if variant == "int8" else None)
-        data_bytes = tflite_export.add_metadata(
+        data_bytes = convert.convert(pixel_model, variant, (lambda: iter(calibration)) if variant == "int8" else None)
+        data_bytes = metadata.add_metadata(
             data_bytes, classes, name=f"{name} ({variant})",
-            description=tflite_export.describe(name, variant, classes))
+            description=metadata.describe(name, variant, classes))
         convert_s = time.time() - start
-        classifier = tflite_export.Classifier(data_bytes, num_threads=args.threads)
+        classifier = Classifier(data_bytes, num_threads=args.threads)
         if args.save_dir:
             folder = pathlib.Path(args.save_dir) / name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / tflite_export.FILE_NAMES[variant]).write_bytes(data_bytes)
+            (folder / tflite_variants.FILE_NAMES[variant]).write_bytes(data_bytes)
         median_ms, min_ms = _latency_ms(classifier, probe, args.runs)
         row = {"backbone": name, "weights": weights, "variant": variant, "bytes": len(data_bytes),
                "convert_seconds": round(convert_s, 1),
@@ -159,10 +161,10 @@ def markdown(rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbones", default=",".join(backbones.BACKBONES))
-    p.add_argument("--variants", default=",".join(tflite_export.VARIANTS))
+    p.add_argument("--variants", default=",".join(tflite_variants.VARIANTS))
     p.add_argument("--train-per-class", type=int, default=40)
     p.add_argument("--eval-per-class", type=int, default=20)
-    p.add_argument("--calibration", type=int, default=tflite_export.DEFAULT_CALIBRATION_IMAGES)
+    p.add_argument("--calibration", type=int, default=tflite_variants.DEFAULT_CALIBRATION_IMAGES)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     names = [n for n in args.backbones.split(",") if n]
     for n in names:
         backbones.get_spec(n)
-    variants = tflite_export.check_variants(args.variants.split(","))
+    variants = tflite_variants.check_variants(args.variants.split(","))
     data = _dataset(args.train_per_class, args.eval_per_class)
     rows = []
     for name in names:

@@ -16,6 +16,8 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from components import backbones  # noqa: E402
+# The decoding is shared with `retrain predict`, which must not load tf.Transform.
+from components.image_decode import decode_and_resize, decode_batch, decode_rgb  # noqa: E402,F401
 
 # Bump when decoding/resizing changes: cached features depend on it (bottleneck_gen).
 PREPROCESSING_VERSION = 1
@@ -25,55 +27,6 @@ LABEL_KEY = "label"
 FEATURES_KEY = "features"
 # Raw features that are metadata, not model inputs; dropped at serving time.
 NON_INPUT_KEYS = ("label", "label_name", "relative_path", "height", "width", "content_sha256")
-
-
-def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-    """One encoded image (JPEG/PNG/GIF/BMP) -> float32 [H, W, 3] RGB in 0..255.
-
-    GIFs give their first frame. Transparency is composited on white, the same
-    rule image_io applies to the files it re-encodes.
-    """
-    def gif():
-        rgb = tf.io.decode_gif(image_bytes)[0]
-        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
-
-    def other():
-        return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
-
-    is_gif = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF")
-    rgba = tf.cond(is_gif, gif, other)
-    rgba = tf.cast(tf.ensure_shape(rgba, [None, None, 4]), tf.float32)
-    alpha = rgba[..., 3:] / 255.0
-    return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-
-
-def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
-    """[N] encoded images -> float32 [N, size, size, 3] RGB 0..255.
-
-    Bilinear with antialiasing, aspect ratio not preserved (the whole image is
-    squeezed to a square, as retrain.py and Model Maker do). A phone app feeding
-    the TFLite model should resize the same way.
-    """
-    def one(b):
-        img = tf.image.resize(decode_rgb(b), [size, size], method="bilinear", antialias=True)
-        return tf.clip_by_value(img, 0.0, 255.0)
-    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-
-
-_DECODERS: dict = {}
-
-
-def decode_batch(image_bytes, size: int) -> tf.Tensor:
-    """decode_and_resize for eager callers: one traced graph per size, reused.
-
-    Called eagerly, tf.map_fn runs Python (and AutoGraph) for every image: 32
-    224x224 PNGs took 160 ms that way here, 70 ms through this graph, which is
-    also the one BottleneckGen and the Transform graph run.
-    """
-    if size not in _DECODERS:
-        _DECODERS[size] = tf.function(lambda b: decode_and_resize(b, size), autograph=False,
-                                      input_signature=[tf.TensorSpec([None], tf.string)])
-    return _DECODERS[size](tf.convert_to_tensor(image_bytes, tf.string))
 
 
 # tf.Transform traces preprocessing_fn several times per run (analysis, export,

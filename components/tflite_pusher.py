@@ -3,7 +3,7 @@
 A version folder holds the TFLite variants that met their parity bound
 (``model.tflite``, ``model_fp16.tflite``, ``model_dynamic.tflite``,
 ``model_int8.tflite``; which ones are converted is configuration, see
-components/tflite_export.py), ``labels.txt``, ``parity.json`` (every variant's
+components/tflite/variants.py), ``labels.txt``, ``parity.json`` (every variant's
 numbers) and ``metrics.json`` (the evaluation it was blessed on, the gate and the
 TFLite parity: what was pushed, and why any variant was not). A blessed model
 none of whose variants meets its bound is not pushed. Versions are integers
@@ -26,7 +26,7 @@ import re
 import shutil
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import tensorflow as tf
 from absl import logging
@@ -36,10 +36,12 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import evaluation, tflite_export
+from components import evaluation
+from components.contracts import COMPLETE_MARKER, LABELS_FILE, METRICS_FILE, PARITY_FILE
+from components.tflite.component import TFLiteModels
+from components.tflite.parity import ParityReport
+from components.tflite.variants import FILE_NAMES
 
-METRICS_FILE = "metrics.json"
-COMPLETE_MARKER = "_SUCCESS"
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
@@ -53,7 +55,7 @@ class TFLitePusherSpec(ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
-        "tflite_models": ChannelParameter(type=tflite_export.TFLiteModels),
+        "tflite_models": ChannelParameter(type=TFLiteModels),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -144,13 +146,13 @@ class Executor(base_executor.BaseExecutor):
         eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])
         label_names = json.loads(exec_properties["label_names"])
         tflite = artifact_utils.get_single_uri(input_dict["tflite_models"])
-        parity = tflite_export.read_report(tflite)
-        not_pushed = parity["failed"]
+        parity = ParityReport.read(tflite)
+        not_pushed = parity.failed
         for variant, reason in not_pushed.items():
             logging.warning("TFLite %s not pushed: %s", variant, reason)
-        pushed.set_string_custom_property("pushed_variants", json.dumps(parity["passed"]))
+        pushed.set_string_custom_property("pushed_variants", json.dumps(list(parity.passed)))
         pushed.set_string_custom_property("not_pushed_variants", json.dumps(not_pushed, sort_keys=True))
-        if not parity["passed"]:
+        if not parity.passed:
             reason = "no TFLite variant met its parity bound: " + "; ".join(
                 f"{v}: {r}" for v, r in not_pushed.items())
             logging.warning("Nothing pushed: %s", reason)
@@ -163,20 +165,11 @@ class Executor(base_executor.BaseExecutor):
             "model_uri": model.uri,
             "model_id": model.id,
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tflite": {
-                "pushed": {v: tflite_export.FILE_NAMES[v] for v in parity["passed"]},
-                "not_pushed": not_pushed,
-                "parity": {v: {k: n.get(k) for k in ("agreement", "bound", "accuracy", "bytes", "examples")}
-                           for v, n in parity["variants"].items()},
-                "eval_examples": parity.get("eval_examples"),
-                "calibration_examples": parity.get("calibration_examples"),
-                "reference_accuracy": parity.get("reference_accuracy"),
-            },
+            "tflite": parity.pushed_record(),
         }
         serving_dir = exec_properties["serving_dir"]
-        files = {tflite_export.FILE_NAMES[v]: os.path.join(tflite, tflite_export.FILE_NAMES[v])
-                 for v in parity["passed"]}
-        for name in (tflite_export.LABELS_FILE, tflite_export.PARITY_FILE):
+        files = {FILE_NAMES[v]: os.path.join(tflite, FILE_NAMES[v]) for v in parity.passed}
+        for name in (LABELS_FILE, PARITY_FILE):
             files[name] = os.path.join(tflite, name)
         version = publish_version(serving_dir, files, metrics)
         destination = os.path.join(serving_dir, str(version))

@@ -3,7 +3,7 @@
 Referenced by the pipeline as ``components.trainer.run_fn``. The backbone never
 runs here during training: the inputs are Transform's feature vectors. The
 head is saved on its own too: the TFLiteExport component
-(components/tflite_export.py) puts it on top of the backbone to map pixels to
+(components/tflite/) puts it on top of the backbone to map pixels to
 probabilities on a phone.
 
 Exports, under the Model artifact:

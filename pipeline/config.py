@@ -65,7 +65,7 @@ class PipelineConfig:
     # Gate.
     min_accuracy: float = 0.5
     max_accuracy_drop: float = 0.01
-    # TFLite (components/tflite_export.py): variants converted and, when they meet
+    # TFLite (components/tflite/): variants converted and, when they meet
     # their parity bound, pushed ("float32", "fp16", "dynamic", "int8"); bounds are
     # the minimum top-1 agreement with the SavedModel on the eval split, per variant
     # (defaults: 0.99 float32/fp16, 0.97 dynamic/int8); int8 calibration images.
@@ -140,8 +140,8 @@ class PipelineConfig:
             return f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
-        from components import tflite_export  # TFX and NumPy: only when validating
-        problem = tflite_export.validate_settings(
+        from components.tflite import variants
+        problem = variants.validate_settings(
             self.tflite_variants, self.parity_bounds, self.calibration_images)
         if problem:
             return problem

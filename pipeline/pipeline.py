@@ -12,7 +12,7 @@ from components import evaluation, previous_artifacts  # noqa: E402
 from components.bottleneck_gen import BottleneckGen, FeatureCache  # noqa: E402
 from components.image_example_gen import ImageExampleGen  # noqa: E402
 from components.label_guard import LabelGuard  # noqa: E402
-from components.tflite_export import TFLiteExport  # noqa: E402
+from components.tflite.component import TFLiteExport  # noqa: E402
 from components.tflite_pusher import TFLitePusher  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 

@@ -1,11 +1,13 @@
 """`retrain predict MODEL.tflite IMAGE...`: top-k labels and probabilities.
 
 The labels and the input normalisation come from the model's embedded TFLite
-metadata (written by components/tflite_export.py), so a pushed ``.tflite`` file
+metadata (written by components/tflite/metadata.py), so a pushed ``.tflite`` file
 is all that is needed.  Images are decoded the way ingestion and Transform do it:
 ``image_io.decode`` (size limit, EXIF rotation, transparency on white; bytes
 TF's decoder would read differently are re-encoded), then
-``preprocessing.decode_and_resize`` to the model's input size.
+``image_decode.decode_and_resize`` to the model's input size.  It loads the
+TFLite interpreter, TensorFlow's image decoder and tflite-support's metadata
+reader, never TFX, tf.Transform or Beam (tests/test_predict.py checks).
 
 Wiring (pipeline/cli.py)::
 
@@ -62,17 +64,18 @@ def load_pixels(path: str, size: int, max_pixels: int) -> "object":
     """[size, size, 3] float32 RGB 0..255, decoded as ingestion + Transform do."""
     import tensorflow as tf
 
-    from components import image_io, preprocessing
+    from components import image_io
+    from components.image_decode import decode_batch
     data = image_io.read_bytes(path)
     img = image_io.decode(data, max_pixels)
     try:
-        return preprocessing.decode_batch([img.data], size).numpy()[0]
+        return decode_batch([img.data], size).numpy()[0]
     except (tf.errors.InvalidArgumentError, tf.errors.OpError):
         if img.reencoded:
             raise
         # Pillow read it but TF's decoder does not: ingestion hands TF a PNG then.
         img = image_io.decode(data, max_pixels, keep_original=False)
-        return preprocessing.decode_batch([img.data], size).numpy()[0]
+        return decode_batch([img.data], size).numpy()[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,16 +92,16 @@ def run(args: argparse.Namespace) -> int:
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
         return _fail(f"{args.model} is not a TFLite model")
 
-    from components import tflite_export
+    from components.tflite import metadata
     try:  # metadata and input shape first: no interpreter (and its logging) for bad input
-        meta = tflite_export.read_metadata(model_bytes)
-        shape = tflite_export.input_shape(model_bytes)
-    except tflite_export.MetadataError as e:
+        meta = metadata.read_metadata(model_bytes)
+        shape = metadata.input_shape(model_bytes)
+    except metadata.MetadataError as e:
         return _fail(f"{args.model} has no usable label metadata ({_one_line(e)}); "
                      "use a model pushed by `retrain run`")
     except Exception as e:  # a corrupt flatbuffer
         return _fail(f"cannot read {args.model}: {_one_line(e)}")
-    labels: List[str] = meta["labels"]
+    labels: List[str] = list(meta.labels)
     if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
         return _fail(f"{args.model}: expected a square [1, H, W, 3] image input, got {list(shape)}")
 
@@ -113,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
         except Exception as e:  # TF decoder errors, unreadable files
             return _fail(f"cannot decode image {path}: {_one_line(e)}")
 
+    from components.tflite.runtime import Classifier
     try:
-        classifier = tflite_export.Classifier(model_bytes, args.threads, meta["mean"], meta["std"])
+        classifier = Classifier(model_bytes, args.threads, meta.mean, meta.std)
     except (ValueError, RuntimeError) as e:
         return _fail(f"cannot load {args.model}: {_one_line(e)}")
     if len(labels) != classifier.num_classes:

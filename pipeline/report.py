@@ -37,6 +37,8 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from components.contracts import METRICS_FILE, PARITY_FILE
+from components.tflite.parity import ParityReport, VariantParity, pushed_variants
 from pipeline import run_summary
 from pipeline.config import PipelineConfig
 
@@ -48,8 +50,6 @@ SECTIONS = ("verdict", "data", "training", "evaluation", "tflite", "backbone", "
 MAX_SKIPPED_ROWS = 1000
 LATENCY_RUNS = 20
 _TFLITE_DIR = "tflite"  # components.trainer.TFLITE_DIR (older Trainers exported there)
-_PARITY_FILE = "parity.json"  # components.tflite_export.PARITY_FILE
-_METRICS_FILE = "metrics.json"  # components.tflite_pusher.METRICS_FILE
 
 
 # -------------------------------------------------------------------- helpers
@@ -99,9 +99,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _exists(path: str) -> bool:
+    import tensorflow as tf  # tf.io.gfile: the pipeline root may be gs:// or s3://
+    return bool(path) and tf.io.gfile.exists(path)
+
+
 def _read_json(path: str) -> Optional[Any]:
     import tensorflow as tf
-    if not path or not tf.io.gfile.exists(path):
+    if not _exists(path):
         return None
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
@@ -286,7 +291,7 @@ def _pushed_versions(config: PipelineConfig) -> Dict[int, Dict[str, Any]]:
     from components.tflite_pusher import list_versions  # complete ones: _SUCCESS written
     out = {}
     for version in list_versions(config.serving_dir):
-        metrics = _read_json(os.path.join(config.serving_dir, str(version), _METRICS_FILE))
+        metrics = _read_json(os.path.join(config.serving_dir, str(version), METRICS_FILE))
         if metrics:
             out[version] = metrics
     return out
@@ -556,18 +561,15 @@ def _tflite_dirs(d: RunData) -> List[Tuple[str, str]]:
     return out
 
 
-def _parity(folder: str) -> Dict[str, Dict[str, Any]]:
-    """file name -> parity entry (parity.json, or metrics.json's tflite record)."""
-    report = _read_json(os.path.join(folder, _PARITY_FILE)) or {}
+def _parity(folder: str) -> Dict[str, VariantParity]:
+    """file name -> its variant's parity (parity.json, or metrics.json's tflite record)."""
     by_file = {}
-    for variant, entry in (report.get("variants") or {}).items():
-        if entry.get("file"):
-            by_file[entry["file"]] = dict(entry, variant=variant)
-    metrics = _read_json(os.path.join(folder, _METRICS_FILE)) or {}
-    for variant, entry in ((metrics.get("tflite") or {}).get("parity") or {}).items():
-        name = ((metrics.get("tflite") or {}).get("pushed") or {}).get(variant)
-        if name and name not in by_file:
-            by_file[name] = dict(entry, variant=variant)
+    if _exists(os.path.join(folder, PARITY_FILE)):
+        by_file = {v.file: v for v in ParityReport.read(folder).variants}
+    metrics = _read_json(os.path.join(folder, METRICS_FILE)) or {}
+    if metrics.get("tflite"):
+        for v in pushed_variants(metrics["tflite"], os.path.join(folder, METRICS_FILE)):
+            by_file.setdefault(v.file, v)
     return by_file
 
 
@@ -602,26 +604,24 @@ def _section_tflite(d: RunData, measure: bool = True) -> str:
         rows = []
         for name in files:
             path = os.path.join(folder, name)
-            p = parity.get(name, {})
-            latency = p.get("latency_ms")
-            how = "recorded"
-            if latency is None and measure:
+            p = parity.get(name)
+            # parity.json records no latency: unmeasured cells read "recorded", as they always did
+            latency, how = None, "recorded"
+            if measure:
                 try:
                     latency, how = measure_latency_ms(path), f"measured here, median of {LATENCY_RUNS}"
                 except Exception as e:  # noqa: BLE001
                     latency, how = None, f"not measured: {type(e).__name__}"
-            agreement = p.get("agreement")
-            bound = p.get("bound")
-            passed = p.get("passed")
-            if passed is None and agreement is not None and bound is not None:
-                passed = agreement >= bound
+            agreement = p.agreement if p else None
+            bound = p.bound if p else None
             rows.append([
-                f"<code>{_e(name)}</code>", _e(p.get("variant", "")),
+                f"<code>{_e(name)}</code>", _e(p.variant if p else ""),
                 _size(tf.io.gfile.stat(path).length),
                 f"{latency:.1f} ms <span class=\"note\">({_e(how)})</span>"
                 if latency is not None else _e(how),
                 _pct(agreement) + (f" (bound {_pct(bound)})" if bound is not None else ""),
-                _pct(p.get("accuracy")), _mark(passed) if p else '<span class="na">not recorded</span>',
+                _pct(p.accuracy if p else None),
+                _mark(p.passed) if p else '<span class="na">not recorded</span>',
             ])
         return (f"<p>From the {_e(label)}: <code>{_e(folder)}</code>. Latency: one image, "
                 f"TFLite interpreter, 2 threads, on this machine. Parity: top-1 agreement with the "
@@ -638,8 +638,8 @@ def _section_backbone(d: RunData) -> str:
     source = "the Trainer's settings"
     if not name:
         tfl = d.artifact("tflite_models")
-        report = _read_json(os.path.join(tfl.uri, _PARITY_FILE)) if tfl is not None else None
-        name, source = (report or {}).get("backbone"), "the TFLite export"
+        if tfl is not None and _exists(os.path.join(tfl.uri, PARITY_FILE)):
+            name, source = ParityReport.read(tfl.uri).backbone, "the TFLite export"
     if not name:
         name, source = d.config.backbone, "the run settings"
     weights = cfg.get("weights", d.config.weights)

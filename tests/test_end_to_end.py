@@ -26,7 +26,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import copy_subset
-from components import preprocessing, tflite_export
+from components import preprocessing
+from components.tflite import metadata
+from components.tflite.parity import ParityReport
+from components.tflite.runtime import Classifier
+from components.tflite.variants import DEFAULT_PARITY_BOUNDS, FILE_NAMES
 from components.tflite_pusher import list_versions
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
@@ -109,10 +113,10 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "TFLitePusher"} <= set(b["seconds"])
     assert "TFLiteExport" in b["seconds"]
     version = runs["workdir"] / "serving" / "1"
-    parity = json.loads((version / "parity.json").read_text())
-    assert set(parity["variants"]) == {"float32", "int8"}
-    assert parity["passed"][0] == "float32"  # float32 always reproduces the SavedModel
-    pushed = sorted(tflite_export.FILE_NAMES[v] for v in parity["passed"])
+    parity = ParityReport.read(str(version))
+    assert {v.variant for v in parity.variants} == {"float32", "int8"}
+    assert parity.passed[0] == "float32"  # float32 always reproduces the SavedModel
+    pushed = sorted(FILE_NAMES[v] for v in parity.passed)
     assert sorted(os.listdir(version)) == sorted(["_SUCCESS", "labels.txt", "metrics.json", "parity.json",
                                                   *pushed])
     assert (version / "labels.txt").read_text().split() == CLASSES
@@ -120,25 +124,26 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert metrics["version"] == 1 and metrics["gate"]["min_accuracy"] == 0.6
     assert metrics["evaluation"]["accuracy"] == pytest.approx(b["accuracy"])
     assert set(metrics["evaluation"]["per_class"]) == set(CLASSES)
-    assert metrics["tflite"]["pushed"] == {v: tflite_export.FILE_NAMES[v] for v in parity["passed"]}
-    assert set(metrics["tflite"]["not_pushed"]) == set(parity["failed"])  # each with its reason
+    assert metrics["tflite"]["pushed"] == {v: FILE_NAMES[v] for v in parity.passed}
+    assert set(metrics["tflite"]["not_pushed"]) == set(parity.failed)  # each with its reason
 
 
 def test_pushed_variants_carry_metadata_and_meet_parity(runs, capsys):
     version = runs["workdir"] / "serving" / "1"
-    parity = json.loads((version / "parity.json").read_text())
+    parity = ParityReport.read(str(version))
     n_eval = runs["b"]["examples"]["eval"]
-    assert parity["eval_examples"] == n_eval and parity["calibration_examples"] == runs["b"]["examples"]["train"]
-    print({v: (e.get("agreement"), e.get("accuracy"), e.get("bytes"), e.get("reason"))
-           for v, e in parity["variants"].items()})
-    for variant, entry in parity["variants"].items():
-        if variant not in parity["passed"]:
-            assert entry["reason"] and not (version / tflite_export.FILE_NAMES[variant]).exists()
+    assert parity.eval_examples == n_eval and parity.calibration_examples == runs["b"]["examples"]["train"]
+    print({e.variant: (e.agreement, e.accuracy, e.conversion and e.conversion.bytes, e.reason)
+           for e in parity.variants})
+    for entry in parity.variants:
+        variant = entry.variant
+        if variant not in parity.passed:
+            assert entry.reason and not (version / FILE_NAMES[variant]).exists()
             continue
-        assert entry["agreement"] >= entry["bound"] == tflite_export.DEFAULT_PARITY_BOUNDS[variant]
-        data = (version / tflite_export.FILE_NAMES[variant]).read_bytes()
-        assert tflite_export.read_metadata(data)["labels"] == CLASSES
-        classifier = tflite_export.Classifier(data)
+        assert entry.agreement >= entry.bound == DEFAULT_PARITY_BOUNDS[variant]
+        data = (version / FILE_NAMES[variant]).read_bytes()
+        assert list(metadata.read_metadata(data).labels) == CLASSES
+        classifier = Classifier(data)
         if variant == "int8":
             assert classifier.input_dtype == np.uint8 and classifier.input_quantization == (1.0, 0)
     # `retrain predict` reads the labels from the pushed file itself.

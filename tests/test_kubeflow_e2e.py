@@ -139,7 +139,8 @@ def test_first_run_records_its_blessed_model_and_feature_cache(kfp):
 
 
 def test_first_run_pushes_a_working_tflite_model(kfp):
-    from components import preprocessing, tflite_export
+    from components import preprocessing
+    from components.tflite.variants import FILE_NAMES
     first, doc = kfp["first"], kfp["doc"]
     blessing = first.artifact(EVALUATOR, "blessing")
     assert blessing["metadata"]["blessed"] == 1.0
@@ -152,7 +153,7 @@ def test_first_run_pushes_a_working_tflite_model(kfp):
     with open(os.path.join(version, "metrics.json")) as f:
         assert json.load(f)["evaluation"]["accuracy"] >= 0.5
 
-    interp = tf.lite.Interpreter(model_path=os.path.join(version, tflite_export.FILE_NAMES["float32"]))
+    interp = tf.lite.Interpreter(model_path=os.path.join(version, FILE_NAMES["float32"]))
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     image = sorted((kfp["tmp"] / "images" / "flags").iterdir())[0].read_bytes()

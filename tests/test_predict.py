@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import tflite_export, trainer
+from components import trainer
+from components.tflite import convert, metadata
 from pipeline import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +24,8 @@ def model_file(tiny_transform, tmp_path_factory):
     x = np.stack([t["features"] for t in transformed]).astype(np.float32)
     y = np.array([int(t["label"]) for t in transformed])
     head, _ = trainer.train_head(x, y, x, y, len(labels), {"epochs": 60, "learning_rate": 0.01})
-    data = tflite_export.convert(trainer.build_pixel_model("mobilenet_v1", "imagenet", head), "float32")
-    data = tflite_export.add_metadata(data, labels, name="test", description="test model")
+    data = convert.convert(trainer.build_pixel_model("mobilenet_v1", "imagenet", head), "float32")
+    data = metadata.add_metadata(data, labels, name="test", description="test model")
     path = tmp_path_factory.mktemp("predict") / "model.tflite"
     path.write_bytes(data)
     return path, labels
@@ -95,7 +96,7 @@ def _bare_model() -> bytes:
     import tf_keras
     inputs = tf_keras.Input([8, 8, 3], batch_size=1)
     outputs = tf_keras.layers.Dense(2, activation="softmax")(tf_keras.layers.GlobalAveragePooling2D()(inputs))
-    return tflite_export.convert(tf_keras.Model(inputs, outputs), "float32")
+    return convert.convert(tf_keras.Model(inputs, outputs), "float32")
 
 
 def test_standalone_process_stderr_is_one_line(tmp_path):
@@ -104,3 +105,34 @@ def test_standalone_process_stderr_is_one_line(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"retrain: error: {tmp_path / 'notes.tflite'} is not a TFLite model"]
+
+
+# Packages `retrain predict` must not load (tfx* includes tfx_bsl, which
+# tensorflow_transform brings along): the TFLite interpreter is all it needs.
+HEAVY = ("tfx", "tensorflow_transform", "apache_beam")
+_LOADED = "sorted({m.split('.')[0] for m in sys.modules if m.startswith(%r)})" % (HEAVY,)
+
+
+def test_predict_loads_no_tfx_transform_or_beam(model_file, emoji_root):
+    """The whole `retrain predict` path in a fresh interpreter: the runtime and the
+    command's module, then a prediction through the CLI; the component module
+    (importing TFX) shows that the check sees them."""
+    path, labels = model_file
+    image = sorted((emoji_root / labels[0]).iterdir())[0]
+    code = "\n".join([
+        "import json, sys",
+        "import components.tflite.runtime, pipeline.predict",
+        f"imported = {_LOADED}",
+        "from pipeline import cli",
+        f"code = cli.main(['predict', {str(path)!r}, {str(image)!r}, '--json'])",
+        f"predicted = {_LOADED}",
+        "import components.tflite.component",
+        f"print(json.dumps({{'code': code, 'imported': imported, 'predicted': predicted, 'component': {_LOADED}}}))",
+    ])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *out, last = proc.stdout.splitlines()
+    found = json.loads(last)
+    assert found["code"] == 0 and json.loads(out[-1])["predictions"][0]["top_k"][0]["label"] == labels[0]
+    assert found["imported"] == [] and found["predicted"] == [], found
+    assert "tfx" in found["component"], found

@@ -13,8 +13,12 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components import evaluation, tflite_export, tflite_pusher, trainer
-from components.tflite_export import FILE_NAMES, VARIANTS
+from components import evaluation, tflite_pusher, trainer
+from components.tflite import bias_correction, convert, metadata, parity, variants
+from components.tflite.component import Executor, TFLiteModels
+from components.tflite.parity import ParityReport
+from components.tflite.runtime import Classifier
+from components.tflite.variants import FILE_NAMES, VARIANTS
 
 TRAIN_PER_CLASS = 40
 EVAL_PER_CLASS = 20
@@ -82,10 +86,10 @@ def model_and_examples(tiny_transform, emoji_root, tmp_path_factory):
 
 
 def _run_export(model, examples, out_uri, variants, blessed=1, bounds=None):
-    out = _artifact(tflite_export.TFLiteModels, out_uri)
+    out = _artifact(TFLiteModels, out_uri)
     os.makedirs(out_uri, exist_ok=True)
     blessing = _artifact(standard_artifacts.ModelBlessing, str(out_uri) + "-blessing", blessed=blessed)
-    tflite_export.Executor().Do(
+    Executor().Do(
         {"model": [model], "examples": [examples], "model_blessing": [blessing]},
         {"tflite_models": [out]},
         {"variants": json.dumps(list(variants)), "parity_bounds": json.dumps(bounds or {}),
@@ -97,49 +101,53 @@ def _run_export(model, examples, out_uri, variants, blessed=1, bounds=None):
 def exported(model_and_examples):
     model, examples, labels, eval_rows, root = model_and_examples
     out = _run_export(model, examples, root / "tflite", VARIANTS)
-    return out, tflite_export.read_report(out.uri)
+    return out, ParityReport.read(out.uri)
 
 
 def test_every_variant_loads_has_labels_and_meets_its_bound(exported, model_and_examples):
     out, report = exported
     labels, eval_rows = model_and_examples[2], model_and_examples[3]
-    assert report["eval_examples"] == len(eval_rows)
-    assert report["calibration_examples"] == 3 * TRAIN_PER_CLASS
-    print(json.dumps({v: {k: report["variants"][v].get(k) for k in ("agreement", "accuracy", "bytes", "max_abs_diff")}
-                      for v in VARIANTS}))
+    assert report.eval_examples == len(eval_rows)
+    assert report.calibration_examples == 3 * TRAIN_PER_CLASS
+    print(json.dumps({v.variant: {"agreement": v.agreement, "agree": v.measured.agree, "accuracy": v.accuracy,
+                                  "bytes": v.conversion.bytes, "max_abs_diff": v.measured.max_abs_diff,
+                                  "mean_max_abs_diff": v.measured.mean_max_abs_diff}
+                      for v in report.variants}))
     for variant in VARIANTS:
-        entry = report["variants"][variant]
+        entry = report.variant(variant)
         data = open(os.path.join(out.uri, FILE_NAMES[variant]), "rb").read()
-        assert entry["bytes"] == len(data)
-        meta = tflite_export.read_metadata(data)
-        assert meta["labels"] == labels
-        assert meta["mean"] == [0.0] and meta["std"] == [1.0]
-        assert variant in meta["name"] and "0..255" in meta["description"]
-        classifier = tflite_export.Classifier.from_bytes_with_metadata(data)
+        assert entry.file == FILE_NAMES[variant] and entry.conversion.bytes == len(data)
+        meta = metadata.read_metadata(data)
+        assert list(meta.labels) == labels
+        assert meta.mean == (0.0,) and meta.std == (1.0,)
+        assert variant in meta.name and "0..255" in meta.description
+        classifier = Classifier.from_bytes_with_metadata(data)
         assert classifier.input_size == (224, 224) and classifier.num_classes == len(labels)
-        assert entry["bound"] == tflite_export.DEFAULT_PARITY_BOUNDS[variant]
-        assert entry["passed"] and entry["agreement"] >= entry["bound"] and entry["reason"] is None
-        assert entry["examples"] == len(eval_rows)
-    assert report["passed"] == list(VARIANTS) and report["failed"] == {}
-    sizes = {v: report["variants"][v]["bytes"] for v in VARIANTS}
+        assert entry.bound == variants.DEFAULT_PARITY_BOUNDS[variant]
+        assert entry.passed and entry.agreement >= entry.bound and entry.reason is None
+        assert entry.measured.examples == len(eval_rows)
+    assert report.passed == VARIANTS and report.failed == {}
+    sizes = {v: report.variant(v).conversion.bytes for v in VARIANTS}
     assert sizes["int8"] < sizes["float32"] / 3 and sizes["dynamic"] < sizes["float32"] / 3
     assert sizes["fp16"] < sizes["float32"] * 0.6
     assert open(os.path.join(out.uri, "labels.txt")).read().split() == labels
+    assert open(os.path.join(out.uri, "parity.json")).read() == report.to_json()
     assert out.get_string_custom_property("passed_variants") == json.dumps(list(VARIANTS))
 
 
 def test_int8_takes_raw_uint8_pixels_and_outputs_probabilities(exported, model_and_examples):
     out, report = exported
     eval_rows = model_and_examples[3]
-    assert report["variants"]["int8"]["input_type"] == "uint8"
-    assert report["variants"]["int8"]["output_type"] == "uint8"
+    assert report.variant("int8").conversion.input_type == "uint8"
+    assert report.variant("int8").conversion.output_type == "uint8"
+    assert report.variant("int8").conversion.input_quantization == variants.INT8_INPUT_QUANTIZATION
     interp = tf.lite.Interpreter(model_path=os.path.join(out.uri, FILE_NAMES["int8"]), num_threads=2)
     interp.allocate_tensors()
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
     assert tuple(inp["quantization"]) == (1.0, 0)  # a phone feeds its uint8 bitmap as is
-    from components import preprocessing
-    pixels = preprocessing.decode_and_resize(tf.constant([eval_rows[0][0]]), 224).numpy()
+    from components.image_decode import decode_and_resize
+    pixels = decode_and_resize(tf.constant([eval_rows[0][0]]), 224).numpy()
     interp.set_tensor(inp["index"], np.round(pixels).astype(np.uint8))
     interp.invoke()
     scale, zero = outp["quantization"]
@@ -149,9 +157,9 @@ def test_int8_takes_raw_uint8_pixels_and_outputs_probabilities(exported, model_a
 
 def test_float_variants_match_the_saved_model_closely(exported):
     _, report = exported
-    assert report["variants"]["float32"]["max_abs_diff"] < 1e-4
-    assert report["variants"]["float32"]["agreement"] == 1.0
-    assert report["variants"]["fp16"]["max_abs_diff"] < 0.05
+    assert report.variant("float32").measured.max_abs_diff < 1e-4
+    assert report.variant("float32").agreement == 1.0
+    assert report.variant("fp16").measured.max_abs_diff < 0.05
 
 
 def test_unblessed_model_is_not_converted(model_and_examples):
@@ -162,30 +170,96 @@ def test_unblessed_model_is_not_converted(model_and_examples):
 
 
 def test_parity_counter_and_reasons():
-    c = tflite_export.ParityCounter()
+    c = parity.ParityCounter()
     ref = np.eye(3)[[0, 1, 2, 0]]
     probs = np.eye(3)[[0, 1, 1, 0]]
     c.update(probs, ref, np.array([0, 1, 2, 1]))
-    r = c.result(0.97)
-    assert r["agreement"] == 0.75 and r["agree"] == 3 and r["examples"] == 4
-    assert r["accuracy"] == 0.5 and not r["passed"]
-    assert "0.7500 (3/4) is below the bound 0.9700" in r["reason"]
-    assert tflite_export.ParityCounter().result(0.5)["reason"] == "no eval examples to measure parity on"
+    r = parity.VariantParity.judged("int8", 0.97, None, c.result())
+    assert r.agreement == 0.75 and r.measured.agree == 3 and r.measured.examples == 4
+    assert r.accuracy == 0.5 and not r.passed
+    assert "0.7500 (3/4) is below the bound 0.9700" in r.reason
+    empty = parity.VariantParity.judged("int8", 0.5, None, parity.ParityCounter().result())
+    assert empty.reason == "no eval examples to measure parity on" and not empty.passed
+
+
+# parity.json as every export so far wrote it (json.dump(..., indent=2, sort_keys=True)):
+# a variant measured and passed, one measured below its bound, one whose conversion
+# failed, and an int8 file rejected before measuring.
+TODAYS_PARITY = {
+    "variants": {
+        "float32": {"file": "model.tflite", "bound": 0.99, "bytes": 12816823, "convert_seconds": 1.2,
+                    "input_type": "float32", "output_type": "float32", "input_quantization": [0.0, 0],
+                    "agreement": 1.0, "agree": 60, "examples": 60, "accuracy": 0.95, "max_abs_diff": 3.4e-06,
+                    "mean_max_abs_diff": 1e-06, "passed": True, "reason": None},
+        "dynamic": {"file": "model_dynamic.tflite", "bound": 0.97, "bytes": 3387999, "convert_seconds": 3.0,
+                    "input_type": "float32", "output_type": "float32", "input_quantization": [0.0, 0],
+                    "agreement": 0.95, "agree": 57, "examples": 60, "accuracy": 0.9, "max_abs_diff": 0.4,
+                    "mean_max_abs_diff": 0.05, "passed": False,
+                    "reason": "top-1 agreement with the SavedModel 0.9500 (57/60) is below the bound 0.9700"},
+        "fp16": {"file": "model_fp16.tflite", "bound": 0.99, "passed": False,
+                 "reason": "conversion failed: ValueError: boom"},
+        "int8": {"file": "model_int8.tflite", "bound": 0.97, "bytes": 3518143, "convert_seconds": 20.5,
+                 "input_type": "uint8", "output_type": "uint8", "input_quantization": [0.5, 3], "passed": False,
+                 "reason": "uint8 input quantization (0.5, 3) is not raw pixels (1.0, 0)"},
+    },
+    "passed": ["float32"], "failed": {"dynamic": "...", "fp16": "...", "int8": "..."},
+    "calibration_examples": 120, "eval_examples": 60, "reference_accuracy": 0.95,
+    "reference": "SavedModel serving_default (Format-Serving)", "backbone": "mobilenet_v1",
+    "label_names": ["flags", "food_and_drink", "smileys_and_emotion"],
+}
+TODAYS_PARITY["failed"] = {v: e["reason"] for v, e in TODAYS_PARITY["variants"].items() if not e["passed"]}
+
+
+def test_todays_parity_json_reads_back_unchanged():
+    text = json.dumps(TODAYS_PARITY, indent=2, sort_keys=True)
+    report = ParityReport.from_json(text)
+    assert report.to_json() == text
+    assert report.passed == ("float32",) and report.failed == TODAYS_PARITY["failed"]
+    assert report.backbone == "mobilenet_v1" and report.eval_examples == 60
+    assert report.variant("float32").agreement == 1.0 and report.variant("float32").measured.agree == 60
+    assert report.variant("fp16").conversion is None and report.variant("fp16").measured is None
+    assert report.variant("int8").conversion.input_quantization == (0.5, 3)
+    assert report.variant("int8").measured is None and report.variant("int8").agreement is None
+    record = report.pushed_record()
+    assert record["pushed"] == {"float32": "model.tflite"} and record["not_pushed"] == report.failed
+    assert record["parity"]["int8"] == {"agreement": None, "bound": 0.97, "accuracy": None,
+                                        "bytes": 3518143, "examples": None}
+    # what a report reads back from a pushed version's metrics.json
+    (pushed,) = parity.pushed_variants(record)
+    assert (pushed.variant, pushed.file, pushed.agreement, pushed.passed) == ("float32", "model.tflite", 1.0, True)
+
+
+def test_bad_parity_json_is_a_one_line_error():
+    def broken(change):
+        d = json.loads(json.dumps(TODAYS_PARITY))
+        change(d)
+        return json.dumps(d)
+    cases = [
+        ("{", "x/parity.json is not JSON"),
+        (broken(lambda d: d.pop("variants")), "x/parity.json: variants must be an object"),
+        (broken(lambda d: d["variants"]["float32"].update(bound="high")), "variants.float32.bound must be a number"),
+        (broken(lambda d: d["variants"].update(int4=d["variants"].pop("int8"))), "unknown variant 'int4'"),
+        (broken(lambda d: d["passed"].append("dynamic")), "'passed' lists dynamic, whose entry did not pass"),
+    ]
+    for text, message in cases:
+        with pytest.raises(ValueError) as e:
+            ParityReport.from_json(text, "x/parity.json")
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_settings_are_validated():
-    assert tflite_export.check_variants(["int8", "float32", "int8"]) == ["int8", "float32"]
+    assert variants.check_variants(["int8", "float32", "int8"]) == ["int8", "float32"]
     with pytest.raises(ValueError, match="valid variants: float32, fp16, dynamic, int8"):
-        tflite_export.check_variants(["int4"])
+        variants.check_variants(["int4"])
     with pytest.raises(ValueError, match="no TFLite variant"):
-        tflite_export.check_variants([])
-    assert tflite_export.parity_bounds({"int8": 0.9})["int8"] == 0.9
-    assert tflite_export.parity_bounds()["float32"] == 0.99
+        variants.check_variants([])
+    assert variants.parity_bounds({"int8": 0.9})["int8"] == 0.9
+    assert variants.parity_bounds()["float32"] == 0.99
     for bad in ({"int8": 1.5}, {"int8": "high"}, {"int4": 0.5}):
         with pytest.raises(ValueError):
-            tflite_export.parity_bounds(bad)
-    assert tflite_export.validate_settings(["int8"], {}, 0).startswith("calibration_images")
-    assert tflite_export.validate_settings(["float32", "int8"], {"fp16": 0.98}, 200) is None
+            variants.parity_bounds(bad)
+    assert variants.validate_settings(["int8"], {}, 0).startswith("calibration_images")
+    assert variants.validate_settings(["float32", "int8"], {"fp16": 0.98}, 200) is None
     from pipeline.config import PipelineConfig
     assert "int4" in PipelineConfig(images="x", workdir="y", tflite_variants=("int4",)).validate()
     assert PipelineConfig(images="x", workdir="y").validate() is None
@@ -193,11 +267,11 @@ def test_settings_are_validated():
 
 def test_metadata_is_required_to_read_labels(tmp_path):
     model = tf_keras_tiny_model()
-    data = tflite_export.convert(model, "float32")
-    with pytest.raises(tflite_export.MetadataError):
-        tflite_export.read_metadata(data)
-    with_meta = tflite_export.add_metadata(data, ["a", "b"], name="tiny", description="d")
-    assert tflite_export.read_metadata(with_meta)["labels"] == ["a", "b"]
+    data = convert.convert(model, "float32")
+    with pytest.raises(metadata.MetadataError):
+        metadata.read_metadata(data)
+    with_meta = metadata.add_metadata(data, ["a", "b"], name="tiny", description="d")
+    assert metadata.read_metadata(with_meta).labels == ("a", "b")
 
 
 def tf_keras_tiny_model():
@@ -218,7 +292,7 @@ def _pusher_run(tmp_path, monkeypatch, tflite_uri, blessed=1):
     tflite_pusher.Executor().Do(
         {"model": [model], "evaluation": [_artifact(standard_artifacts.ModelEvaluation, tmp_path / "ev")],
          "model_blessing": [_artifact(standard_artifacts.ModelBlessing, tmp_path / "bl", blessed=blessed)],
-         "tflite_models": [_artifact(tflite_export.TFLiteModels, tflite_uri)]},
+         "tflite_models": [_artifact(TFLiteModels, tflite_uri)]},
         {"pushed_model": [pushed]},
         {"serving_dir": str(tmp_path / "serving"), "label_names": json.dumps(["a", "b"]),
          "gate": json.dumps({"min_accuracy": 0.5, "max_accuracy_drop": 0.01})})
@@ -226,18 +300,22 @@ def _pusher_run(tmp_path, monkeypatch, tflite_uri, blessed=1):
 
 
 def _fake_export(uri, passed, failed):
+    """A TFLiteModels folder as the export leaves it: `passed` variants' files, and
+    `failed` ones (variant -> reason) measured below their bound."""
     os.makedirs(uri, exist_ok=True)
-    variants = {}
+    conversion = parity.Conversion(bytes=10, convert_seconds=0.1, input_type="float32",
+                                   output_type="float32", input_quantization=(0.0, 0))
+    entries = []
     for v in passed:
         (uri / FILE_NAMES[v]).write_bytes(b"tflite " + v.encode())
-        variants[v] = {"agreement": 1.0, "bound": 0.99, "accuracy": 0.9, "bytes": 10, "examples": 20, "passed": True}
+        entries.append(parity.VariantParity(v, FILE_NAMES[v], 0.99, True, None, conversion,
+                                            parity.Agreement(20, 1.0, 0.9, 20, 0.0, 0.0)))
     for v, reason in failed.items():
-        variants[v] = {"agreement": 0.5, "bound": 0.97, "accuracy": 0.4, "bytes": 10, "examples": 20,
-                       "passed": False, "reason": reason}
+        entries.append(parity.VariantParity(v, FILE_NAMES[v], 0.97, False, reason, conversion,
+                                            parity.Agreement(20, 0.5, 0.4, 10, 0.6, 0.3)))
     (uri / "labels.txt").write_text("a\nb\n")
-    (uri / "parity.json").write_text(json.dumps({
-        "variants": variants, "passed": list(passed), "failed": failed,
-        "eval_examples": 20, "calibration_examples": 50, "reference_accuracy": 0.9}))
+    ParityReport(variants=tuple(entries), passed=tuple(passed), backbone="mobilenet_v1", label_names=("a", "b"),
+                 calibration_examples=50, eval_examples=20, reference_accuracy=0.9).write(str(uri))
 
 
 def test_pusher_pushes_only_variants_that_met_their_bound(tmp_path, monkeypatch):
@@ -293,20 +371,42 @@ def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone
 
     def quantized_mean():
         kernels = {}
-        for _, conv, bn in tflite_export._conv_bn_pairs(model):
+        for _, conv, bn in bias_correction.conv_bn_pairs(model):
             g, _, _, v = bn.get_weights()
             kernels[conv.name] = conv.get_weights()
-            conv.set_weights([tflite_export._per_channel_quantized(
+            conv.set_weights([bias_correction.per_channel_quantized(
                 kernels[conv.name][0], g / np.sqrt(v + bn.epsilon), conv.name == "dw")])
         try:
             return probe(x).numpy().mean(axis=(0, 1, 2))
         finally:
-            for _, conv, _ in tflite_export._conv_bn_pairs(model):
+            for _, conv, _ in bias_correction.conv_bn_pairs(model):
                 conv.set_weights(kernels[conv.name])
 
     uncorrected = np.abs(quantized_mean() - float_mean).max()
-    with tflite_export.bias_corrected(model, pixels) as bc:
+    with bias_correction.bias_corrected(model, pixels) as bc:
         corrected = np.abs(quantized_mean() - float_mean).max()
         assert set(bc.corrections) == {"bn1", "bn2", "bn3"}
     assert uncorrected > 0.005 and corrected < uncorrected / 100, (uncorrected, corrected)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_bias_correction_uses_only_public_keras_api():
+    """Private tf_keras attributes (`layer._inbound_nodes`, `model._nodes_by_depth`...)
+    change between releases without notice: only the class's own state may be private."""
+    import inspect
+    import re
+    source = inspect.getsource(bias_correction)
+    assert re.findall(r"(?<!\bself)\._[a-z]\w*", source) == []
+
+
+def test_recorded_class_paths_still_import():
+    """MLMD and Kubeflow specs name these; the pipeline compiles the new executor path."""
+    from tfx.utils import import_utils
+
+    from components import tflite_export  # specs compiled before components/tflite/
+    from pipeline.pipeline import TFLiteExport
+    assert import_utils.import_class_by_path("components.TFLiteModels") is TFLiteModels
+    assert TFLiteModels.TYPE_NAME == "components.TFLiteModels"
+    assert tflite_export.Executor is Executor and TFLiteExport.EXECUTOR_SPEC.executor_class is Executor
+    assert import_utils.import_class_by_path(
+        f"{Executor.__module__}.{Executor.__name__}") is Executor

@@ -1,0 +1,134 @@
+"""Keras pixel model -> TFLite flatbuffer, one variant at a time; int8 calibration.
+
+Every file takes ``[1, H, W, 3]`` RGB pixels in 0..255 (the backbone's scaling is
+inside the model), resized to H x W the way ingestion does it
+(:func:`components.image_decode.decode_and_resize`), and outputs ``[1, C]``
+probabilities.  Calibration images for the int8 variant are a few hundred training
+Examples spread evenly over the split (:func:`calibration_images`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from components import contracts
+from components.tflite.bias_correction import bias_corrected
+from components.tflite.variants import check_variants
+
+# Calibration images (at most) on which the int8 variant's bias correction is measured.
+BIAS_CORRECTION_IMAGES = 64
+
+
+def range_anchor_image(size: int) -> np.ndarray:
+    """A [size, size, 3] gradient spanning exactly 0..255: first calibration sample, so
+    the int8 variant's uint8 input range is exactly the pixel range (scale 1, zp 0)."""
+    ramp = np.linspace(0.0, 255.0, size, dtype=np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    img[..., 0] = ramp[None, :]
+    img[..., 1] = ramp[:, None]
+    img[..., 2] = ramp[::-1][None, :]
+    return img
+
+
+def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.ndarray]]] = None,
+            bias_correction: bool = True) -> bytes:
+    """TFLite flatbuffer of the Keras ``model`` (input [1, H, W, 3] float32 0..255).
+
+    ``calibration`` (int8 only): a callable returning an iterator of [H, W, 3] float32
+    pixel arrays (a few hundred training images); a range anchor is prepended.  Unless
+    ``bias_correction`` is False, up to BIAS_CORRECTION_IMAGES of them (spread evenly)
+    also measure the int8 weights' bias shift, which is corrected before conversion
+    (:class:`bias_corrected`; the Keras model is unchanged afterwards).
+    """
+    import tensorflow as tf
+    check_variants([variant])
+    if variant == "int8" and calibration is None:
+        raise ValueError("the int8 variant needs calibration images")
+    correction = contextlib.nullcontext()
+    if variant == "int8" and bias_correction:
+        images = [np.asarray(p, np.float32) for p in calibration()]
+        if images:
+            pick = np.linspace(0, len(images) - 1, min(BIAS_CORRECTION_IMAGES, len(images))).round().astype(int)
+            correction = bias_corrected(model, np.stack([images[i] for i in sorted(set(pick))]))
+    with correction:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([_inference_function(model)])
+        if variant == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif variant == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif variant == "int8":
+            size = int(model.input_shape[1])
+
+            def representative_dataset():
+                yield [range_anchor_image(size)[None]]
+                for pixels in calibration():
+                    yield [np.asarray(pixels, np.float32)[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        return bytes(converter.convert())
+
+
+def _inference_function(model):
+    """The model's forward pass as one concrete function, traced without AutoGraph.
+
+    from_keras_model would first save the Keras model as a SavedModel, tracing and
+    serialising every layer (about 10 s for MobileNet here); freezing this one
+    function gives the same graph.  Variables are read when the converter freezes
+    them, so :class:`bias_corrected`'s changes are seen.
+    """
+    import tensorflow as tf
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32, name="image")
+    return tf.function(lambda image: model(image, training=False), input_signature=[spec],
+                       autograph=False).get_concrete_function()
+
+
+# ------------------------------------------------------------ reading Examples
+
+
+def examples_files(split_uri: str) -> List[str]:
+    """The gzipped TFRecord files of one split folder of an Examples artifact."""
+    import tensorflow as tf
+    return sorted(tf.io.gfile.glob(os.path.join(split_uri, "*.gz")))
+
+
+def records(files: List[str]) -> Iterator[bytes]:
+    import tensorflow as tf
+    if not files:
+        return iter(())
+    return (r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+
+
+def image_and_label(record: bytes) -> Tuple[bytes, int]:
+    """(encoded image, label index) of one raw Example."""
+    import tensorflow as tf
+    f = tf.train.Example.FromString(record).features.feature
+    return f[contracts.IMAGE_KEY].bytes_list.value[0], int(f[contracts.LABEL_KEY].int64_list.value[0])
+
+
+def batches(iterable: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def calibration_images(train_files: List[str], count: int) -> List[bytes]:
+    """Encoded images of ``count`` training examples spread evenly over the split."""
+    total = sum(1 for _ in records(train_files))
+    if total == 0 or count <= 0:
+        return []
+    wanted = {i * total // min(count, total) for i in range(min(count, total))}
+    return [image_and_label(r)[0] for i, r in enumerate(records(train_files)) if i in wanted]

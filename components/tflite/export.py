@@ -1,0 +1,107 @@
+"""Converting, writing and measuring the configured variants of one trained model.
+
+Builds on the pixel model (backbone + the Trainer's head): each variant is converted
+(:mod:`convert`), gets its metadata (:mod:`metadata`), is loaded in the interpreter
+(:mod:`runtime`) and measured against the SavedModel's ``serving_default`` on the
+eval split of the raw Examples (:mod:`parity`).  A variant that fails is reported;
+the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from components import contracts
+from components.tflite import convert, metadata, parity
+from components.tflite.runtime import Classifier
+from components.tflite.variants import FILE_NAMES, INT8_INPUT_QUANTIZATION
+
+EvalBatch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels [B, H, W, 3], reference [B, C], labels [B]
+
+
+def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, float],
+                    label_names: Sequence[str], backbone: str, out_dir: str,
+                    calibration_bytes: Sequence[bytes], eval_batches: Iterable[EvalBatch],
+                    version: str = "", num_threads: int = 2) -> parity.ParityReport:
+    """Converts, writes and measures the variants; returns the parity report.
+
+    ``eval_batches`` yields (pixels [B, H, W, 3] 0..255, reference probabilities
+    [B, C], labels [B]).  Writes ``FILE_NAMES[v]``, ``labels.txt`` and ``parity.json``
+    into ``out_dir`` (any tf.io.gfile path).
+    """
+    import tensorflow as tf
+    from components.image_decode import decode_batch
+    size = int(pixel_model.input_shape[1])
+
+    def calibration():
+        for batch in convert.batches(calibration_bytes, 32):
+            for pixels in decode_batch(batch, size).numpy():
+                yield pixels
+
+    tf.io.gfile.makedirs(out_dir)
+    entries: Dict[str, parity.VariantParity] = {}
+    classifiers: Dict[str, Tuple[Classifier, parity.Conversion]] = {}
+    for variant in variants:
+        bound = float(bounds[variant])
+        start = time.time()
+        try:
+            if variant == "int8" and not calibration_bytes:
+                raise ValueError("no training images to calibrate on")
+            data = convert.convert(pixel_model, variant, calibration if variant == "int8" else None)
+            data = metadata.add_metadata(data, label_names, name=f"{backbone} retrained ({variant})",
+                                         description=metadata.describe(backbone, variant, label_names),
+                                         version=version)
+            classifier = Classifier(data, num_threads=num_threads)
+        except Exception as e:  # a failed variant is reported, the others go on
+            entries[variant] = parity.VariantParity(
+                variant, FILE_NAMES[variant], bound, False,
+                f"conversion failed: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        conversion = parity.Conversion(
+            bytes=len(data), convert_seconds=round(time.time() - start, 2),
+            input_type=classifier.input_dtype.name, output_type=classifier.output_dtype.name,
+            input_quantization=tuple(classifier.input_quantization))
+        if variant == "int8" and tuple(classifier.input_quantization) != INT8_INPUT_QUANTIZATION:
+            entries[variant] = parity.VariantParity(
+                variant, FILE_NAMES[variant], bound, False,
+                f"uint8 input quantization {classifier.input_quantization} is not raw pixels "
+                f"{INT8_INPUT_QUANTIZATION}", conversion)
+            continue
+        with tf.io.gfile.GFile(os.path.join(out_dir, FILE_NAMES[variant]), "wb") as f:
+            f.write(data)
+        classifiers[variant] = classifier, conversion
+
+    counters = {v: parity.ParityCounter() for v in classifiers}
+    reference_counter = parity.ParityCounter()
+    for pixels, reference, labels in eval_batches:
+        reference_counter.update(reference, reference, labels)
+        for variant, (classifier, _) in classifiers.items():
+            counters[variant].update(classifier.predict(pixels), reference, labels)
+    for variant, (_, conversion) in classifiers.items():
+        entries[variant] = parity.VariantParity.judged(
+            variant, float(bounds[variant]), conversion, counters[variant].result())
+    measured = tuple(entries[v] for v in variants)
+    report = parity.ParityReport(
+        variants=measured, passed=tuple(v.variant for v in measured if v.passed), backbone=backbone,
+        label_names=tuple(label_names), calibration_examples=len(calibration_bytes),
+        eval_examples=reference_counter.n, reference_accuracy=reference_counter.result().accuracy)
+    with tf.io.gfile.GFile(os.path.join(out_dir, contracts.LABELS_FILE), "w") as f:
+        f.write(metadata.labels_text(label_names))
+    report.write(out_dir)
+    return report
+
+
+def eval_batches(eval_files: List[str], serving_dir: str, size: int, batch_size: int = 32) -> Iterator[EvalBatch]:
+    """(pixels, SavedModel probabilities, labels) for the raw eval examples."""
+    import tensorflow as tf
+    from components.image_decode import decode_batch
+    serve = tf.saved_model.load(serving_dir).signatures["serving_default"]
+    for batch in convert.batches(convert.records(eval_files), batch_size):
+        images, labels = zip(*(convert.image_and_label(r) for r in batch))
+        reference = serve(examples=tf.constant(batch))["probabilities"].numpy()
+        pixels = decode_batch(images, size).numpy()
+        yield pixels, reference, np.asarray(labels, np.int64)
