@@ -40,6 +40,10 @@ COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
 
+# ----------------------------------------------------------------- backbones
+# The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
+DEFAULT_BACKBONE = "mobilenet_v1"
+
 _VERSION = re.compile(r"^[0-9]+$")
 
 

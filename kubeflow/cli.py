@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Callable, Dict, List
 
+from components import contracts
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -39,7 +41,7 @@ def register(subparsers) -> Dict[str, Handler]:
                         "(its backend rejects TFX Resolver tasks); vertex: Vertex AI Pipelines, "
                         "TFX Resolver nodes over its metadata (default: kfp)")
     c.add_argument("--pipeline-name", default="image-retrain")
-    c.add_argument("--backbone", default="mobilenet_v1")
+    c.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
     c.add_argument("--min-accuracy", type=float, default=0.5)
     c.add_argument("--max-accuracy-drop", type=float, default=0.01)
     c.add_argument("--eval-percent", type=int, default=20)

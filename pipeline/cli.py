@@ -24,6 +24,8 @@ import warnings
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from components import contracts  # noqa: E402  (TF-free)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retrain", description=__doc__.split("\n")[0])
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="artifact root instead of <workdir>/pipeline_root, e.g. s3://bucket/root")
     run.add_argument("--serving-dir", default=None,
                      help="where versions are pushed instead of <workdir>/serving, e.g. s3://bucket/serving")
-    run.add_argument("--backbone", default="mobilenet_v1")
+    run.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
     run.add_argument("--weights", default="imagenet",
                      help="imagenet (offline cache), keras (download), random, or a weights file")
     run.add_argument("--min-accuracy", type=float, default=0.5)
@@ -72,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
 
     fw = sub.add_parser("fetch-weights", help="fetch and convert offline ImageNet weights")
-    fw.add_argument("--backbone", default="mobilenet_v1")
+    fw.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
 
     fd = sub.add_parser("fetch-data", help="fetch the default emoji dataset; prints its path")
     fd.add_argument("--dest", default=None)

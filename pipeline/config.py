@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Dict, List, Optional, Tuple
 
-from components import image_io
+from components import contracts, image_io
 
 LOOKUPS = ("resolver", "registry")
 
@@ -35,9 +35,9 @@ class PipelineConfig:
     images: str
     workdir: str                     # pipeline root, MLMD database and serving/ live here
     pipeline_name: str = "image-retrain"
-    # Backbone (see components/backbones.py) and where its weights come from:
+    # Backbone (see components/backbones/registry.py) and where its weights come from:
     # "imagenet" (offline cache), "keras" (Keras download), "random", or a file.
-    backbone: str = "mobilenet_v1"
+    backbone: str = contracts.DEFAULT_BACKBONE
     weights: str = "imagenet"
     # Label vocabulary: sorted class folder names, filled in by preflight.scan().
     label_names: Tuple[str, ...] = ()

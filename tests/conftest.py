@@ -26,6 +26,30 @@ def imagenet_weights():
     return backbones.fetch_weights("mobilenet_v1")
 
 
+@pytest.fixture(scope="session")
+def lite0_weights():
+    from components import backbones
+    return backbones.fetch_weights("efficientnet_lite0")
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth, photo-like RGB images in 0..255: low-frequency waves plus colour blobs."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((n, size, size, 3), np.float32)
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.float32)
+        for c in range(3):
+            fx, fy, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 2 * np.pi)
+            img[..., c] = 0.5 + 0.25 * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+        for _ in range(3):
+            cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.25)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+            img += blob[..., None] * rng.uniform(-0.5, 0.5, size=3)
+        out[i] = np.clip(img, 0.0, 1.0) * 255.0
+    return out
+
+
 def copy_subset(src: pathlib.Path, dest: pathlib.Path, classes, per_class: int) -> pathlib.Path:
     """<dest>/<class>/ with the first `per_class` files of each class (sorted: stable)."""
     for c in classes:

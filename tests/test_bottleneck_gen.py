@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from components import backbones, bottleneck_gen, preprocessing, trainer
+from components.backbones import weights as backbone_weights
 from components.bottleneck_gen import BottleneckGen, FeatureCache
 from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes
@@ -143,7 +144,7 @@ def test_head_from_cache_equals_head_from_scratch(runs, monkeypatch):
 
 def test_other_weights_invalidate_and_views_are_cached(runs, tmp_path):
     path = tmp_path / "other.h5"
-    backbones.mobilenet_v1(include_top=True).save_weights(str(path))  # random weights
+    backbones.get_spec("mobilenet_v1").application(include_top=True).save_weights(str(path))  # random
     _run(runs["images"], runs["work"], weights=str(path))
     assert _counts(runs["work"])["reused_cache"] == 0
     assert _counts(runs["work"])["computed"] == 18
@@ -236,25 +237,25 @@ def test_keras_weights_are_downloaded_on_first_use_then_keyed(tmp_path, monkeypa
     """weights="keras" (the online path): the first cache key downloads Keras' file
     instead of failing, later ones reuse it. The download is simulated (no network
     here) by writing the file where Keras' get_file would."""
-    monkeypatch.setattr(backbones, "_keras_cache_dirs", lambda: [tmp_path])
-    impl = backbones._IMPL["mobilenet_v2"]
+    monkeypatch.setattr(backbone_weights, "keras_cache_dirs", lambda: [tmp_path])
+    spec = backbones.get_spec("mobilenet_v2")
     downloads = []
 
-    def download(name, include_top):  # as Keras' get_file: fetch unless cached, then load
-        path = tmp_path / impl.keras_notop_file
+    def download(spec, include_top):  # as Keras' get_file: fetch unless cached, then load
+        path = tmp_path / spec.keras.notop_file
         if not path.exists():
-            downloads.append((name, include_top))
-            impl.application(include_top=include_top).save_weights(str(path))
-        app = impl.application(include_top=include_top)
+            downloads.append((spec.name, include_top))
+            spec.application(include_top=include_top).save_weights(str(path))
+        app = spec.application(include_top=include_top)
         app.load_weights(str(path))
         return app
 
-    monkeypatch.setattr(backbones, "_keras_download", download)
+    monkeypatch.setattr(backbone_weights, "keras_download", download)
     with pytest.raises(backbones.BackboneWeightsError, match="not downloaded yet"):
         backbones.weights_fingerprint("mobilenet_v2", "keras")  # itself never downloads
     namespace = bottleneck_gen.cache_namespace("mobilenet_v2", "keras")
     assert downloads == [("mobilenet_v2", False)]
-    sha = hashlib.sha256((tmp_path / impl.keras_notop_file).read_bytes()).hexdigest()
+    sha = hashlib.sha256((tmp_path / spec.keras.notop_file).read_bytes()).hexdigest()
     assert namespace.startswith(f"mobilenet_v2|{sha}|")
     assert bottleneck_gen.cache_namespace("mobilenet_v2", "keras") == namespace
     assert preprocessing.shared_extractor("mobilenet_v2", "keras") is not None

