@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tf_keras  # noqa: E402
 
-from components import backbones, tflite_export  # noqa: E402
+from components import backbones  # noqa: E402
+from components.tflite import convert as tflite_convert, runtime as tflite_runtime  # noqa: E402
 from components.backbones import fetch  # noqa: E402
 from components.backbones import weights as backbone_weights  # noqa: E402
 from conftest import synthetic_images  # noqa: E402
@@ -89,7 +90,7 @@ def test_tflite_conversion_as_the_product_converts(name):
     spec = backbones.get_spec(name)
     model = backbones.build_feature_extractor(name, weights="random")
     x = synthetic_images(1, spec.input_size, seed=2)
-    got = tflite_export.Classifier(tflite_export.convert(model, "float32")).predict(x)
+    got = tflite_runtime.Classifier(tflite_convert.convert(model, "float32")).predict(x)
     want = model(x).numpy()
     assert got.shape == (1, spec.feature_dim)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max())))
