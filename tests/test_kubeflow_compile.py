@@ -120,15 +120,30 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
         for consumer, input_key in consumers.items():
             source = tasks[consumer]["inputs"]["artifacts"][input_key]["taskOutputArtifact"]
             assert source == {"producerTask": task, "outputArtifactKey": key}
-    # The writers of the records the lookups read.
-    assert tasks["BottleneckGen"]["inputs"]["parameters"]["registry"]["runtimeValue"]["constant"] == registry
-    record = tasks["record-blessed-model"]["inputs"]["artifacts"]
-    assert record["model"]["taskOutputArtifact"]["producerTask"] == "Trainer"
-    assert record["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
+    # Every reader of a lookup's output sees "nothing found" as an empty list.
+    from tfx.utils import import_utils
+    readers = {(name, key) for name, task in tasks.items()
+               for key, a in task["inputs"].get("artifacts", {}).items()
+               if a.get("taskOutputArtifact", {}).get("producerTask") in
+               ("latest-blessed-model-lookup", "latest-feature-cache-lookup")}
+    assert {name for name, _ in readers} == {"LabelGuard", "BottleneckGen", "Evaluator"}
+    for name, key in readers:
+        args = _executor(doc, name)["container"]["args"]
+        executor = import_utils.import_class_by_path(args[args.index("--executor_class_path") + 1])
+        assert key in executor.AS_RESOLVED, (name, key)
+    # The writers of the records the lookups read: steps of their own, after
+    # their producers; BottleneckGen itself knows nothing of the registry.
+    assert "registry" not in tasks["BottleneckGen"]["inputs"]["parameters"]
+    for task, inputs in (("record-blessed-model", {"model": ("Trainer", "model"),
+                                                   "model_blessing": ("Evaluator", "blessing")}),
+                         ("record-feature-cache", {"feature_cache": ("BottleneckGen", "feature_cache")})):
+        assert tasks[task]["inputs"]["parameters"]["registry"]["runtimeValue"]["constant"] == registry
+        artifacts = tasks[task]["inputs"]["artifacts"]
+        assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+                for k, a in artifacts.items()} == inputs
     evaluator = _executor(doc, "Evaluator")["container"]["args"]
     assert evaluator[evaluator.index("--executor_class_path") + 1] == \
         "components.previous_artifacts.EvaluatorExecutor"
-    from tfx.utils import import_utils
     assert import_utils.import_class_by_path(evaluator[evaluator.index("--executor_class_path") + 1]) \
         is previous_artifacts.EvaluatorExecutor
 
@@ -177,7 +192,8 @@ def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled_vertex):
     compiled = compiled_vertex
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
     assert compiled["config"].lookup == "resolver"
-    assert "record-blessed-model" not in tasks and "registry" not in str(tasks["BottleneckGen"])
+    assert not {"record-blessed-model", "record-feature-cache"} & set(tasks)
+    assert "registry" not in str(tasks["BottleneckGen"])
     (resolver,) = [n for n in compiled["nodes"] if isinstance(n, Resolver) and
                    n.exec_properties[RESOLVER_STRATEGY_CLASS] is LatestBlessedModelStrategy]
     blessing, model = f"{resolver.id}-model-blessing-resolver", f"{resolver.id}-model-resolver"
