@@ -209,6 +209,23 @@ def test_as_resolved_shows_the_named_inputs_as_a_resolver_passes_them(tmp_path):
     assert followed.uri == str(tmp_path / "cache") and seen[-1]["model"] is None
 
 
+@pytest.mark.parametrize("lookup", ["registry", "resolver"])
+def test_every_reader_of_an_earlier_runs_artifact_is_wrapped(tmp_path, lookup):
+    from pipeline import previous_runs
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_components
+    config = PipelineConfig(images=str(tmp_path), workdir=str(tmp_path), label_names=("a", "b"),
+                            lookup=lookup)
+    sources = {n.id for n in previous_runs.previous_baseline(config)[0]
+               + previous_runs.previous_feature_cache(config)[0]}
+    readers = {(node, key) for node in create_components(config) for key, channel in node.inputs.items()
+               if getattr(channel, "producer_component_id", None) in sources}
+    assert {(node.id, key) for node, key in readers} == {
+        ("LabelGuard", "baseline_model"), ("Evaluator", "baseline_model"), ("BottleneckGen", "previous_cache")}
+    for node, key in readers:
+        assert key in node.executor_spec.executor_class.AS_RESOLVED, (node.id, key)
+
+
 def test_evaluator_executor_drops_a_found_nothing_baseline(monkeypatch):
     from tfx.components.evaluator import executor as stock
     seen = {}
