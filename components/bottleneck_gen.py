@@ -9,19 +9,15 @@ none) and keeps every result in a FeatureCache artifact keyed by
 
 so a rerun after adding images computes features only for the new ones, and a
 change of backbone, weights or decoding code invalidates the cache by itself.
-The previous cache arrives through a LatestArtifactStrategy resolver, or, with
-registry lookups (components/previous_artifacts.py, for open-source KFP), a
-lookup step's pointer to it; either way an ordinary TFX artifact with lineage
-in MLMD. With a ``registry``, the new cache is recorded there for the next run.
+The previous cache arrives as a Resolver passes it (on open-source KFP a
+registry lookup stands in: previous_artifacts.as_resolved makes it look the same).
 
 Outputs:
   bottlenecks    Examples (Split-train, Split-eval): ``features`` [D] float,
                  ``label`` int64, ``content_sha256``, ``view`` (0 = the image;
                  1..K = augmented views, train split only).
   feature_cache  FeatureCache: every (key, features) this run used, old and new, in
-                 ``features-*.tfrecord``: uncompressed TFRecords, each record the
-                 64-byte hex key then the float32 vector, little-endian (as gzip'd
-                 tf.Examples, writing and reading them cost about 1 s a run here).
+                 ``features-*.tfrecord``: uncompressed TFRecords (components/feature_records.py).
 
 The features are those of the Transform graph the serving model embeds: same
 decode_and_resize, same backbone builder (components.preprocessing).
@@ -46,13 +42,13 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import backbones, image_example_gen, preprocessing, previous_artifacts, progress_counts
+from components import (backbones, feature_records, image_example_gen, preprocessing,
+                        previous_artifacts, progress_counts)
 
 CACHE_FILE_PREFIX = "features"
 CACHE_FILE_SUFFIX = ".tfrecord"
 # Bump when the cache record layout changes: older caches then miss, never misparse.
 CACHE_FORMAT_VERSION = 2
-_KEY_BYTES = 64  # hex sha256
 PROGRESS_STAGE = "BottleneckGen"
 
 
@@ -68,8 +64,6 @@ class BottleneckGenSpec(ComponentSpec):
         "weights": ExecutionParameter(type=str),
         "batch_size": ExecutionParameter(type=int),
         "augment_views": ExecutionParameter(type=int),
-        # Registry lookups (components/previous_artifacts.py): where to record the cache.
-        "registry": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -182,48 +176,6 @@ def _wanted(serialized: bytes, split: str, views: int, namespace: str) -> Iterab
         yield entry_key(namespace, record["sha"], view), dict(record, view=view)
 
 
-def _cache_record(key: bytes, features: bytes) -> bytes:
-    return key + features
-
-
-def _parse_cache(record: bytes) -> Tuple[bytes, bytes]:
-    """A cache record -> (key, float32 little-endian feature bytes)."""
-    if len(record) <= _KEY_BYTES or (len(record) - _KEY_BYTES) % 4:
-        raise ValueError(f"malformed feature-cache record of {len(record)} bytes: "
-                         f"expected a {_KEY_BYTES}-byte key and float32 features")
-    return record[:_KEY_BYTES], record[_KEY_BYTES:]
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _feature(name: str, kind: int, payload: bytes) -> bytes:
-    """One Features.feature map entry; kind: 1 BytesList, 2 FloatList, 3 Int64List."""
-    return _field(1, _field(1, name.encode()) + _field(2, _field(kind, _field(1, payload))))
-
-
-def _bottleneck(record: Dict, features: bytes) -> bytes:
-    """The bottleneck tf.Example, serialised by hand: the features bytes are already
-    a packed FloatList's payload (tf.train.FloatList(value=...) costs ~0.1 ms a row)."""
-    return _field(1, b"".join((
-        _feature(preprocessing.FEATURES_KEY, 2, features),
-        _feature(preprocessing.LABEL_KEY, 3, _varint(record["label"])),
-        _feature("content_sha256", 1, record["sha"].encode()),
-        _feature("view", 3, _varint(record["view"])))))
-
-
 class _Route(beam.DoFn):
     """(key, record) -> main: (key, record sans image) when cached, 'miss': (key, record).
 
@@ -298,9 +250,9 @@ class _WriteRows(beam.DoFn):
 
     def process(self, row):
         key, record, vec = row
-        self._writer(record["split"]).write(_bottleneck(record, vec))
+        self._writer(record["split"]).write(feature_records.bottleneck_example(record, vec))
         if self._cache:
-            self._writer(_CACHE_OUTPUT).write(_cache_record(key, vec))
+            self._writer(_CACHE_OUTPUT).write(feature_records.cache_record(key, vec))
 
     def finish_bundle(self):
         for writer in self._writers.values():
@@ -357,6 +309,7 @@ def _report_total(examples, splits: List[str], augment_views: int) -> None:
     progress_counts.set_total(PROGRESS_STAGE, total, "images embedded")
 
 
+@previous_artifacts.as_resolved("previous_cache")
 class Executor(base_beam_executor.BaseBeamExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties):
@@ -368,8 +321,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         batch_size = int(exec_properties["batch_size"])
         augment_views = int(exec_properties["augment_views"])
         namespace = cache_namespace(backbone, weights)
-        # A registry lookup's pointer leads to the recorded cache; "found nothing" is None.
-        previous = previous_artifacts.follow((input_dict.get("previous_cache") or [None])[0])
+        previous = (input_dict.get("previous_cache") or [None])[0]
         reuse = bool(namespace) and previous is not None and \
             previous.get_string_custom_property("namespace") == namespace
         splits = artifact_utils.decode_split_names(examples.split_names)
@@ -382,7 +334,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(
                 os.path.join(previous.uri, CACHE_FILE_PREFIX + "*" + CACHE_FILE_SUFFIX),
                 compression_type=CompressionTypes.UNCOMPRESSED)
-                | "ParseCache" >> beam.Map(_parse_cache))
+                | "ParseCache" >> beam.Map(feature_records.parse_cache_record))
         else:
             cached = p | "NoCache" >> beam.Create([])
         cached_keys = beam.pvalue.AsDict(cached | "CachedKeys" >> beam.Map(lambda kv: (kv[0], None)))
@@ -428,9 +380,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.set_int_custom_property("computed", int(counters.get("computed", 0)))
         out.set_int_custom_property("reused_cache", int(reuse))
         cache_out.set_string_custom_property("namespace", namespace)
-        if exec_properties.get("registry") and namespace:  # the next run's lookup finds it
-            previous_artifacts.record(exec_properties["registry"], previous_artifacts.FEATURE_CACHE,
-                                      {"uri": cache_out.uri, "namespace": namespace})
 
 
 class BottleneckGen(base_beam_component.BaseBeamComponent):
@@ -440,11 +389,9 @@ class BottleneckGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, previous_cache: Optional[types.BaseChannel],
-                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0,
-                 registry: Optional[str] = None):
+                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0):
         super().__init__(spec=BottleneckGenSpec(
             examples=examples, previous_cache=previous_cache, backbone=backbone,
             weights=weights, batch_size=int(batch_size), augment_views=int(augment_views),
-            registry=registry,
             bottlenecks=types.Channel(type=standard_artifacts.Examples),
             feature_cache=types.Channel(type=FeatureCache)))

@@ -44,6 +44,18 @@ LABEL_CHECK_TYPE = "components.LabelCheck"
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"
 
+# ------------------------------------------------- node ids of the pipeline
+# How a run finds the previous run's blessed model and FeatureCache
+# (pipeline/previous_runs.py). Resolvers (PipelineConfig.lookup = "resolver"):
+BLESSED_MODEL_RESOLVER = "latest_blessed_model_resolver"
+FEATURE_CACHE_RESOLVER = "latest_feature_cache_resolver"
+# Registry steps (lookup = "registry", open-source KFP): Argo task names, so
+# letters, digits and '-' only (kubeflow/runner.py check_task_names).
+BLESSED_MODEL_LOOKUP = "latest-blessed-model-lookup"
+FEATURE_CACHE_LOOKUP = "latest-feature-cache-lookup"
+RECORD_BLESSED_MODEL = "record-blessed-model"
+RECORD_FEATURE_CACHE = "record-feature-cache"
+
 _VERSION = re.compile(r"^[0-9]+$")
 
 

@@ -96,14 +96,14 @@ def read_label_space(model_uri: str) -> Optional[Dict[str, int]]:
         return {k: int(v) for k, v in json.load(f)["class_counts"].items()}
 
 
+@previous_artifacts.as_resolved("baseline_model")
 class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties):
         stats = artifact_utils.get_single_instance(input_dict["statistics"])
         splits = artifact_utils.decode_split_names(stats.split_names)
         current = class_counts_from_statistics(stats.uri, splits)
-        # A registry lookup that found nothing passes an artifact with found=0.
-        baseline_models = previous_artifacts.present(input_dict.get("baseline_model"))
+        baseline_models = input_dict.get("baseline_model") or []
         baseline = read_label_space(baseline_models[0].uri) if baseline_models else None
         problems = check(current, baseline, bool(exec_properties["allow_label_change"]),
                          float(exec_properties["max_class_share_change"]))

@@ -20,7 +20,8 @@ anyway). Nothing is ever rewritten: the newest file whose target still exists wi
   the Evaluator that records the candidate when (and only when) it was blessed;
   the same rule as LatestBlessedModelStrategy (blessed, whether or not a TFLite
   variant was pushed).
-* ``feature_cache`` records: written by BottleneckGen after it wrote its cache.
+* ``feature_cache`` records: written by :class:`RecordFeatureCache`, a step after
+  BottleneckGen that records its FeatureCache (unless random weights left it empty).
 * ``blessed_model`` records written by `retrain bless --pipeline-root`
   (pipeline/registry_ops.py): a pushed version's model blessed again (an
   ordinary record), or a reset (``"reset": true``): the newest record being a
@@ -42,24 +43,27 @@ an execution of this run (lineage in MLMD), with custom properties ``found``
 
 "Nothing found" cannot be an empty channel: a KFP container task always has its
 output artifacts, and TFX's entry point writes exactly one per output key. So it
-is an empty artifact with ``found = 0``, and its readers treat it as absent
-(:func:`present`): LabelGuard and BottleneckGen (ours) directly, TFX's stock
-Evaluator through :class:`EvaluatorExecutor`, which drops such a baseline before
-the stock executor sees it. The Evaluator then behaves exactly as with an empty
-resolver channel: ``has_baseline`` is false, change thresholds are dropped
-(rubber stamp) and only the value threshold decides; without that, it would try
-to load a SavedModel from an empty folder and fail.
+is an empty artifact with ``found = 0``. Its readers' executors are decorated
+with :func:`as_resolved`, which drops it (and follows a FeatureCache pointer)
+before their ``Do`` runs, so they see what a Resolver would pass: LabelGuard,
+BottleneckGen, and TFX's stock Evaluator through :class:`EvaluatorExecutor`. The
+Evaluator then behaves exactly as with an empty resolver channel: ``has_baseline``
+is false, change thresholds are dropped (rubber stamp) and only the value
+threshold decides; without that, it would try to load a SavedModel from an empty
+folder and fail. Which nodes a run gets (resolvers or these steps) is decided in
+pipeline/previous_runs.py alone.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import posixpath
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -77,6 +81,7 @@ FEATURE_CACHE = "feature_cache"
 KINDS = (BLESSED_MODEL, FEATURE_CACHE)
 POINTER_FILE = "pointer.json"
 LOOKUP_FILE = "lookup.json"
+FOUND = "found"  # a lookup output's custom property: 1, or 0 for "nothing found"
 # BottleneckGen's FeatureCache type (a standard type on purpose, see bottleneck_gen);
 # repeated here so that this module does not import the Beam component.
 FeatureCache = simple_artifacts.Dataset
@@ -185,8 +190,7 @@ def copy_tree(src: str, dest: str) -> int:
 
 def is_present(artifact) -> bool:
     """False only for a lookup output that found nothing (``found`` = 0)."""
-    return not (artifact.has_custom_property("found") and
-                artifact.get_int_custom_property("found") == 0)
+    return not (artifact.has_custom_property(FOUND) and artifact.get_int_custom_property(FOUND) == 0)
 
 
 def present(artifacts) -> list:
@@ -209,6 +213,33 @@ def follow(artifact):
     return target
 
 
+def as_resolved(*keys: str) -> Callable[[type], type]:
+    """Class decorator for an executor reading earlier runs' artifacts under input
+    `keys`: its ``Do`` gets them as a Resolver would pass them, a "nothing found"
+    lookup output dropped (an empty list) and a FeatureCache pointer followed.
+    The class keeps its name (compiled specs name it) and lists `keys` in
+    ``AS_RESOLVED``; an inherited ``Do`` is looked up at call time."""
+    def decorate(cls: type) -> type:
+        own = cls.__dict__.get("Do")
+
+        def Do(self, input_dict, output_dict, exec_properties):
+            input_dict = dict(input_dict)
+            for key in keys:
+                if input_dict.get(key) is not None:
+                    kept = [follow(a) for a in present(input_dict[key])]
+                    if len(kept) < len(input_dict[key]):
+                        logging.info("%s: the registry lookup found nothing: passed on as none", key)
+                    input_dict[key] = kept
+            do = own.__get__(self) if own else super(cls, self).Do
+            return do(input_dict, output_dict, exec_properties)
+
+        if own:
+            functools.update_wrapper(Do, own)
+        cls.Do, cls.AS_RESOLVED = Do, tuple(keys)
+        return cls
+    return decorate
+
+
 # ------------------------------------------------------------------ executors
 
 class LookupExecutor(base_executor.BaseExecutor):
@@ -223,9 +254,9 @@ class LookupExecutor(base_executor.BaseExecutor):
         report = {"kind": kind, "registry": registry, "found": entry is not None, "entry": entry}
         if entry is None:
             logging.info("Registry %s has no %s: passing on an empty artifact (found=0)", registry, kind)
-            out.set_int_custom_property("found", 0)
+            out.set_int_custom_property(FOUND, 0)
         else:
-            out.set_int_custom_property("found", 1)
+            out.set_int_custom_property(FOUND, 1)
             out.set_string_custom_property("source_uri", entry["uri"])
             out.set_string_custom_property("registry_record", entry["record"])
             out.set_string_custom_property("recorded_at", entry.get("recorded_at", ""))
@@ -261,21 +292,26 @@ class RecordExecutor(base_executor.BaseExecutor):
             "uri": model.uri, "model_id": model.id, "blessing_uri": blessing.uri})
 
 
+class RecordFeatureCacheExecutor(base_executor.BaseExecutor):
+    """Records BottleneckGen's FeatureCache in the registry (the next run's previous cache)."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        self._log_startup(input_dict, output_dict, exec_properties)
+        cache = artifact_utils.get_single_instance(input_dict["feature_cache"])
+        namespace = cache.get_string_custom_property("namespace")
+        if not namespace:  # random weights: BottleneckGen cached nothing
+            logging.info("FeatureCache %s has no namespace: not recorded", cache.uri)
+            return
+        record(exec_properties["registry"], FEATURE_CACHE, {"uri": cache.uri, "namespace": namespace})
+
+
+@as_resolved("baseline_model")
 class EvaluatorExecutor(evaluator_executor.Executor):
     """TFX's Evaluator, but a lookup's "nothing found" baseline counts as none.
 
     The stock executor decides ``has_baseline`` by the channel being non-empty
     and would try to load a SavedModel from the empty artifact.
     """
-
-    def Do(self, input_dict, output_dict, exec_properties):
-        key = "baseline_model"
-        if key in input_dict:
-            input_dict = dict(input_dict)
-            input_dict[key] = present(input_dict[key])
-            if not input_dict[key]:
-                logging.info("No baseline model: change thresholds are dropped (rubber stamp)")
-        return super().Do(input_dict, output_dict, exec_properties)
 
 
 # ----------------------------------------------------------------- components
@@ -337,6 +373,22 @@ class RecordBlessedModel(base_component.BaseComponent):
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, registry: str):
         super().__init__(spec=RecordBlessedModelSpec(
             model=model, model_blessing=model_blessing, registry=registry))
+
+
+class RecordFeatureCacheSpec(ComponentSpec):
+    PARAMETERS = {"registry": ExecutionParameter(type=str)}
+    INPUTS = {"feature_cache": ChannelParameter(type=FeatureCache)}
+    OUTPUTS: Dict[str, ChannelParameter] = {}
+
+
+class RecordFeatureCache(base_component.BaseComponent):
+    """Adds BottleneckGen's FeatureCache to the registry (the next run's previous cache)."""
+
+    SPEC_CLASS = RecordFeatureCacheSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RecordFeatureCacheExecutor)
+
+    def __init__(self, feature_cache: types.BaseChannel, registry: str):
+        super().__init__(spec=RecordFeatureCacheSpec(feature_cache=feature_cache, registry=registry))
 
 
 class Evaluator(StockEvaluator):

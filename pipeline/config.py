@@ -82,6 +82,7 @@ class PipelineConfig:
     #               <pipeline_root>/_registry/<pipeline_name>/ (components/previous_artifacts.py):
     #               for open-source KFP v2, whose backend rejects resolver tasks.
     # `retrain compile --target kfp` (default) sets "registry", `--target vertex` "resolver".
+    # Read only by pipeline/previous_runs.py.
     lookup: str = "resolver"
     # Explicit locations, e.g. gs:// or s3:// URIs for Kubeflow, where there is no
     # local workdir; None keeps the defaults under workdir.

@@ -11,9 +11,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from tfx import v1 as tfx  # noqa: E402
 
 from components import object_store  # noqa: E402
+from components.contracts import FEATURE_CACHE_RESOLVER  # noqa: E402
 from pipeline import preflight, report, run_summary  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.pipeline import FEATURE_CACHE_RESOLVER, create_pipeline  # noqa: E402
+from pipeline.pipeline import create_pipeline  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 
 

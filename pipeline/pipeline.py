@@ -9,16 +9,16 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from tfx import v1 as tfx  # noqa: E402
 
 from components import evaluation, previous_artifacts  # noqa: E402
-from components.bottleneck_gen import BottleneckGen, FeatureCache  # noqa: E402
+from components.bottleneck_gen import BottleneckGen  # noqa: E402
 from components.image_example_gen import ImageExampleGen  # noqa: E402
 from components.label_guard import LabelGuard  # noqa: E402
 from components.tflite.component import TFLiteExport  # noqa: E402
 from components.tflite_pusher import TFLitePusher  # noqa: E402
+from pipeline import previous_runs  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run_fn"
-FEATURE_CACHE_RESOLVER = "latest_feature_cache_resolver"
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -35,22 +35,22 @@ def create_components(config: PipelineConfig) -> list:
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     # The latest blessed model (the Evaluator's baseline, LabelGuard's label
-    # space) and the latest FeatureCache, from earlier runs: see previous_lookups.
-    baseline, previous_cache, registry = previous_lookups(config)
+    # space) and the latest FeatureCache, from earlier runs: see previous_runs.
+    baseline_nodes, baseline = previous_runs.previous_baseline(config)
+    cache_nodes, previous_cache = previous_runs.previous_feature_cache(config)
     # Stops the run before Transform when the classes differ from the baseline's.
     label_guard = LabelGuard(
         statistics=statistics_gen.outputs["statistics"],
-        baseline_model=baseline.outputs["model"],
+        baseline_model=baseline,
         allow_label_change=config.allow_label_change,
         max_class_share_change=config.max_class_share_change)
     # The backbone's features, computed only for images the last FeatureCache
     # doesn't hold (same content, backbone, weights and decoding).
     bottleneck_gen = BottleneckGen(
         examples=example_gen.outputs["examples"],
-        previous_cache=previous_cache.outputs["cache"],
+        previous_cache=previous_cache,
         backbone=config.backbone, weights=config.weights,
-        batch_size=config.feature_batch_size, augment_views=config.augment_views,
-        registry=registry)
+        batch_size=config.feature_batch_size, augment_views=config.augment_views)
     bottleneck_gen.add_upstream_node(label_guard)
     # Transform only builds the graph the serving model embeds (decode, resize,
     # backbone): with no analyzers it never reads the data, and BottleneckGen
@@ -68,12 +68,11 @@ def create_components(config: PipelineConfig) -> list:
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_config())
-    # With registry lookups: TFX's Evaluator that reads a "nothing found" baseline as none.
-    evaluator_cls = previous_artifacts.Evaluator if registry else tfx.components.Evaluator
-    evaluator = evaluator_cls(
+    # TFX's Evaluator that reads a registry lookup's "nothing found" baseline as none.
+    evaluator = previous_artifacts.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"],
+        baseline_model=baseline,
         example_splits=["eval"],
         eval_config=evaluation.make_eval_config(
             config.label_names, config.min_accuracy, config.max_accuracy_drop))
@@ -90,46 +89,12 @@ def create_components(config: PipelineConfig) -> list:
         label_names=config.label_names, min_accuracy=config.min_accuracy,
         max_accuracy_drop=config.max_accuracy_drop,
         tflite_models=tflite_export.outputs["tflite_models"])
-    nodes = [example_gen, statistics_gen, schema_gen, example_validator, baseline,
-             label_guard, previous_cache, bottleneck_gen, transform, trainer, evaluator,
-             tflite_export, pusher]
-    if registry:
-        # What the next run's baseline lookup finds: the model, once blessed.
-        nodes.append(previous_artifacts.RecordBlessedModel(
-            model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-            registry=registry).with_id("record-blessed-model"))
-    return nodes
-
-
-def previous_lookups(config: PipelineConfig):
-    """(baseline node with output "model", feature-cache node with output "cache",
-    registry URI or None), by ``config.lookup``.
-
-    "resolver": TFX Resolver nodes over MLMD (LatestBlessedModelStrategy, and
-    LatestArtifactStrategy over FeatureCache); an empty channel when nothing matches.
-    "registry": container steps reading <pipeline_root>/_registry/<pipeline_name>/
-    (components/previous_artifacts.py), for KFP backends without resolver tasks;
-    RecordBlessedModel and BottleneckGen write the records they read.
-    """
-    if config.lookup == "resolver":
-        baseline = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("latest_blessed_model_resolver")
-        cache = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-            cache=tfx.dsl.Channel(type=FeatureCache),
-        ).with_id(FEATURE_CACHE_RESOLVER)
-        return baseline, cache, None
-    if config.lookup == "registry":
-        registry = previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
-        return (previous_artifacts.LatestBlessedModelLookup(registry).with_id(
-                    "latest-blessed-model-lookup"),
-                previous_artifacts.LatestFeatureCacheLookup(registry).with_id(
-                    "latest-feature-cache-lookup"),
-                registry)
-    raise ValueError(f"config.lookup must be 'resolver' or 'registry', got {config.lookup!r}")
+    return [example_gen, statistics_gen, schema_gen, example_validator, *baseline_nodes,
+            label_guard, *cache_nodes, bottleneck_gen, transform, trainer, evaluator,
+            tflite_export, pusher,
+            *previous_runs.recorders(config, model=trainer.outputs["model"],
+                                     model_blessing=evaluator.outputs["blessing"],
+                                     feature_cache=bottleneck_gen.outputs["feature_cache"])]
 
 
 def create_pipeline(config: PipelineConfig,

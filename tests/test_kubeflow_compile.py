@@ -54,6 +54,11 @@ def compiled_vertex(tmp_path_factory):
     return _compile(tmp_path_factory, "vertex")
 
 
+def _source(artifact):  # (producer task, output key) of a task's input artifact
+    ref = artifact.get("taskOutputArtifact", {})
+    return ref.get("producerTask"), ref.get("outputArtifactKey")
+
+
 def _executor(doc, task):
     label = doc["components"][doc["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
     return doc["deploymentSpec"]["executors"][label]
@@ -109,28 +114,25 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
     kinds = {label: sorted(e) for label, e in doc["deploymentSpec"]["executors"].items()}
     assert all(k == ["container"] for k in kinds.values()), kinds
     registry = f"{ROOT}/_registry/{compiled['config'].pipeline_name}"
-    for task, kind, key, consumers in (
-            ("latest-blessed-model-lookup", "blessed_model", "model", {"LabelGuard": "baseline_model",
-                                                                        "Evaluator": "baseline_model"}),
-            ("latest-feature-cache-lookup", "feature_cache", "cache", {"BottleneckGen": "previous_cache"})):
-        params = tasks[task]["inputs"]["parameters"]
-        assert params["kind"]["runtimeValue"]["constant"] == kind
-        assert params["registry"]["runtimeValue"]["constant"] == registry
-        assert "cachingOptions" not in tasks[task]
-        for consumer, input_key in consumers.items():
-            source = tasks[consumer]["inputs"]["artifacts"][input_key]["taskOutputArtifact"]
-            assert source == {"producerTask": task, "outputArtifactKey": key}
-    # The writers of the records the lookups read.
-    assert tasks["BottleneckGen"]["inputs"]["parameters"]["registry"]["runtimeValue"]["constant"] == registry
-    record = tasks["record-blessed-model"]["inputs"]["artifacts"]
-    assert record["model"]["taskOutputArtifact"]["producerTask"] == "Trainer"
-    assert record["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
-    evaluator = _executor(doc, "Evaluator")["container"]["args"]
-    assert evaluator[evaluator.index("--executor_class_path") + 1] == \
-        "components.previous_artifacts.EvaluatorExecutor"
-    from tfx.utils import import_utils
-    assert import_utils.import_class_by_path(evaluator[evaluator.index("--executor_class_path") + 1]) \
+    lookups = {"latest-blessed-model-lookup": "blessed_model", "latest-feature-cache-lookup": "feature_cache"}
+    recorders = {"record-blessed-model": {"model": ("Trainer", "model"),
+                                          "model_blessing": ("Evaluator", "blessing")},
+                 "record-feature-cache": {"feature_cache": ("BottleneckGen", "feature_cache")}}
+    # Only the lookups and the recorders know the registry (BottleneckGen does not).
+    assert {n for n, t in tasks.items() if "registry" in t["inputs"].get("parameters", {})} == {*lookups, *recorders}
+    for task in (*lookups, *recorders):  # (caching: test_compiled_caching_is_off_...)
+        params = {k: p["runtimeValue"]["constant"] for k, p in tasks[task]["inputs"]["parameters"].items()}
+        assert params == {"registry": registry, **({"kind": lookups[task]} if task in lookups else {})}
+    # Their readers (each sees "nothing found" as none: test_previous_artifacts), the recorders' inputs.
+    readers = {(name, key): _source(a) for name, task in tasks.items()
+               for key, a in task["inputs"].get("artifacts", {}).items() if _source(a)[0] in lookups}
+    assert readers == {("LabelGuard", "baseline_model"): ("latest-blessed-model-lookup", "model"),
+                       ("Evaluator", "baseline_model"): ("latest-blessed-model-lookup", "model"),
+                       ("BottleneckGen", "previous_cache"): ("latest-feature-cache-lookup", "cache")}
+    assert next(n for n in compiled["nodes"] if n.id == "Evaluator").executor_spec.executor_class \
         is previous_artifacts.EvaluatorExecutor
+    for task, inputs in recorders.items():
+        assert {k: _source(a) for k, a in tasks[task]["inputs"]["artifacts"].items()} == inputs
 
 
 def test_every_task_name_passes_argos_rule(compiled):
@@ -177,7 +179,7 @@ def test_latest_blessed_model_resolver_compiles_to_two_queries(compiled_vertex):
     compiled = compiled_vertex
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
     assert compiled["config"].lookup == "resolver"
-    assert "record-blessed-model" not in tasks and "registry" not in str(tasks["BottleneckGen"])
+    assert not {"record-blessed-model", "record-feature-cache"} & set(tasks) and "registry" not in str(tasks)
     (resolver,) = [n for n in compiled["nodes"] if isinstance(n, Resolver) and
                    n.exec_properties[RESOLVER_STRATEGY_CLASS] is LatestBlessedModelStrategy]
     blessing, model = f"{resolver.id}-model-blessing-resolver", f"{resolver.id}-model-resolver"

@@ -250,10 +250,10 @@ def _components(spec):
     registry = pa.registry_uri(root, "parts")
     gen = ImageExampleGen(images=images, label_names=spec["classes"], eval_percent=30)
     bottlenecks = BottleneckGen(examples=gen.outputs["examples"], previous_cache=None,
-                                backbone="mobilenet_v1", weights="imagenet", batch_size=8,
-                                registry=registry)
+                                backbone="mobilenet_v1", weights="imagenet", batch_size=8)
+    record = pa.RecordFeatureCache(feature_cache=bottlenecks.outputs["feature_cache"], registry=registry)
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-        pipeline_name="parts", pipeline_root=root, components=[gen, bottlenecks],
+        pipeline_name="parts", pipeline_root=root, components=[gen, bottlenecks, record],
         enable_cache=False, beam_pipeline_args=["--direct_num_workers=1"] + object_store.beam_args([root]),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(spec["tmp"], "mlmd.sqlite"))))

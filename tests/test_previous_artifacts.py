@@ -96,6 +96,23 @@ def test_record_executor_records_only_blessed_models(tmp_path):
     assert entry["blessing_uri"] == blessed.uri
 
 
+def test_record_feature_cache_executor_records_a_cache_with_a_namespace(tmp_path):
+    registry = str(tmp_path / "registry")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "features-00000-of-00001.tfrecord").write_text("x")
+    random_weights = _artifact(pa.FeatureCache, tmp_path / "cache", namespace="")
+    pa.RecordFeatureCacheExecutor().Do({"feature_cache": [random_weights]}, {}, {"registry": registry})
+    assert pa.records(registry, pa.FEATURE_CACHE) == []  # nothing cached, nothing to reuse
+    cache = _artifact(pa.FeatureCache, tmp_path / "cache", namespace="mobilenet_v1|abc|p1|c2")
+    pa.RecordFeatureCacheExecutor().Do({"feature_cache": [cache]}, {}, {"registry": registry})
+    entry = pa.latest(registry, pa.FEATURE_CACHE)
+    assert (entry["uri"], entry["namespace"]) == (cache.uri, "mobilenet_v1|abc|p1|c2")
+    # What the next run's lookup passes on, and BottleneckGen then reads.
+    followed = pa.follow(_lookup(pa.FEATURE_CACHE, registry, tmp_path / "out"))
+    assert followed.uri == cache.uri
+    assert followed.get_string_custom_property("namespace") == "mobilenet_v1|abc|p1|c2"
+
+
 # ------------------------------------------------------------------- lookup
 
 def test_baseline_lookup_copies_the_latest_blessed_model(tmp_path):
@@ -163,6 +180,50 @@ def test_label_guard_treats_a_found_nothing_baseline_as_none(tmp_path, monkeypat
     found = _artifact(standard_artifacts.Model, _model_dir(tmp_path / "m"), found=1)
     with pytest.raises(label_guard.LabelSpaceError, match="class 'a' share changed"):
         run([found])
+
+
+def test_as_resolved_shows_the_named_inputs_as_a_resolver_passes_them(tmp_path):
+    seen = []
+
+    @pa.as_resolved("cache", "model")
+    class Reader:
+        def Do(self, input_dict, output_dict, exec_properties):
+            seen.append(input_dict)
+            return "done"
+
+    assert Reader.__name__ == "Reader" and Reader.AS_RESOLVED == ("cache", "model")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "features-00000-of-00001.tfrecord").write_text("x")
+    registry = str(tmp_path / "registry")
+    nothing = _lookup(pa.FEATURE_CACHE, registry, tmp_path / "out0")
+    pa.record(registry, pa.FEATURE_CACHE, {"uri": str(tmp_path / "cache"), "namespace": "ns"})
+    pointer = _lookup(pa.FEATURE_CACHE, registry, tmp_path / "out1")
+    resolved = _artifact(standard_artifacts.Model, "/r")
+    other = _artifact(standard_artifacts.Model, "/other", found=0)  # not a named key: untouched
+    inputs = {"cache": [nothing], "model": [resolved], "other": [other]}
+    assert Reader().Do(inputs, {}, {}) == "done"
+    assert seen[-1] == {"cache": [], "model": [resolved], "other": [other]}
+    assert inputs["cache"] == [nothing]  # the caller's dict is left alone
+    Reader().Do({"cache": [pointer], "model": None}, {}, {})
+    (followed,) = seen[-1]["cache"]
+    assert followed.uri == str(tmp_path / "cache") and seen[-1]["model"] is None
+
+
+@pytest.mark.parametrize("lookup", ["registry", "resolver"])
+def test_every_reader_of_an_earlier_runs_artifact_is_wrapped(tmp_path, lookup):
+    from pipeline import previous_runs
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_components
+    config = PipelineConfig(images=str(tmp_path), workdir=str(tmp_path), label_names=("a", "b"),
+                            lookup=lookup)
+    sources = {n.id for n in previous_runs.previous_baseline(config)[0]
+               + previous_runs.previous_feature_cache(config)[0]}
+    readers = {(node, key) for node in create_components(config) for key, channel in node.inputs.items()
+               if getattr(channel, "producer_component_id", None) in sources}
+    assert {(node.id, key) for node, key in readers} == {
+        ("LabelGuard", "baseline_model"), ("Evaluator", "baseline_model"), ("BottleneckGen", "previous_cache")}
+    for node, key in readers:
+        assert key in node.executor_spec.executor_class.AS_RESOLVED, (node.id, key)
 
 
 def test_evaluator_executor_drops_a_found_nothing_baseline(monkeypatch):

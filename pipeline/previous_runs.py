@@ -1,0 +1,80 @@
+"""What a run takes from earlier runs, and what it leaves for the next: the one
+place that reads ``PipelineConfig.lookup``.
+
+* "resolver" (the local runner, Vertex AI Pipelines): TFX Resolver nodes query
+  MLMD (LatestBlessedModelStrategy; LatestArtifactStrategy over FeatureCache);
+  an empty channel when nothing matches. MLMD is the record: no recorder nodes.
+* "registry" (open-source KFP v2, whose backend rejects resolver tasks):
+  container steps of components/previous_artifacts.py read and write JSON
+  records under <pipeline_root>/_registry/<pipeline_name>/. Their "nothing
+  found" output reaches consumers as an empty list (previous_artifacts.as_resolved).
+
+Each function returns the nodes to add to the pipeline and, for lookups, the
+channel to wire: the pipeline definition itself has no mode.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base.base_node import BaseNode
+from tfx.types import BaseChannel
+
+from components import contracts, previous_artifacts
+from pipeline.config import PipelineConfig
+
+
+def _registry(config: PipelineConfig) -> Optional[str]:
+    """The registry URI with registry lookups, None with resolvers."""
+    if config.lookup == "resolver":
+        return None
+    if config.lookup == "registry":
+        return previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
+    raise ValueError(f"config.lookup must be 'resolver' or 'registry', got {config.lookup!r}")
+
+
+def previous_baseline(config: PipelineConfig) -> Tuple[List[BaseNode], BaseChannel]:
+    """(nodes, channel of the latest blessed Model): the Evaluator's baseline, LabelGuard's label space."""
+    registry = _registry(config)
+    if registry is None:
+        node = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(contracts.BLESSED_MODEL_RESOLVER)
+    else:
+        node = previous_artifacts.LatestBlessedModelLookup(registry).with_id(
+            contracts.BLESSED_MODEL_LOOKUP)
+    return [node], node.outputs["model"]
+
+
+def previous_feature_cache(config: PipelineConfig) -> Tuple[List[BaseNode], BaseChannel]:
+    """(nodes, channel of the latest FeatureCache): what BottleneckGen reuses."""
+    registry = _registry(config)
+    if registry is None:
+        node = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            cache=tfx.dsl.Channel(type=previous_artifacts.FeatureCache),
+        ).with_id(contracts.FEATURE_CACHE_RESOLVER)
+    else:
+        node = previous_artifacts.LatestFeatureCacheLookup(registry).with_id(
+            contracts.FEATURE_CACHE_LOOKUP)
+    return [node], node.outputs["cache"]
+
+
+def recorders(config: PipelineConfig, model: BaseChannel, model_blessing: BaseChannel,
+              feature_cache: BaseChannel) -> List[BaseNode]:
+    """Nodes that leave this run's artifacts for the next run's lookups: the model
+    once blessed, and the FeatureCache. None with resolvers (MLMD holds them)."""
+    registry = _registry(config)
+    if registry is None:
+        return []
+    return [
+        previous_artifacts.RecordBlessedModel(
+            model=model, model_blessing=model_blessing, registry=registry,
+        ).with_id(contracts.RECORD_BLESSED_MODEL),
+        previous_artifacts.RecordFeatureCache(
+            feature_cache=feature_cache, registry=registry,
+        ).with_id(contracts.RECORD_FEATURE_CACHE),
+    ]
