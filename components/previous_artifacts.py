@@ -265,7 +265,8 @@ class EvaluatorExecutor(evaluator_executor.Executor):
     """TFX's Evaluator, but a lookup's "nothing found" baseline counts as none.
 
     The stock executor decides ``has_baseline`` by the channel being non-empty
-    and would try to load a SavedModel from the empty artifact.
+    and would try to load a SavedModel from the empty artifact. Afterwards it
+    records the gate it applied (components.evaluation.write_gate).
     """
 
     def Do(self, input_dict, output_dict, exec_properties):
@@ -275,7 +276,12 @@ class EvaluatorExecutor(evaluator_executor.Executor):
             input_dict[key] = present(input_dict[key])
             if not input_dict[key]:
                 logging.info("No baseline model: change thresholds are dropped (rubber stamp)")
-        return super().Do(input_dict, output_dict, exec_properties)
+        result = super().Do(input_dict, output_dict, exec_properties)
+        if exec_properties.get("eval_config") and output_dict.get("evaluation"):
+            from components import evaluation
+            evaluation.write_gate(artifact_utils.get_single_uri(output_dict["evaluation"]),
+                                  exec_properties["eval_config"], bool(input_dict.get(key)))
+        return result
 
 
 # ----------------------------------------------------------------- components

@@ -68,9 +68,9 @@ def create_components(config: PipelineConfig) -> list:
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_config())
-    # With registry lookups: TFX's Evaluator that reads a "nothing found" baseline as none.
-    evaluator_cls = previous_artifacts.Evaluator if registry else tfx.components.Evaluator
-    evaluator = evaluator_cls(
+    # TFX's Evaluator that records its gate (gate.json) and reads a registry
+    # lookup's "nothing found" baseline as none.
+    evaluator = previous_artifacts.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
