@@ -64,7 +64,7 @@ class TFLiteFiles:
     files: Tuple[TFLiteFile, ...]
 
 
-def read_json(path: str) -> Optional[Any]:
+def _read_json(path: str) -> Optional[Any]:
     import tensorflow as tf  # local, gs:// or s3://
     if not path or not tf.io.gfile.exists(path):
         return None
@@ -87,7 +87,7 @@ def class_counts(record: RunRecord) -> Optional[ClassCounts]:
 def label_check(record: RunRecord) -> Optional[LabelCheck]:
     if record.uris.label_check is None:
         return None
-    found = read_json(os.path.join(record.uris.label_check, contracts.LABEL_CHECK_FILE))
+    found = _read_json(os.path.join(record.uris.label_check, contracts.LABEL_CHECK_FILE))
     if not isinstance(found, dict):
         return None
     return LabelCheck(bool(found.get("baseline")), tuple(str(p) for p in found.get("problems") or []))
@@ -99,7 +99,7 @@ def training_log(record: RunRecord) -> Optional[TrainingLog]:
         return None
     import tensorflow as tf
     folder = os.path.join(record.uris.model_run, contracts.TRAINING_DIR)
-    history = read_json(os.path.join(folder, contracts.TRAINING_HISTORY_FILE))
+    history = _read_json(os.path.join(folder, contracts.TRAINING_HISTORY_FILE))
     events = (sum(1 for _, _, files in tf.io.gfile.walk(folder) for f in files if "tfevents" in f)
               if tf.io.gfile.isdir(folder) else 0)
     history = {str(k): [float(x) for x in v] for k, v in history.items()
@@ -111,7 +111,7 @@ def served_models(serving_dir: str) -> Dict[int, str]:
     """Complete pushed versions -> the model URI each was made from (its metrics.json)."""
     out = {}
     for version in contracts.list_versions(serving_dir):
-        metrics = read_json(contracts.join(serving_dir, str(version), contracts.METRICS_FILE))
+        metrics = _read_json(contracts.join(serving_dir, str(version), contracts.METRICS_FILE))
         if isinstance(metrics, dict) and metrics.get("model_uri"):
             out[version] = str(metrics["model_uri"])
     return out
@@ -121,7 +121,7 @@ def export_backbone(record: RunRecord) -> Optional[str]:
     """The backbone the TFLite export recorded in its parity.json."""
     if record.uris.tflite_models is None:
         return None
-    found = read_json(os.path.join(record.uris.tflite_models, contracts.PARITY_FILE))
+    found = _read_json(os.path.join(record.uris.tflite_models, contracts.PARITY_FILE))
     return found.get("backbone") if isinstance(found, dict) else None
 
 
@@ -145,11 +145,11 @@ def _parity(folder: str) -> Dict[str, Parity]:
         return Parity(variant=str(variant), **fields)
 
     by_file: Dict[str, Parity] = {}
-    report = read_json(os.path.join(folder, contracts.PARITY_FILE)) or {}
+    report = _read_json(os.path.join(folder, contracts.PARITY_FILE)) or {}
     for variant, raw in (report.get("variants") or {}).items():
         if raw.get("file"):
             by_file[raw["file"]] = entry(variant, raw)
-    tflite = (read_json(os.path.join(folder, contracts.METRICS_FILE)) or {}).get("tflite") or {}
+    tflite = (_read_json(os.path.join(folder, contracts.METRICS_FILE)) or {}).get("tflite") or {}
     for variant, raw in (tflite.get("parity") or {}).items():
         name = (tflite.get("pushed") or {}).get(variant)
         if name and name not in by_file:
