@@ -34,6 +34,11 @@ INGESTION_REPORT_FILE = "ingestion_report.jsonl"  # every file, used or skipped,
 PARITY_FILE = "parity.json"            # TFLite variants' agreement with the SavedModel
 METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
 COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version
+GATE_FILE = "gate.json"                # the Evaluator's thresholds, in its `evaluation` output
+LABEL_CHECK_FILE = "label_check.json"  # LabelGuard's verdict, in its `label_check` output
+TRAINING_DIR = "training"              # in the Trainer's model_run output: logs and history
+TRAINING_HISTORY_FILE = "history.json" # loss and metrics per epoch, under TRAINING_DIR
+BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing's folder
 
 # ------------------------------------------- artifact type names (in MLMD)
 # Kubeflow imports a custom type's TYPE_NAME as a class path; MLMD stores it.

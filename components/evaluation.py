@@ -6,18 +6,29 @@ The gate on the candidate's eval accuracy:
     the baseline is the latest blessed model. On a first run there is no
     baseline; TFX's Evaluator then drops change thresholds (rubber stamp) and
     only the value threshold decides.
+
+The Evaluator (components/previous_artifacts.EvaluatorExecutor) records the gate
+it applied as ``contracts.GATE_FILE`` in its ``evaluation`` output (write_gate):
+TFMA's own eval config loses the change threshold when there is no baseline.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Dict, List, Optional, Sequence
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import tensorflow_model_analysis as tfma
+
+from components import contracts
 
 ACCURACY = "sparse_categorical_accuracy"
 CANDIDATE = "candidate"
 BASELINE = "baseline"
+# Change = candidate - baseline must be > -max_accuracy_drop - CHANGE_EPSILON,
+# so that "equal to the baseline" passes at drop 0.
+CHANGE_EPSILON = 1e-9
 
 
 def make_eval_config(label_names: Sequence[str], min_accuracy: float,
@@ -31,9 +42,7 @@ def make_eval_config(label_names: Sequence[str], min_accuracy: float,
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": float(min_accuracy)}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            # Change = candidate - baseline; passes when > -max_accuracy_drop.
-            # A tiny epsilon so that "equal to the baseline" passes at drop 0.
-            absolute={"value": -float(max_accuracy_drop) - 1e-9}))
+            absolute={"value": -float(max_accuracy_drop) - CHANGE_EPSILON}))
     class_ids = list(range(len(label_names)))
     return tfma.EvalConfig(
         model_specs=[spec(CANDIDATE, False), spec(BASELINE, True)],
@@ -50,6 +59,38 @@ def make_eval_config(label_names: Sequence[str], min_accuracy: float,
                 metrics=[tfma.MetricConfig(class_name="Recall", config='"top_k": 1'),
                          tfma.MetricConfig(class_name="Precision", config='"top_k": 1')]),
         ])
+
+
+def gate_thresholds(eval_config: tfma.EvalConfig) -> Dict[str, float]:
+    """``min_accuracy`` / ``max_accuracy_drop`` as make_eval_config wrote them into
+    `eval_config` (its inverse). A key is missing when its threshold is: the eval
+    config TFMA writes out has no change threshold when there was no baseline."""
+    out: Dict[str, float] = {}
+    for spec in eval_config.metrics_specs:
+        for metric in spec.metrics:
+            if not metric.HasField("threshold"):
+                continue
+            t = metric.threshold
+            if t.value_threshold.HasField("lower_bound"):
+                out["min_accuracy"] = t.value_threshold.lower_bound.value
+            if t.change_threshold.HasField("absolute"):
+                out["max_accuracy_drop"] = round(-t.change_threshold.absolute.value - CHANGE_EPSILON, 9)
+    return out
+
+
+def write_gate(evaluation_uri: str, eval_config: Union[str, tfma.EvalConfig],
+               baseline_compared: bool) -> Dict[str, Any]:
+    """Writes ``contracts.GATE_FILE`` into an Evaluator output: the thresholds of
+    `eval_config` (the Evaluator's exec property: JSON or the proto) and whether
+    a baseline model was compared. Returns what it wrote."""
+    import tensorflow as tf
+    from google.protobuf import json_format
+    if isinstance(eval_config, str):
+        eval_config = json_format.Parse(eval_config, tfma.EvalConfig(), ignore_unknown_fields=True)
+    gate = dict(gate_thresholds(eval_config), baseline_compared=bool(baseline_compared))
+    with tf.io.gfile.GFile(os.path.join(evaluation_uri, contracts.GATE_FILE), "w") as f:
+        f.write(json.dumps(gate, sort_keys=True))
+    return gate
 
 
 def summarize(eval_uri: str, label_names: Sequence[str]) -> Dict[str, Any]:

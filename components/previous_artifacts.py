@@ -310,8 +310,18 @@ class EvaluatorExecutor(evaluator_executor.Executor):
     """TFX's Evaluator, but a lookup's "nothing found" baseline counts as none.
 
     The stock executor decides ``has_baseline`` by the channel being non-empty
-    and would try to load a SavedModel from the empty artifact.
+    and would try to load a SavedModel from the empty artifact. Afterwards it
+    records the gate it applied (components.evaluation.write_gate).
     """
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        # as_resolved already dropped a "nothing found" baseline.
+        result = super().Do(input_dict, output_dict, exec_properties)
+        if exec_properties.get("eval_config") and output_dict.get("evaluation"):
+            from components import evaluation
+            evaluation.write_gate(artifact_utils.get_single_uri(output_dict["evaluation"]),
+                                  exec_properties["eval_config"], bool(input_dict.get("baseline_model")))
+        return result
 
 
 # ----------------------------------------------------------------- components

@@ -44,13 +44,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import run_summary
+from components import contracts
+from pipeline import mlmd_store
 from pipeline.config import PipelineConfig
+from pipeline.mlmd_store import custom_property as _prop
+from pipeline.run_record import RunRecord
 
 OPERATION_EXECUTION_TYPE = "ManualBless"
 OPERATION_CONTEXT_TYPE = "retrain_operation"
-_METRICS_FILE = "metrics.json"  # components.tflite_pusher.METRICS_FILE (no TF import here)
-_BLESSED_FILE = "BLESSED"  # what TFX's Evaluator writes into a blessing's folder
 _Artifact = metadata_store_pb2.Artifact
 _Event = metadata_store_pb2.Event
 
@@ -63,15 +64,11 @@ class HistoryError(RuntimeError):
 
 def open_store(config: PipelineConfig, write: bool = False) -> metadata_store.MetadataStore:
     if not write:
-        return run_summary.open_store(config)
+        return mlmd_store.open_store(config)
     try:
-        return run_summary.open_store(config, write=True)
+        return mlmd_store.open_store(config, write=True)
     except FileNotFoundError as e:
         raise HistoryError(str(e)) from None
-
-
-def _prop(item, name: str, default=None):
-    return run_summary._prop(item, name, default)
 
 
 def _iso(ms: int) -> str:
@@ -79,7 +76,7 @@ def _iso(ms: int) -> str:
 
 
 def _pipeline_context(store, pipeline_name: str) -> Optional[metadata_store_pb2.Context]:
-    return store.get_context_by_type_and_name("pipeline", pipeline_name)
+    return store.get_context_by_type_and_name(mlmd_store.PIPELINE_CONTEXT_TYPE, pipeline_name)
 
 
 # ------------------------------------------------------------ baseline lookup
@@ -89,7 +86,7 @@ def _resolver_channel(pipeline_name: str, type_name: str):
     from tfx.proto.orchestration import pipeline_pb2
     channel = pipeline_pb2.InputSpec.Channel()
     query = channel.context_queries.add()
-    query.type.name = "pipeline"
+    query.type.name = mlmd_store.PIPELINE_CONTEXT_TYPE
     query.name.field_value.string_value = pipeline_name
     channel.artifact_query.type.name = type_name
     return channel
@@ -127,42 +124,20 @@ def current_baseline(store, pipeline_name: str) -> Optional[Dict[str, Any]]:
 
 # ----------------------------------------------------------------- listing runs
 
-def run_label_names(store, run_ctx) -> List[str]:
-    """The label vocabulary a run ingested (its Examples artifact's `label_names`)."""
-    for ex in store.get_executions_by_context(run_ctx.id):
-        for examples in run_summary._outputs(store, ex.id).get("examples", []):
-            names = _prop(examples, "label_names")
-            if names:
-                return list(json.loads(names))
-    return []
-
-
 def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
-    cfg = PipelineConfig(**{**config.__dict__, "label_names": tuple(run_label_names(store, run_ctx))})
+    error = None
     try:
-        s = run_summary.summarize_run(store, run_ctx, cfg)
+        r = RunRecord.from_store(store, run_ctx, config)
     except Exception as e:  # noqa: BLE001 - one unreadable run must not hide the others
-        s = {"run_id": run_ctx.name, "states": {}, "examples": {}, "error": f"{type(e).__name__}: {e}"}
-    states = set(s.get("states", {}).values())
-    status = ("failed" if "FAILED" in states else
-              "running" if states & {"NEW", "RUNNING"} else "complete")
-    model_id = blessing_id = None
-    revoked = False
-    for ex in store.get_executions_by_context(run_ctx.id):
-        outputs = run_summary._outputs(store, ex.id)
-        for m in outputs.get("model", []):
-            model_id = m.id
-        for b in outputs.get("blessing", []):
-            blessing_id = b.id
-            revoked = bool(_prop(b, "blessed")) and b.state != _Artifact.LIVE
+        error = f"{type(e).__name__}: {e}"
+        r = RunRecord.from_store(store, run_ctx, config, read_files=False)
     return {
-        "kind": "run", "id": run_ctx.name, "time": _iso(run_ctx.create_time_since_epoch),
-        "time_ms": run_ctx.create_time_since_epoch, "status": status,
-        "examples": s.get("examples") or {}, "accuracy": s.get("accuracy"),
-        "baseline_accuracy": s.get("baseline_accuracy"), "blessed": bool(s.get("blessed")),
-        "pushed_version": s.get("pushed_version"), "model_id": model_id,
-        "blessing_id": blessing_id, "revoked": revoked, "baseline": False,
-        **({"error": s["error"]} if "error" in s else {}),
+        "kind": "run", "id": r.run_id, "time": _iso(r.created_ms), "time_ms": r.created_ms,
+        "status": r.status, "examples": dict(r.examples), "accuracy": r.accuracy,
+        "baseline_accuracy": r.baseline_accuracy, "blessed": r.blessed,
+        "pushed_version": r.pushed_version, "model_id": r.model_id,
+        "blessing_id": r.blessing_id, "revoked": r.blessing_revoked, "baseline": False,
+        **({"error": error} if error else {}),
     }
 
 
@@ -172,7 +147,7 @@ def _operation_rows(store, pipeline_ctx) -> List[Dict[str, Any]]:
     for ex in store.get_executions_by_type(OPERATION_EXECUTION_TYPE):
         if ex.id not in in_pipeline:
             continue
-        outputs = run_summary._outputs(store, ex.id)
+        outputs = mlmd_store.output_artifacts(store, ex.id)
         blessing = (outputs.get("blessing") or [None])[0]
         rows.append({
             "kind": _prop(ex, "action", "bless"), "id": ex.name or str(ex.id),
@@ -197,7 +172,7 @@ def list_runs(config: PipelineConfig, limit: Optional[int] = None) -> List[Dict[
     pipeline_ctx = _pipeline_context(store, config.pipeline_name)
     if pipeline_ctx is None:
         return []
-    runs = run_summary.run_contexts(store, config.pipeline_name)
+    runs = mlmd_store.run_contexts(store, config.pipeline_name)
     if limit:
         runs = runs[:limit]
     rows = [_run_row(store, ctx, config) for ctx in runs] + _operation_rows(store, pipeline_ctx)
@@ -249,10 +224,9 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
 
 def _read_version_metrics(config: PipelineConfig, version: int) -> Tuple[str, Dict[str, Any]]:
     import tensorflow as tf  # gfile: serving dirs may be gs:// or s3:// URIs
-    from components.tflite_pusher import list_versions  # complete ones: _SUCCESS written
     vdir = os.path.join(config.serving_dir, str(int(version)))
-    path = os.path.join(vdir, _METRICS_FILE)
-    versions = list_versions(config.serving_dir)
+    path = os.path.join(vdir, contracts.METRICS_FILE)
+    versions = contracts.list_versions(config.serving_dir)
     if int(version) not in versions or not tf.io.gfile.exists(path):
         raise HistoryError(f"no pushed version {version} in {config.serving_dir} "
                            f"(pushed versions: {versions or 'none'})")
@@ -270,7 +244,7 @@ def _source_model(store, metrics: Dict[str, Any], vdir: str) -> metadata_store_p
         found = sorted((a for a in store.get_artifacts_by_uri(metrics["model_uri"])
                         if a.type_id == model_type_id), key=lambda a: a.id)
     if not found:
-        raise HistoryError(f"{vdir}/{_METRICS_FILE} names no Model artifact known to this "
+        raise HistoryError(f"{vdir}/{contracts.METRICS_FILE} names no Model artifact known to this "
                            f"workdir's MLMD store (model_id={metrics.get('model_id')})")
     return found[0]
 
@@ -339,7 +313,7 @@ def bless_version(config: PipelineConfig, version: int, reason: str = "",
     vdir, metrics = _read_version_metrics(config, version)
     store = open_store(config, write=True)
     source = _source_model(store, metrics, vdir)
-    serving_model = os.path.join(source.uri, "Format-Serving")
+    serving_model = os.path.join(source.uri, contracts.SERVING_MODEL_DIR)
     if not tf.io.gfile.isdir(serving_model):
         raise HistoryError(f"version {version}'s model files are gone ({serving_model}): "
                            "the Evaluator could not load it as a baseline")
@@ -357,7 +331,7 @@ def bless_version(config: PipelineConfig, version: int, reason: str = "",
 
     blessing_uri = os.path.join(config.pipeline_root, OPERATION_EXECUTION_TYPE, "blessing", name)
     tf.io.gfile.makedirs(blessing_uri)
-    with tf.io.gfile.GFile(os.path.join(blessing_uri, _BLESSED_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(blessing_uri, contracts.BLESSED_FILE), "w") as f:
         f.write("")
     blessing = _Artifact(type_id=_type_id(store, "ModelBlessing"), uri=blessing_uri, state=_Artifact.LIVE)
     blessing.custom_properties["blessed"].int_value = 1

@@ -12,7 +12,7 @@ from tfx import v1 as tfx  # noqa: E402
 
 from components import object_store  # noqa: E402
 from components.contracts import FEATURE_CACHE_RESOLVER  # noqa: E402
-from pipeline import preflight, report, run_summary  # noqa: E402
+from pipeline import preflight, report, run_record, run_summary  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
@@ -39,7 +39,7 @@ class _FirstRunCacheFilter(logging.Filter):
 
 def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     """Preflight, run the whole pipeline, return the run summary (see run_summary)
-    with the path of its HTML report (pipeline/report.py) under "report".
+    with the path of its HTML report (pipeline/report/) under "report".
 
     show_progress prints live component progress to stderr (pipeline.progress).
     """
@@ -56,6 +56,7 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
             tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
         absl_logger.removeFilter(quiet_first_run)
-    summary = run_summary.latest_run(config)
-    summary["report"] = report.build_report(config, summary)
+    record = run_record.latest(config)
+    summary = run_summary.summarize(record)
+    summary["report"] = report.build_report(config, record, latest=True)
     return summary

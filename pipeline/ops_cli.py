@@ -1,6 +1,7 @@
 """Operating commands for `retrain`: report, runs, bless.
 
   retrain report --workdir DIR [--run-id ID]         (re)build a run's HTML report
+                                                     (latest.html: the newest run's only)
   retrain runs   --workdir DIR [--limit N] [--json]   past runs, newest first
   retrain bless  --workdir DIR --version V [--reason TEXT]
   retrain bless  --workdir DIR --reset    [--reason TEXT]
@@ -70,23 +71,25 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline import history, report, run_summary
+    from pipeline import mlmd_store, report
+    from pipeline.run_record import RunRecord
     config = _config(args)
     try:
-        store = run_summary.open_store(config)
+        store = mlmd_store.open_store(config)
     except FileNotFoundError as e:
         return _fail(str(e))
-    runs = run_summary.run_contexts(store, config.pipeline_name)
-    if args.run_id:
-        runs = [c for c in runs if c.name == args.run_id]
-        if not runs:
-            return _fail(f"no run {args.run_id!r} in {config.workdir} (see `retrain runs`)")
+    runs = mlmd_store.run_contexts(store, config.pipeline_name)
     if not runs:
         return _fail(f"no runs in {config.workdir}")
-    names = history.run_label_names(store, runs[0])
-    config = PipelineConfig(**{**config.__dict__, "label_names": tuple(names)})
-    summary = run_summary.summarize_run(store, runs[0], config)
-    print(report.build_report(config, summary, measure_latency=not args.no_latency))
+    chosen = runs[0]
+    if args.run_id:
+        chosen = next((c for c in runs if c.name == args.run_id), None)
+        if chosen is None:
+            return _fail(f"no run {args.run_id!r} in {config.workdir} (see `retrain runs`)")
+    record = RunRecord.from_store(store, chosen, config)
+    # latest.html is the newest run's report: an older run's never replaces it.
+    print(report.build_report(config, record, measure_latency=not args.no_latency,
+                              latest=chosen.id == runs[0].id))
     return 0
 
 

@@ -68,7 +68,8 @@ def create_components(config: PipelineConfig) -> list:
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_config())
-    # TFX's Evaluator that reads a registry lookup's "nothing found" baseline as none.
+    # TFX's Evaluator that records its gate (gate.json) and reads a registry
+    # lookup's "nothing found" baseline as none.
     evaluator = previous_artifacts.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

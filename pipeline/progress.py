@@ -21,7 +21,7 @@ import time
 from typing import Dict, Optional, TextIO
 
 from components import progress_counts
-from pipeline import run_summary
+from pipeline import mlmd_store
 from pipeline.config import PipelineConfig
 
 _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CANCELED": "canceled",
@@ -73,8 +73,8 @@ class Progress:
         if not os.path.exists(self._config.metadata_path):
             return set()
         try:
-            store = run_summary.open_store(self._config)
-            return {c.name for c in run_summary.run_contexts(store, self._config.pipeline_name)}
+            store = mlmd_store.open_store(self._config)
+            return {c.name for c in mlmd_store.run_contexts(store, self._config.pipeline_name)}
         except Exception:
             return set()
 
@@ -88,12 +88,12 @@ class Progress:
     def _poll(self):
         if not os.path.exists(self._config.metadata_path):
             return
-        store = run_summary.open_store(self._config)
-        runs = [c for c in run_summary.run_contexts(store, self._config.pipeline_name)
+        store = mlmd_store.open_store(self._config)
+        runs = [c for c in mlmd_store.run_contexts(store, self._config.pipeline_name)
                 if c.name not in (self._known_runs or set())]
         if not runs:
             return
-        summary = run_summary.component_states(store, runs[0], self._config.pipeline_name)
+        summary = mlmd_store.component_states(store, runs[0], self._config.pipeline_name)
         counts = progress_counts.read(self._counts_dir)
         done = sum(1 for _, state, _ in summary if state in _DONE_STATES)
         for node, state, seconds in summary:

@@ -52,12 +52,13 @@ def _baseline(config):
 
 
 def _evaluator_blessing(config, run_id):
-    from pipeline import run_summary
-    store = run_summary.open_store(config)
+    from pipeline import mlmd_store
+    store = mlmd_store.open_store(config)
     ctx = store.get_context_by_type_and_name("pipeline_run", run_id)
     for ex in store.get_executions_by_context(ctx.id):
-        for b in run_summary._outputs(store, ex.id).get("blessing", []):
-            return {k: run_summary._prop(b, k) for k in ("blessed", "baseline_model", "baseline_model_id")}
+        for b in mlmd_store.output_artifacts(store, ex.id).get("blessing", []):
+            return {k: mlmd_store.custom_property(b, k)
+                    for k in ("blessed", "baseline_model", "baseline_model_id")}
     return None
 
 
@@ -144,12 +145,13 @@ def test_bless_makes_version_1_the_evaluators_baseline(hist):
 
 
 def test_bless_is_recorded_in_mlmd_with_lineage(hist):
-    from pipeline import history, run_summary
-    store = run_summary.open_store(hist["config"])
+    from pipeline import history, mlmd_store
+    prop = mlmd_store.custom_property
+    store = mlmd_store.open_store(hist["config"])
     [ex] = [e for e in store.get_executions_by_type(history.OPERATION_EXECUTION_TYPE)
-            if run_summary._prop(e, "action") == "bless"]
-    assert run_summary._prop(ex, "reason") == "version 2 was trained on shuffled labels"
-    assert run_summary._prop(ex, "version") == 1 and run_summary._prop(ex, "user")
+            if prop(e, "action") == "bless"]
+    assert prop(ex, "reason") == "version 2 was trained on shuffled labels"
+    assert prop(ex, "version") == 1 and prop(ex, "user")
     contexts = {store.get_context_types_by_id([c.type_id])[0].name: c.name
                 for c in store.get_contexts_by_execution(ex.id)}
     assert contexts["pipeline"] == hist["config"].pipeline_name
@@ -159,7 +161,7 @@ def test_bless_is_recorded_in_mlmd_with_lineage(hist):
     assert events["model"] == hist["bless"]["model_id"] and "blessing" in events
     assert "pushed_model" in events
     # Not a pipeline run: the run listing and "latest run" never pick it.
-    assert run_summary.run_contexts(store, hist["config"].pipeline_name)[0].name == hist["r4"]["run_id"]
+    assert mlmd_store.run_contexts(store, hist["config"].pipeline_name)[0].name == hist["r4"]["run_id"]
 
 
 def test_reset_leaves_no_baseline_for_the_next_run(hist):
@@ -169,11 +171,12 @@ def test_reset_leaves_no_baseline_for_the_next_run(hist):
     assert r4["baseline_accuracy"] is None and hist["r4_blessing"]["baseline_model"] is None
     assert not any("change vs baseline" in f for f in r4["evaluation_failures"])
     # History stays true: the revoked blessings still say blessed=1.
-    from pipeline import run_summary
-    store = run_summary.open_store(hist["config"])
+    from pipeline import mlmd_store
+    store = mlmd_store.open_store(hist["config"])
     revoked = store.get_artifacts_by_id(reset["revoked"])
-    assert all(run_summary._prop(a, "blessed") == 1 and a.state == a.ABANDONED for a in revoked)
-    assert all(run_summary._prop(a, "revoked_by") == reset["operation"] for a in revoked)
+    assert all(mlmd_store.custom_property(a, "blessed") == 1 and a.state == a.ABANDONED
+               for a in revoked)
+    assert all(mlmd_store.custom_property(a, "revoked_by") == reset["operation"] for a in revoked)
 
 
 def test_bad_requests_exit_2_with_a_message(hist, tmp_path):

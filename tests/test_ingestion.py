@@ -18,7 +18,7 @@ from PIL import Image
 from components import image_io
 from components.image_example_gen import read_report
 from components.label_guard import check
-from pipeline import cli, run_summary
+from pipeline import cli, run_record
 from pipeline.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
@@ -138,9 +138,7 @@ def _run_cli(capsys, images, workdir, *extra):
 
 
 def _transform_ran_in_latest_run(config):
-    store = run_summary.open_store(config)
-    latest = run_summary.run_contexts(store, config.pipeline_name)[0]
-    return "Transform" in run_summary.summarize_run(store, latest, config)["states"]
+    return "Transform" in run_record.latest(config).states
 
 
 def test_new_class_stops_next_run_naming_it(messy, capsys, tmp_path):

@@ -24,13 +24,21 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--window-size=1200,3000"]
 
 
+def _record(config, run_id):
+    from pipeline import mlmd_store
+    from pipeline.run_record import RunRecord
+    store = mlmd_store.open_store(config)
+    return RunRecord.from_store(store, store.get_context_by_type_and_name("pipeline_run", run_id),
+                                config)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, emoji_root, imagenet_weights):
     from pipeline import report
     s = scenario(tmp_path_factory, emoji_root)
-    config = dataclasses.replace(s["config"], label_names=tuple(CLASSES))
     # R2: the bad push. Baseline version 1, pushed version 2, per-class changes.
-    path = report.build_report(config, s["r2"])
+    # Not the newest run (R4 is): latest.html stays R4's.
+    path = report.build_report(s["config"], _record(s["config"], s["r2"]["run_id"]), latest=False)
     return s, path
 
 
@@ -45,7 +53,8 @@ def test_report_contains_every_section(built):
     r2 = s["r2"]
     assert path == os.path.join(s["workdir"], "reports", report.report_name(r2["run_id"]))
     page = _html(path)
-    assert page == _html(os.path.join(s["workdir"], "reports", "latest.html"))
+    latest = _html(os.path.join(s["workdir"], "reports", report.LATEST))
+    assert s["r4"]["run_id"] in latest and r2["run_id"] not in latest  # the newest run's report
     for key in report.SECTIONS:
         assert f'<section id="{key}">' in page, key
     assert 'class="error"' not in page  # every section and plot was built
@@ -58,8 +67,11 @@ def test_report_contains_every_section(built):
     assert '<img id="training-curves" src="data:image/png;base64,' in page
     assert '<img id="confusion-matrix" src="data:image/png;base64,' in page
     assert "precision</th><th>baseline</th><th>change" in page
-    # the verdict with its thresholds and the baseline (version 1's model)
+    # the verdict with its thresholds (as the Evaluator recorded them) and the
+    # baseline (version 1's model)
     assert "min_accuracy" in page and "max_accuracy_drop" in page
+    assert "Thresholds from the Evaluator&#x27;s record (gate.json)" in page
+    assert "&minus; 1.0000 (change" in page  # R2's gate: max drop 1.0, against the baseline
     v1 = json.loads((s["workdir"] / "serving" / "1" / "metrics.json").read_text())
     assert v1["model_uri"] in page and "served as version 1" in page
     # the pushed TFLite file with size and latency; the backbone
@@ -72,10 +84,44 @@ def test_report_contains_every_section(built):
 def test_report_of_a_run_without_baseline(built):
     from pipeline import report
     s, _ = built
-    config = dataclasses.replace(s["config"], label_names=tuple(CLASSES))
-    page = _html(report.build_report(config, s["r1"], measure_latency=False))
+    record = _record(s["config"], s["r1"]["run_id"])
+    page = _html(report.build_report(s["config"], record, latest=False, measure_latency=False))
     assert "no baseline: not applied" in page and "Blessed and shipped as version 1" in page
     assert 'class="error"' not in page
+
+
+def test_the_evaluator_records_its_gate(built):
+    from components import contracts
+    s, _ = built
+    gates = {}
+    for run in ("r1", "r2", "r4"):
+        record = _record(s["config"], s[run]["run_id"])
+        with open(os.path.join(record.uris.evaluation, contracts.GATE_FILE)) as f:
+            gates[run] = json.load(f)
+    assert gates["r2"] == {"min_accuracy": 0.0, "max_accuracy_drop": 1.0, "baseline_compared": True}
+    assert gates["r1"] == {"min_accuracy": 0.0, "max_accuracy_drop": 1.0, "baseline_compared": False}
+    assert gates["r4"] == {"min_accuracy": 1.0, "max_accuracy_drop": 0.01, "baseline_compared": False}
+
+
+def test_report_of_a_run_from_before_gate_json(built, tmp_path):
+    """Older code wrote no gate.json: the thresholds come from the eval config
+    (without a baseline TFX left the change threshold out) and the Pusher's gate."""
+    from components import contracts
+    from pipeline import report
+    s, _ = built
+    gate_file = os.path.join(_record(s["config"], s["r4"]["run_id"]).uris.evaluation,
+                             contracts.GATE_FILE)
+    shutil.move(gate_file, tmp_path / "gate.json")
+    try:
+        record = _record(s["config"], s["r4"]["run_id"])
+    finally:
+        shutil.move(tmp_path / "gate.json", gate_file)
+    assert (record.gate.min_accuracy, record.gate.max_accuracy_drop) == (1.0, 0.01)
+    assert record.gate.source == ("the Evaluator's eval config "
+                                  "(max_accuracy_drop: the Pusher's gate setting)")
+    config = dataclasses.replace(s["config"], workdir=str(tmp_path))
+    page = _html(report.build_report(config, record, latest=False, measure_latency=False))
+    assert "&ge; 1.0000" in page and "no baseline: not applied (max drop 0.0100)" in page
 
 
 def _free_port():
@@ -150,13 +196,8 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 
 
 def test_trainer_writes_tensorboard_logs(built):
-    from pipeline import run_summary
     s, _ = built
-    store = run_summary.open_store(s["config"])
-    ctx = store.get_context_by_type_and_name("pipeline_run", s["r1"]["run_id"])
-    [model_run] = [a for ex in store.get_executions_by_context(ctx.id)
-                   for a in run_summary._outputs(store, ex.id).get("model_run", [])]
-    training = os.path.join(model_run.uri, "training")
+    training = os.path.join(_record(s["config"], s["r1"]["run_id"]).uris.model_run, "training")
     events = [os.path.join(root, f) for root, _, files in os.walk(training)
               for f in files if "tfevents" in f]
     assert {os.path.basename(os.path.dirname(e)) for e in events} >= {"train", "validation"}
@@ -174,16 +215,27 @@ def test_report_command_rebuilds_the_latest_run(built):
     assert path == os.path.join(s["workdir"], "reports", report.report_name(s["r4"]["run_id"]))
     page = _html(path)
     assert "Not blessed" in page and 'id="confusion-matrix"' in page
+    latest = os.path.join(s["workdir"], "reports", report.LATEST)
+    assert _html(latest) == page
+    # An older run's report leaves latest.html alone.
+    code, out, err = ops("report", "--workdir", s["workdir"], "--no-latency",
+                         "--run-id", s["r1"]["run_id"])
+    assert code == 0, err[-3000:]
+    assert "Blessed and shipped as version 1" in _html(out.strip().splitlines()[-1])
+    assert _html(latest) == page
 
 
 def test_build_report_never_fails_the_run(tmp_path):
     from pipeline import report
     from pipeline.config import PipelineConfig
+    from pipeline.run_record import ArtifactUris, RunRecord
     config = PipelineConfig(images=str(tmp_path), workdir=str(tmp_path / "work"),
                             pipeline_root_uri=str(tmp_path / "remote_root"))
-    path = report.build_report(config, {"run_id": "2024-01-01T00:00:00.1", "blessed": False})
+    record = RunRecord(run_id="2024-01-01T00:00:00.1", statistics_splits=("train",),
+                       uris=ArtifactUris(statistics=str(tmp_path / "gone")))
+    path = report.build_report(config, record, latest=True)
     assert os.path.basename(path) == "2024-01-01T00_00_00.1.html"
     page = _html(path)
-    assert "MLMD could not be read" in page and "Not blessed" in page
+    assert "This section could not be built" in page and "Not blessed" in page
     # a remote pipeline root (Kubeflow) gets a copy beside the pipeline's artifacts
     assert _html(tmp_path / "remote_root" / "reports" / os.path.basename(path)) == page

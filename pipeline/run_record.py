@@ -1,0 +1,353 @@
+"""RunRecord: what one pipeline run did, read once from MLMD.
+
+``RunRecord.from_store(store, run_ctx, config)`` walks the run's executions and
+their output artifacts once, then reads the few files those artifacts point at
+that every consumer needs (the ingestion report, the Evaluator's metrics and its
+gate.json). Everything else derives from the record: the ``retrain run --json``
+summary (pipeline/run_summary.py), the ``retrain runs`` rows
+(pipeline/history.py) and the HTML report (pipeline/report/). Records can be
+built by hand (tests); every field has a neutral default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from components import contracts
+from pipeline import mlmd_store
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    node: str
+    state: str  # MLMD execution state name; "EMPTY" for a resolver that found nothing
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    label: Optional[str]
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassMetrics:
+    precision: Optional[float] = None
+    recall: Optional[float] = None
+    baseline_precision: Optional[float] = None
+    baseline_recall: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The Evaluator's overall-slice results (components.evaluation.summarize)."""
+    accuracy: Optional[float] = None
+    baseline_accuracy: Optional[float] = None
+    example_count: Optional[int] = None
+    per_class: Dict[str, ClassMetrics] = dataclasses.field(default_factory=dict)
+    confusion_matrix: Optional[List[List[int]]] = None  # rows actual, columns predicted
+    validation_ok: bool = False
+    failures: Tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The thresholds that decided the blessing, and where they were read."""
+    min_accuracy: Optional[float]
+    max_accuracy_drop: Optional[float]
+    baseline_compared: Optional[bool]  # None: not recorded (runs before gate.json)
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The model the Evaluator compared with (from its ModelBlessing)."""
+    model_id: Optional[int]
+    uri: Optional[str]
+    blessed_from_version: Optional[int] = None  # made the baseline by `retrain bless`
+    manual_operation: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Push:
+    """The TFLitePusher's PushedModel."""
+    pushed: bool = False
+    version: Optional[int] = None
+    destination: Optional[str] = None
+    variants: Tuple[str, ...] = ()
+    not_pushed: Dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
+    reason: Optional[str] = None  # why nothing was pushed
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactUris:
+    """Where the run's outputs are (None: not produced)."""
+    examples: Optional[str] = None
+    statistics: Optional[str] = None
+    label_check: Optional[str] = None
+    model: Optional[str] = None  # the Trainer's Model
+    model_run: Optional[str] = None
+    evaluation: Optional[str] = None
+    blessing: Optional[str] = None
+    tflite_models: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    created_ms: Optional[int] = None
+    pipeline_name: str = ""
+    steps: Tuple[Step, ...] = ()  # in start order
+    label_names: Tuple[str, ...] = ()
+    examples: Dict[str, int] = dataclasses.field(default_factory=dict)  # split -> images
+    skipped_files: Optional[int] = None  # None: no ingestion recorded
+    ingestion_report: Optional[str] = None
+    skipped: Tuple[SkippedFile, ...] = ()  # every skipped file
+    statistics_splits: Tuple[str, ...] = ()
+    evaluation: Optional[Evaluation] = None
+    blessed: bool = False
+    gate: Optional[Gate] = None
+    baseline: Optional[Baseline] = None  # None: nothing to compare with
+    push: Optional[Push] = None  # None: the Pusher did not run
+    uris: ArtifactUris = ArtifactUris()
+    model_id: Optional[int] = None
+    blessing_id: Optional[int] = None
+    blessing_revoked: bool = False  # blessed, then revoked by `retrain bless --reset`
+    trainer_settings: Dict[str, Any] = dataclasses.field(default_factory=dict)  # its custom_config
+
+    @property
+    def states(self) -> Dict[str, str]:
+        return {s.node: s.state for s in self.steps}
+
+    @property
+    def seconds(self) -> Dict[str, float]:
+        return {s.node: s.seconds for s in self.steps}
+
+    @property
+    def status(self) -> str:
+        states = set(self.states.values())
+        return ("failed" if "FAILED" in states else
+                "running" if states & {"NEW", "RUNNING"} else "complete")
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.evaluation.accuracy if self.evaluation else None
+
+    @property
+    def baseline_accuracy(self) -> Optional[float]:
+        return self.evaluation.baseline_accuracy if self.evaluation else None
+
+    @property
+    def pushed_version(self) -> Optional[int]:
+        return self.push.version if self.push and self.push.pushed else None
+
+    @classmethod
+    def from_store(cls, store, run_ctx, config: PipelineConfig,
+                   read_files: bool = True) -> "RunRecord":
+        """The record of run `run_ctx` (a ``pipeline_run`` context of `store`).
+
+        `config` gives the pipeline name, and the fallbacks for what older runs
+        did not record: the label names (when the Examples lack them) and the
+        thresholds (when neither gate.json nor the Pusher's ``gate`` has them).
+        Raises when a file the record needs (ingestion report, evaluation, eval
+        config) is unreadable; ``read_files=False`` reads MLMD alone (no skipped
+        files, evaluation or gate).
+        """
+        return _Reader(store, run_ctx, config).record(read_files)
+
+
+def latest(config: PipelineConfig) -> Optional[RunRecord]:
+    """The record of this workdir's newest run, or None without runs."""
+    store = mlmd_store.open_store(config)
+    runs = mlmd_store.run_contexts(store, config.pipeline_name)
+    return RunRecord.from_store(store, runs[0], config) if runs else None
+
+
+# ------------------------------------------------------------------ the reader
+
+class _Reader:
+    """One pass over a run's executions: node -> output key -> artifacts."""
+
+    def __init__(self, store, run_ctx, config: PipelineConfig):
+        self.store, self.run_ctx, self.config = store, run_ctx, config
+        self.steps: List[Step] = []
+        self.outputs: List[Tuple[str, Dict[str, list]]] = []  # (node, outputs), start order
+        self.executions: Dict[str, Any] = {}
+        for ex in mlmd_store.run_executions(store, run_ctx):
+            node = mlmd_store.node_id(store, ex, config.pipeline_name)
+            self.steps.append(Step(node, *mlmd_store.state_and_seconds(node, ex)))
+            self.executions[node] = ex
+            self.outputs.append((node, mlmd_store.output_artifacts(store, ex.id)))
+
+    def artifact(self, key: str, node: Optional[str] = None, last: bool = False):
+        found = [a for n, outs in self.outputs if node in (None, n) for a in outs.get(key, [])]
+        return (found[-1] if last else found[0]) if found else None
+
+    def exec_property(self, node: str, name: str) -> Optional[Any]:
+        ex = self.executions.get(node)
+        return mlmd_store.custom_property(ex, name) if ex is not None else None
+
+    def record(self, read_files: bool) -> RunRecord:
+        prop = mlmd_store.custom_property
+        examples = next((a for _, outs in self.outputs for a in outs.get("examples", [])
+                         if prop(a, "skipped_files") is not None), None)
+        label_names = self._label_names(examples)
+        blessing = self.artifact("blessing", last=True)
+        # The Trainer's model (registry lookups output a "model" too: the baseline's copy).
+        model = self.artifact("model", "Trainer") or self.artifact("model", last=True)
+        evaluation = self.artifact("evaluation")
+        stats = self.artifact("statistics")
+        uris = ArtifactUris(**{
+            field: (a.uri if a is not None else None) for field, a in (
+                ("examples", examples), ("statistics", stats),
+                ("label_check", self.artifact("label_check")), ("model", model),
+                ("model_run", self.artifact("model_run")), ("evaluation", evaluation),
+                ("blessing", blessing), ("tflite_models", self.artifact("tflite_models")))})
+        return RunRecord(
+            run_id=self.run_ctx.name, created_ms=self.run_ctx.create_time_since_epoch,
+            pipeline_name=self.config.pipeline_name, steps=tuple(self.steps),
+            label_names=tuple(label_names), **self._ingestion(examples, read_files),
+            statistics_splits=tuple(_json(mlmd_store.property_value(stats, "split_names"), list,
+                                          ["train", "eval"])) if stats is not None else (),
+            evaluation=(_evaluation(evaluation.uri, label_names)
+                        if evaluation is not None and read_files else None),
+            blessed=bool(prop(blessing, "blessed", 0)) if blessing is not None else False,
+            gate=(read_gate(uris.evaluation, self.exec_property("TFLitePusher", "gate"), self.config)
+                  if read_files else None),
+            baseline=self._baseline(blessing), push=_push(self.artifact("pushed_model", last=True)),
+            uris=uris, model_id=model.id if model is not None else None,
+            blessing_id=blessing.id if blessing is not None else None,
+            blessing_revoked=(blessing is not None and bool(prop(blessing, "blessed"))
+                              and blessing.state != blessing.LIVE),
+            trainer_settings=_json(self.exec_property("Trainer", "custom_config"), dict, {}))
+
+    def _label_names(self, examples) -> List[str]:
+        names = _json(mlmd_store.custom_property(examples, "label_names")
+                      if examples is not None else None, list, [])
+        return [str(n) for n in names] or list(self.config.label_names)
+
+    @staticmethod
+    def _ingestion(examples, read_files: bool) -> Dict[str, Any]:
+        if examples is None:
+            return {}
+        from components.image_example_gen import COUNTS_PREFIX, read_report
+        prop = mlmd_store.custom_property
+        counts = {split: int(prop(examples, f"{COUNTS_PREFIX}_{split}"))
+                  for split in ("train", "eval")
+                  if prop(examples, f"{COUNTS_PREFIX}_{split}") is not None}
+        skipped = tuple(SkippedFile(str(r.get("path")), r.get("label"), str(r.get("reason") or ""))
+                        for r in read_report(examples.uri) if r.get("status") == "skipped"
+                        ) if read_files else ()
+        return {"examples": counts, "skipped_files": int(prop(examples, "skipped_files")),
+                "ingestion_report": os.path.join(examples.uri, contracts.INGESTION_REPORT_FILE),
+                "skipped": skipped}
+
+    def _baseline(self, blessing) -> Optional[Baseline]:
+        if blessing is None:
+            return None
+        prop = mlmd_store.custom_property
+        model_id, uri = prop(blessing, "baseline_model_id"), prop(blessing, "baseline_model")
+        if model_id is None and not uri:
+            return None
+        found = self.store.get_artifacts_by_id([int(model_id)]) if model_id is not None else []
+        version = prop(found[0], "blessed_from_version") if found else None
+        return Baseline(model_id=model_id, uri=uri or None, blessed_from_version=version,
+                        manual_operation=prop(found[0], "manual_operation") if version is not None else None)
+
+
+def _json(text: Optional[str], kind: type, default):
+    """A JSON property of type `kind`, or `default` when absent or malformed."""
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return default
+    return value if isinstance(value, kind) else default
+
+
+def _evaluation(uri: str, label_names: List[str]) -> Optional[Evaluation]:
+    import tensorflow as tf  # local, gs:// or s3://
+    if not label_names or not tf.io.gfile.isdir(uri):
+        return None
+    from components import evaluation
+    r = evaluation.summarize(uri, label_names)
+    return Evaluation(
+        accuracy=r["accuracy"], baseline_accuracy=r["baseline_accuracy"],
+        example_count=r["example_count"],
+        per_class={name: ClassMetrics(**m) for name, m in r["per_class"].items()},
+        confusion_matrix=r["confusion_matrix"], validation_ok=r["validation_ok"],
+        failures=tuple(r["failures"]))
+
+
+def _push(pushed) -> Optional[Push]:
+    if pushed is None:
+        return None
+    prop = mlmd_store.custom_property
+    done = bool(prop(pushed, "pushed", 0))
+    return Push(pushed=done, version=int(prop(pushed, "pushed_version")) if done else None,
+                destination=prop(pushed, "pushed_destination") if done else None,
+                variants=tuple(str(v) for v in _json(prop(pushed, "pushed_variants"), list, [])),
+                not_pushed={str(k): str(v) for k, v in
+                            _json(prop(pushed, "not_pushed_variants"), dict, {}).items()},
+                reason=prop(pushed, "not_pushed_reason"))
+
+
+# ------------------------------------------------------------------- the gate
+
+def read_gate(evaluation_uri: Optional[str], pusher_gate: Optional[str],
+              config: PipelineConfig) -> Gate:
+    """The thresholds the Evaluator applied: its gate.json; for runs made before
+    it recorded one, its eval config (the change threshold is missing there when
+    there was no baseline), then the Pusher's ``gate`` setting, then `config`."""
+    recorded = _read_gate_file(evaluation_uri) if evaluation_uri else None
+    if recorded is not None:
+        return recorded
+    found: Dict[str, float] = {}
+    if evaluation_uri:
+        try:
+            from tensorflow_model_analysis.writers import eval_config_writer
+
+            from components import evaluation
+            found = evaluation.gate_thresholds(eval_config_writer.load_eval_run(evaluation_uri)[0])
+        except Exception as e:  # noqa: BLE001 - a missing config falls back like an old one
+            log.warning("eval config of %s unreadable: %s", evaluation_uri, e)
+        if "min_accuracy" in found and "max_accuracy_drop" in found:
+            return Gate(found["min_accuracy"], found["max_accuracy_drop"], None,
+                        "the Evaluator's eval config")
+    setting = _json(pusher_gate, dict, {})
+    source = "the Pusher's gate setting" if setting else "the run settings"
+    values = {"min_accuracy": setting.get("min_accuracy", config.min_accuracy),
+              "max_accuracy_drop": setting.get("max_accuracy_drop", config.max_accuracy_drop)}
+    if found:
+        values.update(found)
+        source = f"the Evaluator's eval config (max_accuracy_drop: {source})"
+    return Gate(values["min_accuracy"], values["max_accuracy_drop"], None, source)
+
+
+def _read_gate_file(evaluation_uri: str) -> Optional[Gate]:
+    import tensorflow as tf
+    path = os.path.join(evaluation_uri, contracts.GATE_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            data = json.load(f)
+        numbers = [data[k] for k in ("min_accuracy", "max_accuracy_drop")]
+        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+            raise ValueError("thresholds are not numbers")
+        compared = data.get("baseline_compared")
+        return Gate(float(numbers[0]), float(numbers[1]),
+                    compared if isinstance(compared, bool) else None,
+                    f"the Evaluator's record ({contracts.GATE_FILE})")
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("%s is unreadable (%s): thresholds from the eval config instead", path, e)
+        return None
