@@ -199,7 +199,7 @@ def test_a_section_whose_data_is_unreadable_shows_its_error(tmp_path):
     assert html.count('class="error"') == 1 and "Not blessed: nothing shipped" in html
 
 
-def test_tflite_latency_is_measured_only_when_not_recorded(tmp_path):
+def test_tflite_files_read_parity_and_measure_latency_when_asked(tmp_path):
     import tensorflow as tf
 
     class Double(tf.Module):
@@ -213,14 +213,16 @@ def test_tflite_latency_is_measured_only_when_not_recorded(tmp_path):
     folder = tmp_path / "serving" / "1"
     folder.mkdir(parents=True)
     (folder / "a.tflite").write_bytes(converter.convert())
-    (folder / "b.tflite").write_bytes((folder / "a.tflite").read_bytes())
-    (folder / "parity.json").write_text(json.dumps({"variants": {
-        "float32": {"file": "b.tflite", "agreement": 1.0, "bound": 0.99, "latency_ms": 0.5}}}))
+    (folder / "model.tflite").write_bytes((folder / "a.tflite").read_bytes())
+    from components.tflite.parity import Agreement, ParityReport, VariantParity
+    ParityReport(variants=(VariantParity.judged("float32", 0.99, None, Agreement(10, 1.0, 0.8, 10, 0.0, 0.0)),),
+                 passed=("float32",), backbone="mobilenet_v1", label_names=("a", "b"),
+                 calibration_examples=0, eval_examples=10, reference_accuracy=0.8).write(str(folder))
     found = sources.tflite_files([("gone", str(tmp_path / "nowhere")), ("v1", str(folder))])
     a, b = found.files
     assert found.origin == "v1" and a.parity is None and b.parity.variant == "float32"
+    assert (b.parity.agreement, b.parity.bound, b.parity.passed, b.parity.accuracy) == (1.0, 0.99, True, 0.8)
     assert a.latency_source.startswith("measured here") and a.latency_ms > 0
-    assert (b.latency_ms, b.latency_source) == (0.5, "recorded")
     unmeasured = sources.tflite_files([("v1", str(folder))], measure=False).files[0]
     assert (unmeasured.latency_ms, unmeasured.latency_source) == (None, "not measured")
 
