@@ -12,7 +12,7 @@ MAX_LISTED_SKIPS = 100  # the full list is in the ingestion report
 
 
 def summarize(record: RunRecord) -> Dict[str, Any]:
-    """The summary of a run (keys documented in README.md, `--json`)."""
+    """The summary of a run (keys documented in docs/operations.md, "The JSON run summary")."""
     push = record.push or run_record.Push()
     ev = record.evaluation
     has_baseline = ev is not None and ev.baseline_accuracy is not None
