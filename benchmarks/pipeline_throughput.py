@@ -15,27 +15,24 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import hashlib
+import io
+import json
 import os
+import pathlib
+import platform
+import shutil
+import tempfile
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+from PIL import Image, ImageChops, ImageOps
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-from PIL import Image, ImageChops, ImageOps  # noqa: E402
-
-from components import backbones, preprocessing  # noqa: E402
-from pipeline import datasets, local_runner  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from components import backbones, preprocessing
+from pipeline import datasets, local_runner
+from pipeline.config import PipelineConfig
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "pipeline_throughput.json"
 

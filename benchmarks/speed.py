@@ -25,28 +25,25 @@ child started beside a 3.5 GB parent ran its feature step 0.5 s slower).
 
 from __future__ import annotations
 
+import argparse
+import glob
+import json
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from benchmarks.pipeline_throughput import build_dataset, machine_facts, raw_inference  # noqa: E402
-from components import backbones, preprocessing  # noqa: E402
-from pipeline import datasets, local_runner  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from benchmarks.pipeline_throughput import build_dataset, machine_facts, raw_inference
+from components import backbones, contracts, preprocessing
+from pipeline import datasets, local_runner
+from pipeline.config import PipelineConfig
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "speed.json"
 
@@ -75,7 +72,7 @@ def _pipeline(images: str, workdir: str, overrides: dict) -> dict:
     summary = local_runner.run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     history = sorted(glob.glob(os.path.join(cfg.pipeline_root, "Trainer", "model_run", "*",
-                                            "training", "history.json")),
+                                            contracts.TRAINING_DIR, contracts.TRAINING_HISTORY_FILE)),
                      key=os.path.getmtime)[-1]
     summary["epochs"] = len(json.load(open(history))["loss"])
     return summary

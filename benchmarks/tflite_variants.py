@@ -26,18 +26,16 @@ For each backbone:
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import os
+import pathlib
+import platform
+import statistics
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -46,6 +44,7 @@ from components import backbones, preprocessing, trainer  # noqa: E402
 from components.tflite import convert, metadata, variants as tflite_variants  # noqa: E402
 from components.tflite.runtime import Classifier  # noqa: E402
 from pipeline import datasets  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "tflite_variants.json"
 RANDOM_CALIBRATION = 32  # random weights: calibration only shapes the ranges, not reported accuracy
@@ -98,7 +97,10 @@ def bench_backbone(name: str, variants, data, args) -> list:
         extractor = backbones.build_feature_extractor(name, weights)
         f_train = np.concatenate([extractor(x_train[i:i + 64]).numpy() for i in range(0, len(x_train), 64)])
         f_eval = np.concatenate([extractor(x_eval[i:i + 64]).numpy() for i in range(0, len(x_eval), 64)])
-        head, _ = trainer.train_head(f_train, y_train, f_eval, y_eval, len(classes), {"epochs": 100})
+        head, _ = trainer.train_head(
+            f_train, y_train, f_eval, y_eval, len(classes),
+            PipelineConfig(images="", workdir="", backbone=name, weights=weights,
+                           label_names=tuple(classes)).trainer_settings())  # the run defaults
         # Spread over all classes, as TFLiteExport does (components.tflite.convert.calibration_images).
         n = min(args.calibration, len(x_train))
         calibration = x_train[np.linspace(0, len(x_train) - 1, n).round().astype(int)]

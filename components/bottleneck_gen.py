@@ -39,23 +39,17 @@ import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import (backbones, feature_records, image_example_gen, preprocessing,
+from components import (backbones, contracts, feature_records, image_example_gen, preprocessing,
                         previous_artifacts, progress_counts)
+from components.previous_artifacts import FeatureCache
 
 CACHE_FILE_PREFIX = "features"
 CACHE_FILE_SUFFIX = ".tfrecord"
 # Bump when the cache record layout changes: older caches then miss, never misparse.
 CACHE_FORMAT_VERSION = 2
 PROGRESS_STAGE = "BottleneckGen"
-
-
-# A standard type on purpose: TFX's Kubeflow V2 compiler can only express a
-# resolver query over the types it knows by name; over a custom type it would
-# silently select nothing there while the local runner finds the cache.
-FeatureCache = simple_artifacts.Dataset
 
 
 class BottleneckGenSpec(ComponentSpec):
@@ -170,8 +164,9 @@ class _ComputeFeatures(beam.DoFn):
 def _wanted(serialized: bytes, split: str, views: int, namespace: str) -> Iterable[Tuple[bytes, Dict]]:
     """An ImageExampleGen record -> (cache key, record) for the image and each augmented view."""
     f = tf.train.Example.FromString(serialized).features.feature
-    record = {"image": f["image"].bytes_list.value[0], "label": f["label"].int64_list.value[0],
-              "sha": f["content_sha256"].bytes_list.value[0].decode(), "split": split}
+    record = {"image": f[contracts.IMAGE_KEY].bytes_list.value[0],
+              "label": f[contracts.LABEL_KEY].int64_list.value[0],
+              "sha": f[contracts.CONTENT_SHA256_KEY].bytes_list.value[0].decode(), "split": split}
     for view in range(views + 1):
         yield entry_key(namespace, record["sha"], view), dict(record, view=view)
 
@@ -389,7 +384,7 @@ class BottleneckGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, previous_cache: Optional[types.BaseChannel],
-                 backbone: str, weights: str, batch_size: int = 64, augment_views: int = 0):
+                 backbone: str, weights: str, batch_size: int, augment_views: int):
         super().__init__(spec=BottleneckGenSpec(
             examples=examples, previous_cache=previous_cache, backbone=backbone,
             weights=weights, batch_size=int(batch_size), augment_views=int(augment_views),

@@ -31,6 +31,9 @@ SERVING_MODEL_DIR = "Format-Serving"   # TFX's SavedModel folder in a Model arti
 LABELS_FILE = "labels.txt"             # label vocabulary, one per line, index = line
 LABEL_SPACE_FILE = "label_space.json"  # a Model's classes and class shares (LabelGuard)
 INGESTION_REPORT_FILE = "ingestion_report.jsonl"  # every file, used or skipped, and why
+# ImageExampleGen's examples per split: file <prefix>_<split>.txt beside the
+# splits and the Examples artifact's custom property <prefix>_<split>.
+SPLIT_COUNT_PREFIX = "split_count"
 PARITY_FILE = "parity.json"            # TFLite variants' agreement with the SavedModel
 METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
 COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version

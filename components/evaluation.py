@@ -35,7 +35,7 @@ def make_eval_config(label_names: Sequence[str], min_accuracy: float,
                      max_accuracy_drop: float) -> tfma.EvalConfig:
     def spec(name: str, is_baseline: bool) -> tfma.ModelSpec:
         return tfma.ModelSpec(name=name, is_baseline=is_baseline,
-                              signature_name="serving_default", label_key="label",
+                              signature_name="serving_default", label_key=contracts.LABEL_KEY,
                               prediction_key="probabilities")
 
     threshold = tfma.MetricThreshold(

@@ -38,12 +38,11 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
-from components import image_io, progress_counts
+from components import contracts, image_io, progress_counts
+from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
+from components.settings import IngestSettings
 
 INGEST_CONFIG_KEY = "ingest_config"
-LABELS_FILE = "labels.txt"
-REPORT_FILE = "ingestion_report.jsonl"
-COUNTS_PREFIX = "split_count"
 PROGRESS_STAGE = "ImageExampleGen"  # the live bar's name for this step (components.progress_counts)
 _URI_KEY = "_examples_uri"
 
@@ -51,8 +50,7 @@ _URI_KEY = "_examples_uri"
 class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
-        # JSON: label_names, max_pixels, extensions, exclude_label_conflicts.
-        INGEST_CONFIG_KEY: ExecutionParameter(type=str),
+        INGEST_CONFIG_KEY: ExecutionParameter(type=str),  # IngestSettings.to_json()
     }
 
 
@@ -64,20 +62,20 @@ def split_config(eval_percent: int) -> example_gen_pb2.Output:
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
             example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent),
         ],
-        partition_feature_name="content_sha256"))
+        partition_feature_name=contracts.CONTENT_SHA256_KEY))
 
 
 def _example(record: Dict[str, Any]) -> tf.train.Example:
     def b(v): return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
     def i(v): return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
     return tf.train.Example(features=tf.train.Features(feature={
-        "image": b(record["image"]),
-        "label": i(record["label"]),
-        "label_name": b(record["label_name"].encode()),
-        "relative_path": b(record["relpath"].encode()),
-        "height": i(record["height"]),
-        "width": i(record["width"]),
-        "content_sha256": b(record["sha256"].encode()),
+        contracts.IMAGE_KEY: b(record["image"]),
+        contracts.LABEL_KEY: i(record["label"]),
+        contracts.LABEL_NAME_KEY: b(record["label_name"].encode()),
+        contracts.RELATIVE_PATH_KEY: b(record["relpath"].encode()),
+        contracts.HEIGHT_KEY: i(record["height"]),
+        contracts.WIDTH_KEY: i(record["width"]),
+        contracts.CONTENT_SHA256_KEY: b(record["sha256"].encode()),
     }))
 
 
@@ -161,12 +159,11 @@ def _resolve_duplicates(item, exclude_conflicts: bool):
 def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                      split_pattern: str) -> beam.pvalue.PCollection:
     del split_pattern  # we walk the tree ourselves: gfile.glob has no '**'
-    cfg = json.loads(exec_properties[INGEST_CONFIG_KEY])
-    label_names: List[str] = cfg["label_names"]
-    label_index = {name: i for i, name in enumerate(label_names)}
+    settings = IngestSettings.from_json(exec_properties[INGEST_CONFIG_KEY])
+    label_index = {name: i for i, name in enumerate(settings.label_names)}
 
     candidates, listing_skips = [], []
-    for item in image_io.find_images(cfg["source"], cfg.get("extensions") or image_io.DEFAULT_EXTENSIONS):
+    for item in image_io.find_images(settings.source, settings.extensions):
         if isinstance(item, image_io.Skipped):
             listing_skips.append(_row(item.relpath, item.label, item.reason))
         elif item.label not in label_index:
@@ -179,19 +176,19 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     decoded = (pipeline
                | "ListImages" >> beam.Create(candidates)
                | "Spread" >> beam.Reshuffle()
-               | "Decode" >> beam.ParDo(_DecodeFn(label_index, int(cfg["max_pixels"])))
+               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings.max_pixels))
                .with_outputs("report", main="ok"))
     resolved = (decoded.ok
                 | "GroupByContent" >> beam.GroupByKey()
                 | "ResolveDuplicates" >> beam.FlatMap(
-                    _resolve_duplicates, bool(cfg.get("exclude_label_conflicts", True)))
+                    _resolve_duplicates, settings.exclude_label_conflicts)
                 .with_outputs("report", main="kept"))
 
     report_uri = exec_properties[_URI_KEY]
     ((decoded.report, resolved.report, pipeline | "ListingSkips" >> beam.Create(listing_skips))
      | "MergeReport" >> beam.Flatten()
      | "WriteReport" >> beam.io.WriteToText(
-         os.path.join(report_uri, REPORT_FILE), shard_name_template="", num_shards=1))
+         os.path.join(report_uri, INGESTION_REPORT_FILE), shard_name_template="", num_shards=1))
     return resolved.kept | "ToExample" >> beam.Map(_example)
 
 
@@ -208,7 +205,7 @@ class Executor(BaseExampleGenExecutor):
              | f"Count[{name}]" >> beam.combiners.Count.Globally()
              | f"CountToStr[{name}]" >> beam.Map(str)
              | f"WriteCount[{name}]" >> beam.io.WriteToText(
-                 os.path.join(exec_properties[_URI_KEY], f"{COUNTS_PREFIX}_{name}.txt"),
+                 os.path.join(exec_properties[_URI_KEY], f"{SPLIT_COUNT_PREFIX}_{name}.txt"),
                  shard_name_template="", num_shards=1))
         return splits
 
@@ -219,31 +216,31 @@ class Executor(BaseExampleGenExecutor):
         exec_properties[_URI_KEY] = examples.uri
         super().Do(input_dict, output_dict, exec_properties)
 
-        cfg = json.loads(exec_properties[INGEST_CONFIG_KEY])
+        label_names = list(IngestSettings.from_json(exec_properties[INGEST_CONFIG_KEY]).label_names)
         with tf.io.gfile.GFile(os.path.join(examples.uri, LABELS_FILE), "w") as f:
-            f.write("".join(f"{name}\n" for name in cfg["label_names"]))
-        examples.set_string_custom_property("label_names", json.dumps(cfg["label_names"]))
+            f.write("".join(f"{name}\n" for name in label_names))
+        examples.set_string_custom_property("label_names", json.dumps(label_names))
         report = read_report(examples.uri)
         examples.set_int_custom_property(
             "skipped_files", sum(1 for r in report if r["status"] == "skipped"))
         for split in artifact_utils.decode_split_names(examples.split_names):
-            examples.set_int_custom_property(f"{COUNTS_PREFIX}_{split}", split_count(examples.uri, split))
+            examples.set_int_custom_property(f"{SPLIT_COUNT_PREFIX}_{split}", split_count(examples.uri, split))
 
 
 def read_report(examples_uri: str) -> List[Dict[str, Any]]:
-    with tf.io.gfile.GFile(os.path.join(examples_uri, REPORT_FILE)) as f:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, INGESTION_REPORT_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def split_count(examples_uri: str, split: str) -> int:
-    with tf.io.gfile.GFile(os.path.join(examples_uri, f"{COUNTS_PREFIX}_{split}.txt")) as f:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, f"{SPLIT_COUNT_PREFIX}_{split}.txt")) as f:
         text = f.read().strip()
     return int(text or 0)
 
 
 def read_labels(examples_uri: str) -> List[str]:
     with tf.io.gfile.GFile(os.path.join(examples_uri, LABELS_FILE)) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+        return contracts.read_labels(f.read())
 
 
 class ImageExampleGen(FileBasedExampleGen):
@@ -256,18 +253,16 @@ class ImageExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = driver.FileBasedDriver
 
-    def __init__(self, images: str, label_names: Sequence[str], eval_percent: int = 20,
+    def __init__(self, images: str, label_names: Sequence[str], eval_percent: int,
+                 exclude_label_conflicts: bool,
                  max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
-                 extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS,
-                 exclude_label_conflicts: bool = True):
+                 extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS):
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {list(label_names)}")
-        ingest = {
-            "source": images,
-            "label_names": list(label_names), "max_pixels": int(max_pixels),
-            "extensions": [e.lower() for e in extensions],
-            "exclude_label_conflicts": bool(exclude_label_conflicts),
-        }
+        ingest = IngestSettings(
+            source=images, label_names=tuple(label_names), max_pixels=int(max_pixels),
+            extensions=tuple(e.lower() for e in extensions),
+            exclude_label_conflicts=bool(exclude_label_conflicts))
         # input_base + pattern only feed the driver's input fingerprint (used by
         # the cache); the executor walks the tree or reads the manifest itself.
         if images.lower().endswith(".csv"):
@@ -282,6 +277,6 @@ class ImageExampleGen(FileBasedExampleGen):
             output_config=split_config(eval_percent),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-            ingest_config=json.dumps(ingest, sort_keys=True),
+            ingest_config=ingest.to_json(),
             examples=types.Channel(type=standard_artifacts.Examples))
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

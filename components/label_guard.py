@@ -30,9 +30,7 @@ from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components import previous_artifacts
-
-LABEL_SPACE_FILE = "label_space.json"
-REPORT_FILE = "label_check.json"
+from components.contracts import LABEL_CHECK_FILE, LABEL_CHECK_TYPE, LABEL_NAME_KEY, LABEL_SPACE_FILE
 
 
 class LabelSpaceError(RuntimeError):
@@ -40,7 +38,7 @@ class LabelSpaceError(RuntimeError):
 
 
 class LabelCheck(Artifact):
-    TYPE_NAME = "components.LabelCheck"  # importable: see components/__init__.py
+    TYPE_NAME = LABEL_CHECK_TYPE  # importable: see components/__init__.py
 
 
 class LabelGuardSpec(ComponentSpec):
@@ -61,7 +59,7 @@ def class_counts_from_statistics(stats_uri: str, splits: List[str]) -> Dict[str,
         path = os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb")
         stats = tfdv.load_stats_binary(path)
         for feature in stats.datasets[0].features:
-            if feature.path.step and feature.path.step[0] == "label_name":
+            if feature.path.step and feature.path.step[0] == LABEL_NAME_KEY:
                 for bucket in feature.string_stats.rank_histogram.buckets:
                     counts[bucket.label] = counts.get(bucket.label, 0) + int(bucket.sample_count)
     return counts
@@ -110,7 +108,7 @@ class Executor(base_executor.BaseExecutor):
         out = artifact_utils.get_single_instance(output_dict["label_check"])
         report = {"current": current, "baseline": baseline, "problems": problems,
                   "baseline_model": baseline_models[0].uri if baseline_models else None}
-        with tf.io.gfile.GFile(os.path.join(out.uri, REPORT_FILE), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(out.uri, LABEL_CHECK_FILE), "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         out.set_int_custom_property("ok", int(not problems))
         if problems:
@@ -123,7 +121,7 @@ class LabelGuard(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, statistics: types.BaseChannel, baseline_model: types.BaseChannel,
-                 allow_label_change: bool = False, max_class_share_change: float = 0.2):
+                 allow_label_change: bool, max_class_share_change: float):
         super().__init__(spec=LabelGuardSpec(
             statistics=statistics, baseline_model=baseline_model,
             allow_label_change=int(allow_label_change),

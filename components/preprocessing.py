@@ -8,25 +8,17 @@ separate weight files.
 
 from __future__ import annotations
 
-import os
+import tensorflow as tf
+import tensorflow_transform as tft
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from components import backbones  # noqa: E402
+from components import backbones
+from components.contracts import FEATURES_KEY, IMAGE_KEY, LABEL_KEY
 # The decoding is shared with `retrain predict`, which must not load tf.Transform.
-from components.image_decode import decode_and_resize, decode_batch, decode_rgb  # noqa: E402,F401
+from components.image_decode import decode_and_resize, decode_batch, decode_rgb  # noqa: F401
+from components.settings import TransformSettings
 
 # Bump when decoding/resizing changes: cached features depend on it (bottleneck_gen).
 PREPROCESSING_VERSION = 1
-
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-FEATURES_KEY = "features"
-# Raw features that are metadata, not model inputs; dropped at serving time.
-NON_INPUT_KEYS = ("label", "label_name", "relative_path", "height", "width", "content_sha256")
 
 
 # tf.Transform traces preprocessing_fn several times per run (analysis, export,
@@ -71,9 +63,9 @@ class _TrackedBackbone(tf.Module):
 
 
 def preprocessing_fn(inputs, custom_config):
-    """custom_config: {'backbone': name, 'weights': 'imagenet'|'keras'|'random'|path}."""
-    name = custom_config["backbone"]
-    weights = custom_config.get("weights", "imagenet")
+    """custom_config: TransformSettings.to_config() (components/settings.py)."""
+    settings = TransformSettings.from_config(custom_config)
+    name, weights = settings.backbone, settings.weights
     spec = backbones.get_spec(name)
     extractor = tft.make_and_track_object(
         lambda: _TrackedBackbone(shared_extractor(name, weights)), name="backbone")

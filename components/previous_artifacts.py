@@ -5,21 +5,19 @@ Evaluator's baseline, LabelGuard's label space) and the latest FeatureCache
 (BottleneckGen). With ``PipelineConfig.lookup = "resolver"`` (the local runner,
 Vertex AI Pipelines) TFX Resolver nodes query MLMD for them. Open-source KFP v2
 backends refuse resolver tasks ("non-container and non-importer executor not
-implemented"), so ``lookup = "registry"`` replaces each Resolver with an
-ordinary container step from this module, reading pointers that earlier runs
-left under
+implemented"), so ``lookup = "registry"`` replaces each Resolver with an ordinary
+container step from this module, reading pointers that earlier runs left under
 
     <pipeline_root>/_registry/<pipeline_name>/<kind>/<sortable UTC time>-<uuid>.json
 
-(one directory per pipeline name, like one MLMD context per pipeline; each file
-a JSON object, written under a hidden temporary name and renamed into place, so
-a reader sees a whole record or none; on gs:// or s3:// a single object write is atomic
-anyway). Nothing is ever rewritten: the newest file whose target still exists wins.
+(one directory per pipeline name, like one MLMD context per pipeline; each file a
+JSON object written under a hidden name and renamed into place, so a reader sees a
+whole record or none; object writes on gs:// or s3:// are atomic anyway). Nothing is
+ever rewritten: the newest file whose target still exists wins.
 
-* ``blessed_model`` records: written by :class:`RecordBlessedModel`, a step after
-  the Evaluator that records the candidate when (and only when) it was blessed;
-  the same rule as LatestBlessedModelStrategy (blessed, whether or not a TFLite
-  variant was pushed).
+* ``blessed_model`` records: written by :class:`RecordBlessedModel` after the
+  Evaluator when (and only when) it blessed the candidate, LatestBlessedModelStrategy's
+  rule (blessed, whether or not a TFLite variant was pushed).
 * ``feature_cache`` records: written by :class:`RecordFeatureCache`, a step after
   BottleneckGen that records its FeatureCache (unless random weights left it empty).
 * ``blessed_model`` records written by `retrain bless --pipeline-root`
@@ -27,31 +25,27 @@ anyway). Nothing is ever rewritten: the newest file whose target still exists wi
   ordinary record), or a reset (``"reset": true``): the newest record being a
   reset means "no baseline", until a later run records a blessed model.
 
-Lookup steps (:class:`LatestBlessedModelLookup`, :class:`LatestFeatureCacheLookup`)
-output a real artifact of the type the Resolver would have passed on, produced by
-an execution of this run (lineage in MLMD), with custom properties ``found``
-(1/0), ``source_uri`` (what the record pointed to) and ``registry_record``:
+Lookup steps (:class:`LatestBlessedModelLookup`, :class:`LatestFeatureCacheLookup`) output
+a real artifact of the type a Resolver would pass on, made by this run (lineage in MLMD),
+with custom properties ``found`` (1/0), ``source_uri`` and ``registry_record``:
 
 * the baseline Model is a *copy* of the blessed model's files (tf.io.gfile, so
-  gs:// works). TFX's Evaluator loads ``<uri>/Format-Serving``; KFP's launcher
-  does merge an executor-reported output URI in recent versions, but that is not
-  part of the documented ExecutorOutput contract of every KFP v2 backend, so a
-  pointer would be a gamble: the copy is a few MB.
+  gs:// works; a few MB). TFX's Evaluator loads ``<uri>/Format-Serving``; an
+  executor-reported output URI is not part of every KFP v2 backend's documented
+  ExecutorOutput contract, so a pointer would be a gamble.
 * the FeatureCache is a pointer (``source_uri`` plus ``pointer.json``): it can be
   large, and its only reader, BottleneckGen, follows it (:func:`follow`); the
   ``namespace`` custom property is copied, so cache invalidation is unchanged.
 
-"Nothing found" cannot be an empty channel: a KFP container task always has its
-output artifacts, and TFX's entry point writes exactly one per output key. So it
-is an empty artifact with ``found = 0``. Its readers' executors are decorated
-with :func:`as_resolved`, which drops it (and follows a FeatureCache pointer)
-before their ``Do`` runs, so they see what a Resolver would pass: LabelGuard,
-BottleneckGen, and TFX's stock Evaluator through :class:`EvaluatorExecutor`. The
-Evaluator then behaves exactly as with an empty resolver channel: ``has_baseline``
-is false, change thresholds are dropped (rubber stamp) and only the value
-threshold decides; without that, it would try to load a SavedModel from an empty
-folder and fail. Which nodes a run gets (resolvers or these steps) is decided in
-pipeline/previous_runs.py alone.
+"Nothing found" cannot be an empty channel (a KFP container task always has its
+outputs; TFX's entry point writes one artifact per output key): it is an empty
+artifact with ``found = 0``. Readers' executors are decorated with
+:func:`as_resolved`, which drops it (and follows a FeatureCache pointer) before
+their ``Do`` runs, so LabelGuard, BottleneckGen and TFX's Evaluator
+(:class:`EvaluatorExecutor`) see what a Resolver would pass: the Evaluator has
+no baseline, drops change thresholds and applies the value threshold alone,
+instead of failing to load a SavedModel from an empty folder. Which nodes a run
+gets (resolvers or these steps) is decided in pipeline/previous_runs.py alone.
 """
 
 from __future__ import annotations
@@ -60,7 +54,6 @@ import copy
 import functools
 import json
 import os
-import posixpath
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -75,6 +68,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components.contracts import SERVING_MODEL_DIR
+from components.contracts import join as _join
+
 REGISTRY_DIR = "_registry"
 BLESSED_MODEL = "blessed_model"
 FEATURE_CACHE = "feature_cache"
@@ -82,19 +78,15 @@ KINDS = (BLESSED_MODEL, FEATURE_CACHE)
 POINTER_FILE = "pointer.json"
 LOOKUP_FILE = "lookup.json"
 FOUND = "found"  # a lookup output's custom property: 1, or 0 for "nothing found"
-# BottleneckGen's FeatureCache type (a standard type on purpose, see bottleneck_gen);
-# repeated here so that this module does not import the Beam component.
+# BottleneckGen's output (defined here: this module needs no Beam component). A standard
+# type on purpose: TFX's Kubeflow V2 compiler expresses resolver queries only over types it
+# knows by name; over a custom one it would silently select nothing there.
 FeatureCache = simple_artifacts.Dataset
 
 
 def registry_uri(pipeline_root: str, pipeline_name: str) -> str:
     """The registry of one pipeline under its pipeline root."""
     return _join(pipeline_root, REGISTRY_DIR, pipeline_name)
-
-
-def _join(base: str, *parts: str) -> str:
-    # posixpath for URIs: os.path.join is right on Linux too, but say what we mean.
-    return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
 
 
 # ---------------------------------------------------------------- the registry
@@ -165,8 +157,8 @@ def _target_problem(kind: str, entry: Dict[str, Any]) -> Optional[str]:
     if not isinstance(uri, str) or not uri:
         return "no uri"
     if kind == BLESSED_MODEL:
-        if not tf.io.gfile.exists(_join(uri, "Format-Serving", "saved_model.pb")):
-            return f"no SavedModel under {uri}/Format-Serving"
+        if not tf.io.gfile.exists(_join(uri, SERVING_MODEL_DIR, "saved_model.pb")):
+            return f"no SavedModel under {uri}/{SERVING_MODEL_DIR}"
     elif not tf.io.gfile.glob(_join(uri, "*")):
         return f"{uri} is empty or gone"
     return None

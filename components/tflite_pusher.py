@@ -9,7 +9,7 @@ TFLite parity: what was pushed, and why any variant was not). A blessed model
 none of whose variants meets its bound is not pushed. Versions are integers
 counting up from 1.
 A version is complete when it holds ``_SUCCESS``, written last; readers
-(and list_versions) ignore numbered folders without it. On a local disk the
+(contracts.list_versions) ignore numbered folders without it. On a local disk the
 folder is also assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
 into place (atomic), so no incomplete version is ever visible there. Object
 stores (gs://, s3://: no atomic folder rename) get the folder written in place
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import tensorflow as tf
 from absl import logging
@@ -37,19 +36,21 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from components import evaluation
-from components.contracts import COMPLETE_MARKER, LABELS_FILE, METRICS_FILE, PARITY_FILE
+from components.contracts import (COMPLETE_MARKER, LABELS_FILE, METRICS_FILE, PARITY_FILE,
+                                  numbered_versions)
+from components.settings import GateSettings, PushSettings
 from components.tflite.component import TFLiteModels
 from components.tflite.parity import ParityReport
 from components.tflite.variants import FILE_NAMES
 
-_VERSION_RE = re.compile(r"^[0-9]+$")
-
 
 class TFLitePusherSpec(ComponentSpec):
     PARAMETERS = {
+        # PushSettings.to_exec_properties(): label_names and gate (the thresholds,
+        # recorded with the version) are JSON.
         "serving_dir": ExecutionParameter(type=str),
-        "label_names": ExecutionParameter(type=str),  # JSON list
-        "gate": ExecutionParameter(type=str),  # JSON: the thresholds, recorded with the version
+        "label_names": ExecutionParameter(type=str),
+        "gate": ExecutionParameter(type=str),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -58,19 +59,6 @@ class TFLitePusherSpec(ComponentSpec):
         "tflite_models": ChannelParameter(type=TFLiteModels),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
-
-
-def _numbered(serving_dir: str) -> List[int]:
-    if not tf.io.gfile.isdir(serving_dir):
-        return []
-    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir)
-                  if _VERSION_RE.match(n.rstrip("/")))
-
-
-def list_versions(serving_dir: str) -> List[int]:
-    """Complete versions in a serving dir (those with the marker), ascending."""
-    return [v for v in _numbered(serving_dir)
-            if tf.io.gfile.exists(os.path.join(serving_dir, str(v), COMPLETE_MARKER))]
 
 
 def _copy_files(folder: str, files: Dict[str, str]) -> None:
@@ -96,7 +84,7 @@ def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, 
     try:
         _copy_files(staging, files)
         for attempt in range(100):
-            version = (_numbered(serving_dir) or [0])[-1] + 1
+            version = (numbered_versions(serving_dir) or [0])[-1] + 1
             _finish_version(staging, dict(metrics, version=version))
             try:
                 # os.rename refuses to replace a non-empty folder, so two
@@ -116,7 +104,7 @@ def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, 
 def _publish_in_place(serving_dir: str, files: Dict[str, str], metrics: Dict[str, Any]) -> int:
     """Object stores: the next number after every numbered folder, complete or not
     (a crashed push's leftovers are never reused), marker written last."""
-    version = (_numbered(serving_dir) or [0])[-1] + 1
+    version = (numbered_versions(serving_dir) or [0])[-1] + 1
     folder = os.path.join(serving_dir, str(version))
     tf.io.gfile.makedirs(folder)
     try:
@@ -144,7 +132,7 @@ class Executor(base_executor.BaseExecutor):
             return
         model = artifact_utils.get_single_instance(input_dict["model"])
         eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])
-        label_names = json.loads(exec_properties["label_names"])
+        settings = PushSettings.from_exec_properties(exec_properties)
         tflite = artifact_utils.get_single_uri(input_dict["tflite_models"])
         parity = ParityReport.read(tflite)
         not_pushed = parity.failed
@@ -160,14 +148,14 @@ class Executor(base_executor.BaseExecutor):
             pushed.set_string_custom_property("not_pushed_reason", reason)
             return
         metrics = {
-            "evaluation": evaluation.summarize(eval_uri, label_names),
-            "gate": json.loads(exec_properties["gate"]),
+            "evaluation": evaluation.summarize(eval_uri, list(settings.label_names)),
+            "gate": settings.gate.to_config(),
             "model_uri": model.uri,
             "model_id": model.id,
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tflite": parity.pushed_record(),
         }
-        serving_dir = exec_properties["serving_dir"]
+        serving_dir = settings.serving_dir
         files = {FILE_NAMES[v]: os.path.join(tflite, FILE_NAMES[v]) for v in parity.passed}
         for name in (LABELS_FILE, PARITY_FILE):
             files[name] = os.path.join(tflite, name)
@@ -192,9 +180,10 @@ class TFLitePusher(base_component.BaseComponent):
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
                  evaluation: types.BaseChannel, serving_dir: str, label_names,
                  min_accuracy: float, max_accuracy_drop: float, tflite_models: types.BaseChannel):
+        settings = PushSettings(serving_dir=serving_dir, label_names=tuple(label_names),
+                                gate=GateSettings(min_accuracy=float(min_accuracy),
+                                                  max_accuracy_drop=float(max_accuracy_drop)))
         super().__init__(spec=TFLitePusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation,
-            tflite_models=tflite_models,
-            serving_dir=serving_dir, label_names=json.dumps(list(label_names)),
-            gate=json.dumps({"min_accuracy": min_accuracy, "max_accuracy_drop": max_accuracy_drop}),
+            tflite_models=tflite_models, **settings.to_exec_properties(),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

@@ -24,21 +24,20 @@ import os
 import tempfile
 from typing import Dict, List, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras
+from absl import logging
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tf_keras  # noqa: E402
-from absl import logging  # noqa: E402
-
-from components import backbones, preprocessing, progress_counts  # noqa: E402
+from components import backbones, progress_counts
+from components.contracts import (FEATURES_KEY, LABEL_KEY, LABEL_SPACE_FILE, NON_INPUT_KEYS,
+                                  TRAINING_DIR, TRAINING_HISTORY_FILE)
+from components.settings import TrainerSettings
 
 HEAD_DIR = "head"
 HEAD_FILE = "head.h5"
 HEAD_INFO_FILE = "head.json"
-LABELS_FILE = "labels.txt"
-HISTORY_FILE = "history.json"
 PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
 
@@ -59,14 +58,14 @@ def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransform
           .map(lambda x: tf.io.parse_example(x, spec)))
     feats, labels = [], []
     for batch in ds:
-        feats.append(batch[preprocessing.FEATURES_KEY].numpy())
-        labels.append(np.reshape(batch[preprocessing.LABEL_KEY].numpy(), [-1]))
+        feats.append(batch[FEATURES_KEY].numpy())
+        labels.append(np.reshape(batch[LABEL_KEY].numpy(), [-1]))
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
 def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_keras.Model:
     """The only trainable part: one dense softmax layer, as in retrain.py."""
-    inputs = tf_keras.Input([feature_dim], name=preprocessing.FEATURES_KEY)
+    inputs = tf_keras.Input([feature_dim], name=FEATURES_KEY)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs)
     model = tf_keras.Model(inputs, outputs, name="head")
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
@@ -89,25 +88,24 @@ class _EpochProgress(tf_keras.callbacks.Callback):
         self._counter.add()
 
 
-def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, cfg: Dict,
+def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
                log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
     """Fits the head with early stopping on eval loss; returns (head, history)."""
-    tf_keras.utils.set_random_seed(int(cfg.get("seed", 42)))
-    head = build_head(x_train.shape[1], num_classes, float(cfg.get("learning_rate", 1e-3)))
+    tf_keras.utils.set_random_seed(settings.seed)
+    head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
     # Keras traces its train/test steps with AutoGraph, which converts Keras' own
     # code (about 6 s of every fit here); the steps run eagerly too, so they need
     # no conversion, and a step that did would fail loudly at trace time.
     head.train_step = tf.autograph.experimental.do_not_convert(head.train_step)
     head.test_step = tf.autograph.experimental.do_not_convert(head.test_step)
     callbacks = [tf_keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=int(cfg.get("patience", 5)), restore_best_weights=True)]
+        monitor="val_loss", patience=settings.patience, restore_best_weights=True)]
     if log_dir:
         callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
-    epochs = int(cfg.get("epochs", 50))
-    callbacks.append(_EpochProgress(epochs))
+    callbacks.append(_EpochProgress(settings.epochs))
     history = head.fit(
         x_train, y_train, validation_data=(x_eval, y_eval),
-        epochs=epochs, batch_size=int(cfg.get("batch_size", 32)),
+        epochs=settings.epochs, batch_size=settings.batch_size,
         shuffle=True, callbacks=callbacks, verbose=0)
     return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -125,13 +123,13 @@ class ServingModule(tf.Module):
         self._head = lambda features: head(features, training=False)  # plain callable: untracked
         self._label_names = tf.constant(label_names)
         self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
-                          if k not in preprocessing.NON_INPUT_KEYS}
+                          if k not in NON_INPUT_KEYS}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
                  autograph=False)
     def serve(self, examples):
         raw = tf.io.parse_example(examples, self._raw_spec)
-        features = self.tft_layer(raw)[preprocessing.FEATURES_KEY]
+        features = self.tft_layer(raw)[FEATURES_KEY]
         probabilities = self._head(features)
         batch = tf.shape(probabilities)[0]
         return {
@@ -191,35 +189,34 @@ def load_head(model_uri: str) -> Tuple[tf_keras.Model, Dict]:
 
 
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point. custom_config keys: see pipeline.config.trainer_config."""
-    cfg = dict(fn_args.custom_config or {})
-    label_names: List[str] = list(cfg["label_names"])
+    """TFX Trainer entry point; custom_config: TrainerSettings.to_config()."""
+    settings = TrainerSettings.from_config(fn_args.custom_config or {})
+    label_names: List[str] = list(settings.label_names)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
     x_train, y_train = load_features(fn_args.train_files, tf_transform_output)
     x_eval, y_eval = load_features(fn_args.eval_files, tf_transform_output)
     if y_train.size and int(y_train.max()) >= len(label_names):
         raise ValueError(f"label {int(y_train.max())} outside the vocabulary {label_names}")
-    if cfg.get("corrupt_train_labels"):
+    if settings.corrupt_train_labels:
         # Fault injection for testing the Evaluator gate: break the label/feature link.
         logging.warning("corrupt_train_labels is set: training on shuffled labels")
-        y_train = np.random.default_rng(int(cfg.get("seed", 42))).permutation(y_train)
+        y_train = np.random.default_rng(settings.seed).permutation(y_train)
     logging.info("Training head on %d examples (%d eval), %d classes, %d features",
                  len(y_train), len(y_eval), len(label_names), x_train.shape[1])
 
-    training_dir = os.path.join(fn_args.model_run_dir, "training")
-    head, history = train_head(x_train, y_train, x_eval, y_eval, len(label_names), cfg,
+    training_dir = os.path.join(fn_args.model_run_dir, TRAINING_DIR)
+    head, history = train_head(x_train, y_train, x_eval, y_eval, len(label_names), settings,
                                log_dir=training_dir)
     tf.io.gfile.makedirs(training_dir)
-    with tf.io.gfile.GFile(os.path.join(training_dir, HISTORY_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(training_dir, TRAINING_HISTORY_FILE), "w") as f:
         json.dump(history, f)
 
     export_serving(fn_args.serving_model_dir, tf_transform_output, head, label_names)
     # What LabelGuard compares the next runs with, once this model is blessed.
+    model_uri = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
     counts = np.bincount(np.concatenate([y_train, y_eval]), minlength=len(label_names))
-    with tf.io.gfile.GFile(os.path.join(os.path.dirname(fn_args.serving_model_dir.rstrip("/")),
-                                        "label_space.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(model_uri, LABEL_SPACE_FILE), "w") as f:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
-    save_head(os.path.dirname(fn_args.serving_model_dir.rstrip("/")), head, cfg["backbone"],
-              cfg.get("weights", "imagenet"), label_names)
+    save_head(model_uri, head, settings.backbone, settings.weights, label_names)

@@ -18,9 +18,13 @@ import os
 import sys
 from typing import Callable, Dict, List
 
-from components import contracts
+from pipeline import config_flags
 
 Handler = Callable[[argparse.Namespace], int]
+# PipelineConfig fields `retrain compile` takes as flags (pipeline/config_flags.py);
+# --beam-workers is added beside --beam-runner.
+COMPILE_FLAGS = ("pipeline_name", "backbone", "min_accuracy", "max_accuracy_drop", "eval_percent",
+                 "min_images_per_class", "epochs", "seed", "enable_cache")
 
 
 def register(subparsers) -> Dict[str, Handler]:
@@ -40,19 +44,11 @@ def register(subparsers) -> Dict[str, Handler]:
                         "and feature cache are found through a registry under the pipeline root "
                         "(its backend rejects TFX Resolver tasks); vertex: Vertex AI Pipelines, "
                         "TFX Resolver nodes over its metadata (default: kfp)")
-    c.add_argument("--pipeline-name", default="image-retrain")
-    c.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
-    c.add_argument("--min-accuracy", type=float, default=0.5)
-    c.add_argument("--max-accuracy-drop", type=float, default=0.01)
-    c.add_argument("--eval-percent", type=int, default=20)
-    c.add_argument("--min-images-per-class", type=int, default=10)
-    c.add_argument("--epochs", type=int, default=100)
-    c.add_argument("--seed", type=int, default=42)
-    c.add_argument("--enable-cache", action="store_true",
-                   help="compile with KFP caching on (scheduled runs always turn it off)")
+    config_flags.add_flags(c, COMPILE_FLAGS, help_texts={
+        "enable_cache": "compile with KFP caching on (scheduled runs always turn it off)"})
     c.add_argument("--beam-runner", choices=["direct", "dataflow"], default="direct")
-    c.add_argument("--beam-workers", type=int, default=1,
-                   help="direct: worker processes per Beam step (>1: multi_processing)")
+    config_flags.add_flags(c, [config_flags.BEAM_WORKERS], help_texts={
+        config_flags.BEAM_WORKERS: "direct: worker processes per Beam step (>1: multi_processing)"})
     c.add_argument("--dataflow-project", default=None)
     c.add_argument("--dataflow-region", default=None)
     c.add_argument("--temp-location", default=None,
@@ -176,12 +172,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         images = os.path.abspath(images)
     try:
         runner.check_output_path(args.output)
-        base = PipelineConfig(
-            images=images, workdir=root, pipeline_name=args.pipeline_name,
-            backbone=args.backbone, min_accuracy=args.min_accuracy,
-            max_accuracy_drop=args.max_accuracy_drop, eval_percent=args.eval_percent,
-            min_images_per_class=args.min_images_per_class, epochs=args.epochs,
-            seed=args.seed, enable_cache=args.enable_cache)
+        base = PipelineConfig(images=images, workdir=root,
+                              **config_flags.values(args, COMPILE_FLAGS))
         config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root),
                                         target=args.target)
         problem = config.validate()

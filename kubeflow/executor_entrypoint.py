@@ -45,13 +45,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from components import object_store  # noqa: E402  (no TensorFlow import)
+from components import object_store
 
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 # Keys the open-source launcher adds to every artifact it records in MLMD.

@@ -10,11 +10,8 @@ that the named backbones' ImageNet weights are on disk (pods have no network).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import List, Sequence
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def modules() -> List[str]:

@@ -12,18 +12,15 @@ recorded as the spec's ``defaultPipelineRoot`` and passed again at submit time.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
+from typing import Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import yaml
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
-
-import yaml  # noqa: E402
-
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.config import PipelineConfig
 
 # Entry point the V2 runner writes into every container task; the compiled spec
 # runs it through SHIM_ENTRYPOINT (kubeflow/executor_entrypoint.py), which repairs

@@ -13,7 +13,6 @@ configuration (one line on stderr), 1 the pipeline failed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -21,10 +20,16 @@ import sys
 import time
 import warnings
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from pipeline import config_flags  # TF-free; pipeline/__init__.py has set TF_USE_LEGACY_KERAS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components import contracts  # noqa: E402  (TF-free)
+# PipelineConfig fields `retrain run` takes as flags (pipeline/config_flags.py).
+RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "eval_percent",
+             "min_images_per_class", "epochs", "seed", "allow_label_change",
+             "max_class_share_change", "feature_batch_size", "augment_views",
+             config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
+             "enable_cache")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,42 +44,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="artifact root instead of <workdir>/pipeline_root, e.g. s3://bucket/root")
     run.add_argument("--serving-dir", default=None,
                      help="where versions are pushed instead of <workdir>/serving, e.g. s3://bucket/serving")
-    run.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
-    run.add_argument("--weights", default="imagenet",
-                     help="imagenet (offline cache), keras (download), random, or a weights file")
-    run.add_argument("--min-accuracy", type=float, default=0.5)
-    run.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                     help="allowed drop in eval accuracy against the last blessed model")
-    run.add_argument("--eval-percent", type=int, default=20)
-    run.add_argument("--min-images-per-class", type=int, default=10)
-    run.add_argument("--epochs", type=int, default=100)
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--allow-label-change", action="store_true",
-                     help="accept classes that differ from the blessed model's (deliberate change)")
-    run.add_argument("--max-class-share-change", type=float, default=0.2,
-                     help="stop when a class's share of the images moves by more than this")
-    run.add_argument("--feature-batch-size", type=int, default=64,
-                     help="images per backbone forward pass when computing features")
-    run.add_argument("--augment-views", type=int, default=0,
-                     help="cached augmented views (flip, crop, colour) per training image")
-    run.add_argument("--beam-workers", type=int, default=1,
-                     help="Beam DirectRunner worker processes (each loads its own backbone)")
-    run.add_argument("--tflite-variants", default="float32,int8",
-                     help="comma-separated TFLite variants to convert and push: float32, fp16, "
-                          "dynamic, int8")
-    run.add_argument("--parity-bound", action="append", default=[], metavar="VARIANT=MIN",
-                     help="minimum top-1 agreement with the SavedModel for a variant to be "
-                          "pushed (defaults 0.99 float32/fp16, 0.97 dynamic/int8); repeatable")
-    run.add_argument("--calibration-images", type=int, default=100,
-                     help="training images used to calibrate the int8 variant")
-    run.add_argument("--enable-cache", action="store_true",
-                     help="reuse outputs of unchanged steps from earlier runs in this workdir")
+    config_flags.add_flags(run, RUN_FLAGS)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
 
     fw = sub.add_parser("fetch-weights", help="fetch and convert offline ImageNet weights")
-    fw.add_argument("--backbone", default=contracts.DEFAULT_BACKBONE)
+    config_flags.add_flags(fw, ["backbone"])
 
     fd = sub.add_parser("fetch-data", help="fetch the default emoji dataset; prints its path")
     fd.add_argument("--dest", default=None)
@@ -143,19 +119,6 @@ def _find_cause(error: BaseException, kind: type):
     return None
 
 
-def _parity_bounds(items) -> dict:
-    bounds = {}
-    for item in items:
-        variant, sep, value = item.partition("=")
-        try:
-            bounds[variant.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}") from None
-        if not sep:
-            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}")
-    return bounds
-
-
 def _location(path):
     return path if path is None or "://" in path else os.path.abspath(path)
 
@@ -166,22 +129,12 @@ def _cmd_run(args) -> int:
                      f"{args.workdir}; put artifacts and versions on s3:// with "
                      "--pipeline-root and --serving-dir", 2)
     from components import object_store
-    from pipeline.config import PipelineConfig, direct_beam_args
-    config = PipelineConfig(
-        images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
-        serving_uri=_location(args.serving_dir),
-        workdir=os.path.abspath(args.workdir), backbone=args.backbone, weights=args.weights,
-        min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
-        eval_percent=args.eval_percent, min_images_per_class=args.min_images_per_class,
-        epochs=args.epochs, seed=args.seed, enable_cache=args.enable_cache,
-        allow_label_change=args.allow_label_change,
-        max_class_share_change=args.max_class_share_change,
-        feature_batch_size=args.feature_batch_size, augment_views=args.augment_views,
-        tflite_variants=tuple(v.strip() for v in args.tflite_variants.split(",") if v.strip()),
-        calibration_images=args.calibration_images)
+    from pipeline.config import PipelineConfig
     try:
-        config = dataclasses.replace(config, parity_bounds=_parity_bounds(args.parity_bound),
-                                     beam_args=direct_beam_args(args.beam_workers))
+        config = PipelineConfig(
+            images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
+            serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
+            **config_flags.values(args, RUN_FLAGS))
         # Before TensorFlow and TFX load: a wrong key or endpoint fails in a second.
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included

@@ -7,6 +7,8 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from components import contracts, image_io
+from components.settings import TrainerSettings, TransformSettings
+from components.tflite import variants as _variants
 
 LOOKUPS = ("resolver", "registry")
 
@@ -17,6 +19,11 @@ LOOKUPS = ("resolver", "registry")
 # component per run. DirectRunner workers run in this environment (in process or
 # as subprocesses of this interpreter) and never read the flag.
 DIRECT_RUNNER_NO_STAGING = "--sdk_container_image=unused:direct-runner-workers-share-this-environment"
+
+
+# Beam DirectRunner worker processes: each loads its own backbone (~30 s of
+# start-up on a 2-core machine), so more pay off only with many cores and images.
+DEFAULT_BEAM_WORKERS = 1
 
 
 def direct_beam_args(workers: int) -> List[str]:
@@ -31,49 +38,72 @@ def direct_beam_args(workers: int) -> List[str]:
 
 @dataclasses.dataclass
 class PipelineConfig:
+    """Every setting of a run, each with its one default (the CLIs' flags take
+    theirs from here: pipeline/config_flags.py). Defaults that are constants of
+    a module (backbone, TFLite variants, image limits) are defined there."""
+
     # <images>/<label>/<file> folder, or a `uri,label` CSV manifest; local, gs:// or s3://.
     images: str
     workdir: str                     # pipeline root, MLMD database and serving/ live here
+    # The pipeline's name in MLMD and Kubeflow; runs find their baseline and
+    # feature cache by it, so every run of one model must share it.
     pipeline_name: str = "image-retrain"
-    # Backbone (see components/backbones/registry.py) and where its weights come from:
-    # "imagenet" (offline cache), "keras" (Keras download), "random", or a file.
+    # Backbone (components/backbones/registry.py; the default has offline weights).
     backbone: str = contracts.DEFAULT_BACKBONE
+    # Where its weights come from: "imagenet" (the offline cache: never a
+    # download, never random), "keras" (Keras' download), "random", or a file.
     weights: str = "imagenet"
     # Label vocabulary: sorted class folder names, filled in by preflight.scan().
     label_names: Tuple[str, ...] = ()
-    # Ingestion.
+    # Percent of images (by content hash) in the eval split: the usual 80/20.
     eval_percent: int = 20
+    # Fewer images than this in a class stops the run: at 20 % eval, 10 images
+    # leave 2 to measure the class on, the least that says anything.
     min_images_per_class: int = 10
-    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
-    extensions: Tuple[str, ...] = image_io.DEFAULT_EXTENSIONS
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS            # larger images are skipped
+    extensions: Tuple[str, ...] = image_io.DEFAULT_EXTENSIONS  # files read as images
+    # Identical files under two labels are left out: kept, they would teach
+    # the head both answers for one image.
     exclude_label_conflicts: bool = True
-    # Label-space guard against the blessed baseline (see components/label_guard.py).
+    # LabelGuard (components/label_guard.py). Off: a model with other classes
+    # than the blessed one cannot be gated against it; on for a deliberate change.
     allow_label_change: bool = False
+    # Stop when a class's share of the images moves by more than this (absolute,
+    # 0.2 = 20 points): enough for new photos, not for a mislabelled folder.
     max_class_share_change: float = 0.2
-    # Backbone features (components/bottleneck_gen.py): images per forward pass,
-    # and augmented views per training image (0 = none), cached like the rest.
+    # BottleneckGen (components/bottleneck_gen.py): images per backbone forward
+    # pass; 64 reaches ~0.87 of raw batched inference speed here (README) in
+    # bounded memory.
     feature_batch_size: int = 64
+    # Cached augmented views (flip, crop, colour) per training image: each costs a
+    # forward pass, and 2 views gained no accuracy on the demo data (README).
     augment_views: int = 0
-    # Head training.
+    # Head training (components/trainer.py). At most this many epochs; early
+    # stopping on eval loss (`patience` epochs without improvement) ends it
+    # sooner, so the bound only matters for a head still improving.
     epochs: int = 100
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    batch_size: int = 32        # Keras' default fit batch size
+    learning_rate: float = 1e-3  # Adam's default step size
     patience: int = 5
-    seed: int = 42
+    seed: int = 42              # fixed: the same data trains the same head
     # Fault injection for testing the gate: train on shuffled labels.
     corrupt_train_labels: bool = False
-    # Gate.
+    # The Evaluator's gate: bless when eval accuracy >= min_accuracy (better than
+    # a coin on two classes) and >= the blessed baseline's minus max_accuracy_drop.
     min_accuracy: float = 0.5
     max_accuracy_drop: float = 0.01
-    # TFLite (components/tflite/): variants converted and, when they meet
-    # their parity bound, pushed ("float32", "fp16", "dynamic", "int8"); bounds are
-    # the minimum top-1 agreement with the SavedModel on the eval split, per variant
-    # (defaults: 0.99 float32/fp16, 0.97 dynamic/int8); int8 calibration images.
-    tflite_variants: Tuple[str, ...] = ("float32", "int8")
+    # TFLite (components/tflite/variants.py): variants converted and, when they
+    # meet their parity bound, pushed; parity_bounds overrides per variant the
+    # minimum top-1 agreement with the SavedModel (variants.DEFAULT_PARITY_BOUNDS);
+    # training images used to calibrate the int8 variant.
+    tflite_variants: Tuple[str, ...] = _variants.DEFAULT_VARIANTS
     parity_bounds: Dict[str, float] = dataclasses.field(default_factory=dict)
-    calibration_images: int = 100
+    calibration_images: int = _variants.DEFAULT_CALIBRATION_IMAGES
     # Beam: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"].
-    beam_args: List[str] = dataclasses.field(default_factory=lambda: direct_beam_args(1))
+    beam_args: List[str] = dataclasses.field(
+        default_factory=lambda: direct_beam_args(DEFAULT_BEAM_WORKERS))
+    # TFX's step cache. Off: each run reads the images and the latest baseline
+    # afresh; BottleneckGen's FeatureCache already skips the expensive part.
     enable_cache: bool = False
     # How a run finds the previous run's blessed model (baseline) and FeatureCache:
     #   "resolver"  TFX Resolver nodes querying MLMD (LatestBlessedModelStrategy,
@@ -111,17 +141,16 @@ class PipelineConfig:
         extra = [a for a in object_store.beam_args(self.locations()) if a not in self.beam_args]
         return list(self.beam_args) + extra
 
-    def transform_config(self) -> dict:
-        return {"backbone": self.backbone, "weights": self.weights}
+    def transform_settings(self) -> TransformSettings:
+        """Transform's custom_config (components/preprocessing.py)."""
+        return TransformSettings(backbone=self.backbone, weights=self.weights)
 
-    def trainer_config(self) -> dict:
-        return {
-            "backbone": self.backbone, "weights": self.weights,
-            "label_names": list(self.label_names),
-            "epochs": self.epochs, "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate, "patience": self.patience,
-            "seed": self.seed, "corrupt_train_labels": self.corrupt_train_labels,
-        }
+    def trainer_settings(self) -> TrainerSettings:
+        """The Trainer's custom_config (components/trainer.py)."""
+        return TrainerSettings(
+            backbone=self.backbone, weights=self.weights, label_names=tuple(self.label_names),
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            patience=self.patience, seed=self.seed, corrupt_train_labels=self.corrupt_train_labels)
 
     def validate(self) -> Optional[str]:
         """One-line description of the first invalid setting, or None."""
@@ -141,8 +170,7 @@ class PipelineConfig:
             return f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
-        from components.tflite import variants
-        problem = variants.validate_settings(
+        problem = _variants.validate_settings(
             self.tflite_variants, self.parity_bounds, self.calibration_images)
         if problem:
             return problem

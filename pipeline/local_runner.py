@@ -6,16 +6,14 @@ import contextlib
 import logging
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from tfx import v1 as tfx
 
-from tfx import v1 as tfx  # noqa: E402
-
-from components import object_store  # noqa: E402
-from components.contracts import FEATURE_CACHE_RESOLVER  # noqa: E402
-from pipeline import preflight, report, run_record, run_summary  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
-from pipeline.progress import Progress  # noqa: E402
+from components import object_store
+from components.contracts import FEATURE_CACHE_RESOLVER
+from pipeline import preflight, report, run_record, run_summary
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import create_pipeline
+from pipeline.progress import Progress
 
 
 def metadata_config(config: PipelineConfig):

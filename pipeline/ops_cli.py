@@ -158,7 +158,6 @@ def _bless_registry(args) -> int:
 
 def main(argv=None) -> int:
     """These commands alone, as `retrain` parses them (for tests and `python -m`)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     parser = argparse.ArgumentParser(prog="retrain")
     handlers = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
+from tfx import v1 as tfx
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from tfx import v1 as tfx  # noqa: E402
-
-from components import evaluation, previous_artifacts  # noqa: E402
-from components.bottleneck_gen import BottleneckGen  # noqa: E402
-from components.image_example_gen import ImageExampleGen  # noqa: E402
-from components.label_guard import LabelGuard  # noqa: E402
-from components.tflite.component import TFLiteExport  # noqa: E402
-from components.tflite_pusher import TFLitePusher  # noqa: E402
-from pipeline import previous_runs  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from components import evaluation, previous_artifacts
+from components.bottleneck_gen import BottleneckGen
+from components.image_example_gen import ImageExampleGen
+from components.label_guard import LabelGuard
+from components.tflite.component import TFLiteExport
+from components.tflite_pusher import TFLitePusher
+from pipeline import previous_runs
+from pipeline.config import PipelineConfig
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run_fn"
@@ -57,7 +53,7 @@ def create_components(config: PipelineConfig) -> list:
     # has already materialised the features.
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_config(),
+        preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_settings().to_config(),
         materialize=False, disable_statistics=True)
     transform.add_upstream_node(label_guard)
     trainer = tfx.components.Trainer(
@@ -67,7 +63,7 @@ def create_components(config: PipelineConfig) -> list:
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=config.trainer_config())
+        custom_config=config.trainer_settings().to_config())
     # TFX's Evaluator that records its gate (gate.json) and reads a registry
     # lookup's "nothing found" baseline as none.
     evaluator = previous_artifacts.Evaluator(

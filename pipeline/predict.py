@@ -29,7 +29,6 @@ import sys
 import warnings
 from typing import Callable, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

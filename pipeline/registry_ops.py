@@ -21,6 +21,8 @@ import json
 import socket
 from typing import Any, Dict, Optional
 
+from components import contracts
+from components.contracts import join as _join
 from pipeline.history import HistoryError
 
 
@@ -32,24 +34,20 @@ def _who() -> Dict[str, str]:
     return {"user": user, "host": socket.gethostname()}
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
 def bless_version(pipeline_root: str, pipeline_name: str, version: int,
                   serving_dir: Optional[str] = None, reason: str = "") -> Dict[str, Any]:
     import tensorflow as tf
-    from components import previous_artifacts, tflite_pusher
+    from components import previous_artifacts
     serving_dir = serving_dir or _join(pipeline_root, "serving")
     vdir = _join(serving_dir, str(int(version)))
-    if version not in tflite_pusher.list_versions(serving_dir):
-        pushed = tflite_pusher.list_versions(serving_dir)
+    if version not in contracts.list_versions(serving_dir):
+        pushed = contracts.list_versions(serving_dir)
         raise HistoryError(f"no pushed version {version} in {serving_dir} "
                            f"(pushed versions: {pushed or 'none'})")
-    with tf.io.gfile.GFile(_join(vdir, tflite_pusher.METRICS_FILE)) as f:
+    with tf.io.gfile.GFile(_join(vdir, contracts.METRICS_FILE)) as f:
         metrics = json.load(f)
     model_uri = metrics.get("model_uri")
-    if not model_uri or not tf.io.gfile.exists(_join(model_uri, "Format-Serving", "saved_model.pb")):
+    if not model_uri or not tf.io.gfile.exists(_join(model_uri, contracts.SERVING_MODEL_DIR, "saved_model.pb")):
         raise HistoryError(f"version {version}'s model ({model_uri or 'not named in metrics.json'}) "
                            "has no SavedModel any more: it cannot be a baseline")
     registry = previous_artifacts.registry_uri(pipeline_root, pipeline_name)

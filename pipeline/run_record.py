@@ -238,11 +238,11 @@ class _Reader:
     def _ingestion(examples, read_files: bool) -> Dict[str, Any]:
         if examples is None:
             return {}
-        from components.image_example_gen import COUNTS_PREFIX, read_report
+        from components.image_example_gen import read_report
         prop = mlmd_store.custom_property
-        counts = {split: int(prop(examples, f"{COUNTS_PREFIX}_{split}"))
+        counts = {split: int(prop(examples, f"{contracts.SPLIT_COUNT_PREFIX}_{split}"))
                   for split in ("train", "eval")
-                  if prop(examples, f"{COUNTS_PREFIX}_{split}") is not None}
+                  if prop(examples, f"{contracts.SPLIT_COUNT_PREFIX}_{split}") is not None}
         skipped = tuple(SkippedFile(str(r.get("path")), r.get("label"), str(r.get("reason") or ""))
                         for r in read_report(examples.uri) if r.get("status") == "skipped"
                         ) if read_files else ()

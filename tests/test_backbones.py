@@ -8,24 +8,20 @@ $TFX_RETRAIN_CACHE or ~/.cache/tfx-image-retrain).  The conversions themselves a
 tested in test_backbone_conversions.py.
 """
 
-import os
+import dataclasses
+import hashlib
+import shutil
+import subprocess
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tf_keras
 
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tf_keras  # noqa: E402
-
-from components import backbones  # noqa: E402
-from components.tflite import convert as tflite_convert, runtime as tflite_runtime  # noqa: E402
-from components.backbones import fetch  # noqa: E402
-from components.backbones import weights as backbone_weights  # noqa: E402
-from conftest import synthetic_images  # noqa: E402
+from components import backbones
+from components.tflite import convert as tflite_convert, runtime as tflite_runtime
+from components.backbones import fetch
+from components.backbones import weights as backbone_weights
+from conftest import synthetic_images
 
 V1 = backbones.get_spec("mobilenet_v1")
 LITE0 = backbones.get_spec("efficientnet_lite0")

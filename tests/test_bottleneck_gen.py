@@ -18,13 +18,14 @@ from components import backbones, bottleneck_gen, feature_records, preprocessing
 from components.backbones import weights as backbone_weights
 from components.bottleneck_gen import BottleneckGen, FeatureCache
 from components.image_example_gen import ImageExampleGen
-from conftest import png_bytes
+from conftest import head_settings, png_bytes
 
 pytestmark = pytest.mark.slow
 
 
 def _run(images, workdir, weights="imagenet", augment_views=0):
-    gen = ImageExampleGen(images=str(images), label_names=["ant", "bee"], eval_percent=30)
+    gen = ImageExampleGen(images=str(images), label_names=["ant", "bee"], eval_percent=30,
+                          exclude_label_conflicts=True)
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
         cache=tfx.dsl.Channel(type=FeatureCache)).with_id("cache_resolver")
@@ -135,7 +136,7 @@ def test_head_from_cache_equals_head_from_scratch(runs, monkeypatch):
         return (np.stack([rows[k][1] for k in keys]).astype(np.float32),
                 np.array([rows[k][0] for k in keys]))
 
-    cfg = {"epochs": 20, "seed": 3}
+    cfg = head_settings(epochs=20, seed=3)
     head_a, _ = trainer.train_head(*xy(cached["train"]), *xy(cached["eval"]), 2, cfg)
     head_b, _ = trainer.train_head(*xy(fresh["train"]), *xy(fresh["eval"]), 2, cfg)
     for a, b in zip(head_a.get_weights(), head_b.get_weights()):

@@ -89,3 +89,48 @@ def test_bad_tflite_and_feature_settings(tmp_path, capsys, flags, expected):
     code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w", *flags)
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+def _subparser(name):
+    import argparse
+    parser = cli._parser()
+    cli._register_extensions(parser)
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+@pytest.mark.parametrize("command,fields", [
+    ("run", cli.RUN_FLAGS), ("compile", ("pipeline_name", "backbone", "min_accuracy", "epochs",
+                                          "seed", "enable_cache", "beam_workers"))])
+def test_flag_defaults_are_the_config_defaults(command, fields):
+    """One default per setting: the flags take PipelineConfig's and say it in --help."""
+    from pipeline import config_flags
+    from pipeline.config import DEFAULT_BEAM_WORKERS, PipelineConfig
+    sub = _subparser(command)
+    args = sub.parse_args(["--images", "i", "--workdir", "w"] if command == "run" else
+                          ["--output", "o.yaml", "--image", "img", "--pipeline-root", "/r"])
+    base = PipelineConfig(images="i", workdir="w")
+    help_text = " ".join(sub.format_help().split())
+    for field in fields:
+        flag = config_flags.FLAGS[field].flag
+        expected = DEFAULT_BEAM_WORKERS if field == "beam_workers" else getattr(base, field)
+        if field == "tflite_variants":
+            assert args.tflite_variants == ",".join(expected)
+        elif field != "parity_bounds":  # overrides, none by default: compared as the config below
+            assert getattr(args, field) == expected, flag
+        assert flag in help_text
+    assert "--epochs EPOCHS most epochs of head training (early stopping may end it sooner) " \
+           "(default: 100)" in help_text
+    config = PipelineConfig(images="i", workdir="w", **config_flags.values(
+        args, [f for f in fields if command == "run" or f != "beam_workers"]))
+    assert config == base
+
+
+def test_run_flags_reach_the_config():
+    from pipeline import config_flags
+    args = _subparser("run").parse_args([
+        "--images", "i", "--workdir", "w", "--tflite-variants", "fp16, int8,", "--epochs", "7",
+        "--parity-bound", "int8=0.9", "--beam-workers", "2", "--allow-label-change"])
+    values = config_flags.values(args, cli.RUN_FLAGS)
+    assert values["tflite_variants"] == ("fp16", "int8") and values["epochs"] == 7
+    assert values["parity_bounds"] == {"int8": 0.9} and values["allow_label_change"] is True
+    assert "--direct_num_workers=2" in values["beam_args"] and "beam_workers" not in values

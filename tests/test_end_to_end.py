@@ -31,7 +31,7 @@ from components.tflite import metadata
 from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import DEFAULT_PARITY_BOUNDS, FILE_NAMES
-from components.tflite_pusher import list_versions
+from components.contracts import list_versions
 from pipeline import local_runner
 from pipeline.config import PipelineConfig
 

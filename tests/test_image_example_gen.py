@@ -13,9 +13,9 @@ from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes
 
 
-def _run_example_gen(images, workdir, labels, eval_percent=20, **kw):
-    gen = ImageExampleGen(images=str(images), label_names=labels,
-                          eval_percent=eval_percent, **kw)
+def _run_example_gen(images, workdir, labels, eval_percent=20, exclude_label_conflicts=True, **kw):
+    gen = ImageExampleGen(images=str(images), label_names=labels, eval_percent=eval_percent,
+                          exclude_label_conflicts=exclude_label_conflicts, **kw)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="examplegen-test", pipeline_root=str(workdir / "root"),
         components=[gen], enable_cache=False,
@@ -118,4 +118,14 @@ def test_split_is_a_function_of_content(messy_run, tmp_path):
 
 def test_bad_eval_percent_rejected():
     with pytest.raises(ValueError, match="eval_percent"):
-        ImageExampleGen(images="/x", label_names=["a", "b"], eval_percent=0)
+        ImageExampleGen(images="/x", label_names=["a", "b"], eval_percent=0,
+                        exclude_label_conflicts=True)
+
+
+def test_ingest_config_is_written_as_before():
+    """ImageExampleGen's `ingest_config` in a compiled spec: same keys, same JSON text."""
+    gen = ImageExampleGen(images="/images", label_names=["a", "b"], eval_percent=20,
+                          exclude_label_conflicts=False, extensions=[".PNG", ".jpg"])
+    assert gen.exec_properties["ingest_config"] == json.dumps(
+        {"source": "/images", "label_names": ["a", "b"], "max_pixels": 50_000_000,
+         "extensions": [".png", ".jpg"], "exclude_label_conflicts": False}, sort_keys=True)

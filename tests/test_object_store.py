@@ -242,15 +242,18 @@ def _components(spec):
     from components import previous_artifacts as pa
     from components.bottleneck_gen import BottleneckGen
     from components.image_example_gen import ImageExampleGen
-    from components.tflite_pusher import list_versions, publish_version
+    from components.contracts import list_versions
+    from components.tflite_pusher import publish_version
 
     bucket = spec["bucket"]
     root, images = f"s3://{bucket}/parts/root", f"s3://{bucket}/images"
     object_store.prepare([root, images])
     registry = pa.registry_uri(root, "parts")
-    gen = ImageExampleGen(images=images, label_names=spec["classes"], eval_percent=30)
+    gen = ImageExampleGen(images=images, label_names=spec["classes"], eval_percent=30,
+                          exclude_label_conflicts=True)
     bottlenecks = BottleneckGen(examples=gen.outputs["examples"], previous_cache=None,
-                                backbone="mobilenet_v1", weights="imagenet", batch_size=8)
+                                backbone="mobilenet_v1", weights="imagenet", batch_size=8,
+                                augment_views=0)
     record = pa.RecordFeatureCache(feature_cache=bottlenecks.outputs["feature_cache"], registry=registry)
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
         pipeline_name="parts", pipeline_root=root, components=[gen, bottlenecks, record],
@@ -342,7 +345,6 @@ def _pipeline(spec):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     mode, child_spec = sys.argv[1], json.loads(sys.argv[2])
     found = {"components": _components, "workers": _workers, "pipeline": _pipeline}[mode](child_spec)
     print(_RESULT + json.dumps(found, sort_keys=True, default=str), flush=True)

@@ -13,6 +13,7 @@ from PIL import Image
 from components import trainer
 from components.tflite import convert, metadata
 from pipeline import predict
+from conftest import head_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def model_file(tiny_transform, tmp_path_factory):
     _, _, transformed, labels = tiny_transform
     x = np.stack([t["features"] for t in transformed]).astype(np.float32)
     y = np.array([int(t["label"]) for t in transformed])
-    head, _ = trainer.train_head(x, y, x, y, len(labels), {"epochs": 60, "learning_rate": 0.01})
+    head, _ = trainer.train_head(x, y, x, y, len(labels), head_settings(epochs=60, learning_rate=0.01))
     data = convert.convert(trainer.build_pixel_model("mobilenet_v1", "imagenet", head), "float32")
     data = metadata.add_metadata(data, labels, name="test", description="test model")
     path = tmp_path_factory.mktemp("predict") / "model.tflite"

@@ -79,3 +79,12 @@ def test_shared_extractor_follows_a_rewritten_weights_file(tmp_path, imagenet_we
     assert not np.allclose(after, before)
     np.testing.assert_array_equal(
         after, backbones.build_feature_extractor("mobilenet_v1", str(path))(x).numpy())
+
+
+def test_preprocessing_fn_refuses_an_unreadable_config():
+    """custom_config is TransformSettings: a missing key is an error, not "imagenet"."""
+    import pytest
+
+    from components.settings import SettingsError
+    with pytest.raises(SettingsError, match="TransformSettings: missing weights"):
+        preprocessing.preprocessing_fn({}, {"backbone": "mobilenet_v1"})

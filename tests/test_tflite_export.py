@@ -13,12 +13,13 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components import evaluation, tflite_pusher, trainer
+from components import contracts, evaluation, tflite_pusher, trainer
 from components.tflite import bias_correction, convert, metadata, parity, variants
 from components.tflite.component import Executor, TFLiteModels
 from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import FILE_NAMES, VARIANTS
+from conftest import head_settings
 
 TRAIN_PER_CLASS = 40
 EVAL_PER_CLASS = 20
@@ -72,7 +73,7 @@ def model_and_examples(tiny_transform, emoji_root, tmp_path_factory):
     y_train = np.array([r[1] for r in train_rows])
     y_eval = np.array([r[1] for r in eval_rows])
     head, _ = trainer.train_head(features(train_rows), y_train, features(eval_rows), y_eval,
-                                 len(labels), {"epochs": 60})
+                                 len(labels), head_settings(epochs=60))
     root = tmp_path_factory.mktemp("tflite_export")
     model_uri = root / "model"
     trainer.export_serving(str(model_uri / "Format-Serving"), tft.TFTransformOutput(out_dir), head, labels)
@@ -339,7 +340,7 @@ def test_pusher_pushes_nothing_when_no_variant_passes(tmp_path, monkeypatch):
     assert pushed.get_int_custom_property("pushed") == 0
     assert "no TFLite variant met its parity bound" in pushed.get_string_custom_property("not_pushed_reason")
     assert "int8: bad int8" in pushed.get_string_custom_property("not_pushed_reason")
-    assert tflite_pusher.list_versions(str(tmp_path / "serving")) == []
+    assert contracts.list_versions(str(tmp_path / "serving")) == []
 
 
 def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone():

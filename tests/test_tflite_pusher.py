@@ -7,7 +7,8 @@ import uuid
 import pytest
 import tensorflow as tf
 
-from components.tflite_pusher import list_versions, publish_version
+from components.contracts import list_versions
+from components.tflite_pusher import publish_version
 
 
 def _sources(tmp_path):
@@ -71,3 +72,20 @@ def test_object_store_versions_are_marked_complete_last():
     with pytest.raises(Exception):
         publish_version(serving, dict(files, **{"model.tflite": f"{serving}-src/missing"}), {})
     assert list_versions(serving) == [1, 3] and not tf.io.gfile.exists(f"{serving}/4")
+
+
+def test_pusher_settings_are_written_as_before():
+    """The execution properties a compiled spec holds: same keys, same JSON text."""
+    from tfx import types
+    from tfx.types import standard_artifacts as std
+
+    from components.tflite.component import TFLiteModels
+    from components.tflite_pusher import TFLitePusher
+    pusher = TFLitePusher(
+        model=types.Channel(type=std.Model), model_blessing=types.Channel(type=std.ModelBlessing),
+        evaluation=types.Channel(type=std.ModelEvaluation), serving_dir="s3://b/serving",
+        label_names=("a", "b"), min_accuracy=0.5, max_accuracy_drop=0.01,
+        tflite_models=types.Channel(type=TFLiteModels))
+    assert pusher.exec_properties == {
+        "serving_dir": "s3://b/serving", "label_names": '["a", "b"]',
+        "gate": '{"min_accuracy": 0.5, "max_accuracy_drop": 0.01}'}

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components import backbones, preprocessing, trainer
+from conftest import head_settings
 
 
 def _blobs(n, d=16, classes=3, seed=0, spread=0.3):
@@ -19,7 +20,7 @@ def _blobs(n, d=16, classes=3, seed=0, spread=0.3):
 def test_head_learns_separable_features_deterministically():
     x, y = _blobs(300)
     xe, ye = _blobs(90, seed=0)  # same centres, same generator: held-out style check below
-    cfg = {"epochs": 30, "seed": 7, "learning_rate": 0.01}
+    cfg = head_settings(epochs=30, seed=7, learning_rate=0.01)
     head, history = trainer.train_head(x[:240], y[:240], x[240:], y[240:], 3, cfg)
     acc = (head(x[240:]).numpy().argmax(1) == y[240:]).mean()
     assert acc > 0.95
@@ -36,7 +37,7 @@ def test_early_stopping_on_eval_loss():
     rng = np.random.default_rng(1)
     y_noise = rng.integers(0, 3, 100)  # eval labels unrelated to features: eval loss rises
     _, history = trainer.train_head(x[:100], y[:100], x[100:], y_noise, 3,
-                                    {"epochs": 300, "patience": 3, "learning_rate": 0.05})
+                                    head_settings(epochs=300, patience=3, learning_rate=0.05))
     assert len(history["loss"]) < 300
     best = int(np.argmin(history["val_loss"]))
     assert len(history["loss"]) == best + 1 + 3
@@ -47,7 +48,7 @@ def trained(tiny_transform):
     out_dir, raw, transformed, labels = tiny_transform
     x = np.stack([t["features"] for t in transformed]).astype(np.float32)
     y = np.array([int(t["label"]) for t in transformed])
-    head, _ = trainer.train_head(x, y, x, y, len(labels), {"epochs": 60, "learning_rate": 0.01})
+    head, _ = trainer.train_head(x, y, x, y, len(labels), head_settings(epochs=60, learning_rate=0.01))
     size = backbones.get_spec("mobilenet_v1").input_size
     pixels = preprocessing.decode_and_resize(tf.constant([r["image"] for r in raw]), size).numpy()
     expected = head(backbones.build_feature_extractor("mobilenet_v1", "imagenet")(pixels)).numpy()

@@ -31,15 +31,11 @@ derived from the sha256 of the *source file* and the conversion version, not fro
 for identical weights).
 """
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from components.backbones.fetch import BackboneWeightsError, cache_dir  # noqa: E402
-from components.backbones.model import build_feature_extractor, build_imagenet_classifier  # noqa: E402
-from components.backbones.registry import BACKBONES, get_spec  # noqa: E402
-from components.backbones.spec import BackboneSpec  # noqa: E402
-from components.backbones.weights import ensure_weights, fetch_weights, weights_fingerprint  # noqa: E402
+from components.backbones.fetch import BackboneWeightsError, cache_dir
+from components.backbones.model import build_feature_extractor, build_imagenet_classifier
+from components.backbones.registry import BACKBONES, get_spec
+from components.backbones.spec import BackboneSpec
+from components.backbones.weights import ensure_weights, fetch_weights, weights_fingerprint
 
 __all__ = [
     "BACKBONES",

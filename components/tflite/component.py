@@ -21,6 +21,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components import contracts
+from components.settings import TFLiteExportSettings
 from components.tflite import convert, export
 from components.tflite.variants import DEFAULT_CALIBRATION_IMAGES, DEFAULT_VARIANTS, check_variants
 from components.tflite.variants import parity_bounds as _bounds  # the argument of that name shadows it
@@ -35,7 +36,7 @@ class TFLiteModels(types.Artifact):
 
 
 class TFLiteExportSpec(ComponentSpec):
-    PARAMETERS = {
+    PARAMETERS = {  # TFLiteExportSettings.to_exec_properties()
         "variants": ExecutionParameter(type=str),  # JSON list
         "parity_bounds": ExecutionParameter(type=str),  # JSON {variant: min agreement}
         "calibration_images": ExecutionParameter(type=int),
@@ -60,8 +61,9 @@ class Executor(base_executor.BaseExecutor):
             logging.info("Model not blessed: no TFLite conversion.")
             out.set_int_custom_property("converted", 0)
             return
-        variants = check_variants(json.loads(exec_properties["variants"]))
-        bounds = _bounds(json.loads(exec_properties.get("parity_bounds") or "{}"))
+        settings = TFLiteExportSettings.from_exec_properties(exec_properties)
+        variants = list(settings.variants)
+        bounds = _bounds(settings.parity_bounds)
         model = artifact_utils.get_single_instance(input_dict["model"])
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         head, info = trainer.load_head(model.uri)
@@ -71,13 +73,13 @@ class Executor(base_executor.BaseExecutor):
                                f"({info['weights_fingerprint'][:12]} -> {str(current)[:12]}); retrain")
         pixel_model = trainer.build_pixel_model(info["backbone"], info["weights"], head)
         calib = convert.calibration_images(_split_files(examples, "train"),
-                                           int(exec_properties["calibration_images"])) if "int8" in variants else []
+                                           settings.calibration_images) if "int8" in variants else []
         size = backbones.get_spec(info["backbone"]).input_size
         report = export.export_variants(
             pixel_model, variants, bounds, info["label_names"], info["backbone"], out.uri, calib,
             export.eval_batches(_split_files(examples, "eval"),
                                 os.path.join(model.uri, contracts.SERVING_MODEL_DIR), size),
-            version=str(model.id), num_threads=int(exec_properties.get("num_threads") or 2))
+            version=str(model.id), num_threads=settings.num_threads)
         for variant, reason in report.failed.items():
             logging.warning("TFLite %s will not be pushed: %s", variant, reason)
         out.set_int_custom_property("converted", 1)
@@ -103,12 +105,12 @@ class TFLiteExport(base_component.BaseComponent):
                  calibration_images: int = DEFAULT_CALIBRATION_IMAGES, num_threads: int = 2):
         variants = check_variants(variants)
         bounds = _bounds(parity_bounds)
+        settings = TFLiteExportSettings(
+            variants=tuple(variants), parity_bounds={v: bounds[v] for v in variants},
+            calibration_images=int(calibration_images), num_threads=int(num_threads))
         super().__init__(spec=TFLiteExportSpec(
             model=model, examples=examples, model_blessing=model_blessing,
-            variants=json.dumps(variants),
-            parity_bounds=json.dumps({v: bounds[v] for v in variants}, sort_keys=True),
-            calibration_images=int(calibration_images), num_threads=int(num_threads),
-            tflite_models=types.Channel(type=TFLiteModels)))
+            **settings.to_exec_properties(), tflite_models=types.Channel(type=TFLiteModels)))
 
 
 def _split_files(examples, split: str):

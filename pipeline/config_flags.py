@@ -1,0 +1,137 @@
+"""PipelineConfig fields as command-line flags, for `retrain run` and `retrain compile`.
+
+One row per flag: its name, the PipelineConfig field it sets and a help text.
+Types and defaults come from the dataclass, so a default changes in one place
+(pipeline/config.py) and every flag's help says what it is. TF-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional
+
+from components.tflite import variants as tflite_variants
+from pipeline.config import DEFAULT_BEAM_WORKERS, PipelineConfig, direct_beam_args
+
+
+class Flag(NamedTuple):
+    flag: str
+    field: str  # a PipelineConfig field, or BEAM_WORKERS
+    help: str
+
+
+BEAM_WORKERS = "beam_workers"  # not a field: becomes beam_args (config.direct_beam_args)
+
+FLAGS: Dict[str, Flag] = {f.field: f for f in (
+    Flag("--pipeline-name", "pipeline_name",
+         "pipeline name in MLMD and Kubeflow; runs find their baseline and feature cache by it"),
+    Flag("--backbone", "backbone", "frozen ImageNet backbone (components/backbones/registry.py)"),
+    Flag("--weights", "weights",
+         "imagenet (offline cache), keras (download), random, or a weights file"),
+    Flag("--min-accuracy", "min_accuracy", "lowest eval accuracy the Evaluator blesses"),
+    Flag("--max-accuracy-drop", "max_accuracy_drop",
+         "allowed drop in eval accuracy against the last blessed model"),
+    Flag("--eval-percent", "eval_percent", "percent of the images (by content) in the eval split"),
+    Flag("--min-images-per-class", "min_images_per_class", "fewest images a class may have"),
+    Flag("--epochs", "epochs", "most epochs of head training (early stopping may end it sooner)"),
+    Flag("--seed", "seed", "random seed of head training"),
+    Flag("--allow-label-change", "allow_label_change",
+         "accept classes that differ from the blessed model's (deliberate change)"),
+    Flag("--max-class-share-change", "max_class_share_change",
+         "stop when a class's share of the images moves by more than this"),
+    Flag("--feature-batch-size", "feature_batch_size",
+         "images per backbone forward pass when computing features"),
+    Flag("--augment-views", "augment_views",
+         "cached augmented views (flip, crop, colour) per training image"),
+    Flag("--beam-workers", BEAM_WORKERS,
+         "Beam DirectRunner worker processes (each loads its own backbone)"),
+    Flag("--tflite-variants", "tflite_variants",
+         "comma-separated TFLite variants to convert and push: " + ", ".join(tflite_variants.VARIANTS)),
+    Flag("--parity-bound", "parity_bounds",
+         "minimum top-1 agreement with the SavedModel for a variant to be pushed; repeatable"),
+    Flag("--calibration-images", "calibration_images",
+         "training images used to calibrate the int8 variant"),
+    Flag("--enable-cache", "enable_cache",
+         "reuse outputs of unchanged steps from earlier runs in this workdir"),
+)}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+_TYPES = typing.get_type_hints(PipelineConfig)
+
+
+def default(field: str) -> Any:
+    if field == BEAM_WORKERS:
+        return DEFAULT_BEAM_WORKERS
+    f = _FIELDS[field]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _kind(field: str) -> Any:
+    return int if field == BEAM_WORKERS else _TYPES[field]
+
+
+def _shown(field: str) -> str:
+    value, kind = default(field), _kind(field)
+    if kind is bool:
+        return "on" if value else "off"
+    if field == "parity_bounds":  # overrides of the per-variant defaults
+        bounds = tflite_variants.parity_bounds(value)
+        return ", ".join(f"{k}={v}" for k, v in bounds.items())
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, fields: Iterable[str],
+              help_texts: Optional[Mapping[str, str]] = None) -> None:
+    """Adds the flags of `fields` (FLAGS keys), defaults from PipelineConfig;
+    `help_texts` replaces a flag's help where a command means something more."""
+    for field in fields:
+        row = FLAGS[field]
+        text = (help_texts or {}).get(field, row.help)
+        text = f"{text} (default: {_shown(field)})".replace("%", "%%")
+        kind, value = _kind(field), default(field)
+        if kind is bool:
+            if value:
+                raise ValueError(f"{row.flag}: a switch must default to off")
+            parser.add_argument(row.flag, dest=field, action="store_true", help=text)
+        elif field == "parity_bounds":
+            parser.add_argument(row.flag, dest=field, action="append", default=[],
+                                metavar="VARIANT=MIN", help=text)
+        elif isinstance(value, tuple):
+            parser.add_argument(row.flag, dest=field, default=",".join(value), help=text)
+        else:
+            parser.add_argument(row.flag, dest=field, type=kind, default=value, help=text)
+
+
+def values(args: argparse.Namespace, fields: Iterable[str]) -> Dict[str, Any]:
+    """PipelineConfig keyword arguments from parsed flags (beam_workers -> beam_args);
+    ValueError with a one-line message for a malformed value."""
+    out: Dict[str, Any] = {}
+    for field in fields:
+        value = getattr(args, field)
+        if field == BEAM_WORKERS:
+            out["beam_args"] = direct_beam_args(value)
+        elif field == "parity_bounds":
+            out[field] = parse_parity_bounds(value)
+        elif isinstance(default(field), tuple):
+            out[field] = tuple(v.strip() for v in value.split(",") if v.strip())
+        else:
+            out[field] = value
+    return out
+
+
+def parse_parity_bounds(items: Iterable[str]) -> Dict[str, float]:
+    """["int8=0.95", ...] -> {"int8": 0.95}; names and ranges are checked by validate()."""
+    bounds = {}
+    for item in items:
+        variant, sep, value = item.partition("=")
+        try:
+            bounds[variant.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}")
+    return bounds
