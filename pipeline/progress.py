@@ -29,13 +29,15 @@ _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CAN
 
 
 class Progress:
-    def __init__(self, config: PipelineConfig, total_components: int, stream: TextIO = sys.stderr,
-                 interval: float = 1.0, log_every: float = 10.0):
+    def __init__(self, config: PipelineConfig, total_components: int,
+                 stream: Optional[TextIO] = None, interval: float = 1.0, log_every: float = 10.0):
         self._config = config
         self._total = total_components
-        self._stream = stream
+        # sys.stderr now, not when this module was imported (a default argument
+        # would keep whatever stream was stderr then, e.g. a test's closed capture).
+        self._stream = stream if stream is not None else sys.stderr
         self._interval = interval
-        self._tty = stream.isatty()
+        self._tty = self._stream.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._started = time.time()

@@ -11,6 +11,7 @@ import os
 import pytest
 from tfx.types import standard_artifacts
 
+from components import contracts
 from components import previous_artifacts as pa
 
 
@@ -173,7 +174,7 @@ def test_label_guard_treats_a_found_nothing_baseline_as_none(tmp_path, monkeypat
         label_guard.Executor().Do({"statistics": [stats], "baseline_model": baseline},
                                   {"label_check": [out]},
                                   {"allow_label_change": 0, "max_class_share_change": 0.2})
-        return json.loads((tmp_path / "check" / label_guard.REPORT_FILE).read_text())
+        return json.loads((tmp_path / "check" / contracts.LABEL_CHECK_FILE).read_text())
 
     none = _artifact(standard_artifacts.Model, tmp_path / "none", found=0)
     assert run([none])["baseline_model"] is None
