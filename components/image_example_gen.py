@@ -224,7 +224,8 @@ class Executor(BaseExampleGenExecutor):
         examples.set_int_custom_property(
             "skipped_files", sum(1 for r in report if r["status"] == "skipped"))
         for split in artifact_utils.decode_split_names(examples.split_names):
-            examples.set_int_custom_property(f"{SPLIT_COUNT_PREFIX}_{split}", split_count(examples.uri, split))
+            examples.set_int_custom_property(f"{SPLIT_COUNT_PREFIX}_{split}",
+                                             split_count(examples.uri, split))
 
 
 def read_report(examples_uri: str) -> List[Dict[str, Any]]:

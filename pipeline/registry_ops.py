@@ -47,7 +47,8 @@ def bless_version(pipeline_root: str, pipeline_name: str, version: int,
     with tf.io.gfile.GFile(_join(vdir, contracts.METRICS_FILE)) as f:
         metrics = json.load(f)
     model_uri = metrics.get("model_uri")
-    if not model_uri or not tf.io.gfile.exists(_join(model_uri, contracts.SERVING_MODEL_DIR, "saved_model.pb")):
+    saved_model = _join(model_uri, contracts.SERVING_MODEL_DIR, "saved_model.pb") if model_uri else ""
+    if not model_uri or not tf.io.gfile.exists(saved_model):
         raise HistoryError(f"version {version}'s model ({model_uri or 'not named in metrics.json'}) "
                            "has no SavedModel any more: it cannot be a baseline")
     registry = previous_artifacts.registry_uri(pipeline_root, pipeline_name)
