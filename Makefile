@@ -11,10 +11,10 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 # Debian packages: libusb for tflite-support's metadata library; headless
-# Chromium (+ its driver) renders the HTML run report in tests/test_report.py.
+# Chromium (+ its driver) renders the HTML run report in tests/e2e/test_report.py.
 SYSTEM_PACKAGES := libusb-1.0-0 chromium chromium-driver
 
-.PHONY: demo test install assets clean system-deps
+.PHONY: demo test test-unit install assets clean system-deps
 
 system-deps:
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
@@ -40,8 +40,13 @@ assets: $(STAMP)
 demo: assets
 	$(VENV)/bin/retrain run --images "$$($(VENV)/bin/retrain fetch-data)" --workdir workdir
 
+# Every tier: tests/unit (no weights, no pipeline run), tests/integration, tests/e2e.
 test: assets
 	$(VENV)/bin/python -m pytest -q --durations=15 tests
+
+# The edit-test loop: the unit tier needs no weights and no dataset.
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) workdir

@@ -7,7 +7,7 @@ is all that is needed.  Images are decoded the way ingestion and Transform do it
 TF's decoder would read differently are re-encoded), then
 ``image_decode.decode_and_resize`` to the model's input size.  It loads the
 TFLite interpreter, TensorFlow's image decoder and tflite-support's metadata
-reader, never TFX, tf.Transform or Beam (tests/test_predict.py checks).
+reader, never TFX, tf.Transform or Beam (tests/integration/test_predict.py checks).
 
 Wiring (pipeline/cli.py)::
 

@@ -132,3 +132,43 @@ def retrain_kubeflow(capsys, *argv):
     code = handlers[args.command](args)
     out, err = capsys.readouterr()
     return code, out, err.strip().splitlines()
+
+
+def run_example_gen(images, workdir, labels, eval_percent=20, exclude_label_conflicts=True, **kw):
+    """Runs ImageExampleGen alone (LocalDagRunner); returns its Examples URI."""
+    import glob
+    from tfx import v1 as tfx
+    from components.image_example_gen import ImageExampleGen
+    gen = ImageExampleGen(images=str(images), label_names=labels, eval_percent=eval_percent,
+                          exclude_label_conflicts=exclude_label_conflicts, **kw)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="examplegen-test", pipeline_root=str(workdir / "root"),
+        components=[gen], enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(workdir / "mlmd.sqlite")))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    uris = sorted(glob.glob(str(workdir / "root" / "ImageExampleGen" / "examples" / "*")))
+    return uris[-1]
+
+
+def read_examples(uri):
+    """split -> list of feature dicts."""
+    import glob
+    import tensorflow as tf
+    out = {}
+    for split in ("train", "eval"):
+        files = glob.glob(os.path.join(uri, f"Split-{split}", "*.gz"))
+        rows = []
+        for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(rec.numpy())
+            f = ex.features.feature
+            rows.append({
+                "image": f["image"].bytes_list.value[0],
+                "label": f["label"].int64_list.value[0],
+                "label_name": f["label_name"].bytes_list.value[0].decode(),
+                "path": f["relative_path"].bytes_list.value[0].decode(),
+                "sha": f["content_sha256"].bytes_list.value[0].decode(),
+                "hw": (f["height"].int64_list.value[0], f["width"].int64_list.value[0]),
+            })
+        out[split] = rows
+    return out

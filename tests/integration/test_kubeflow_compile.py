@@ -15,7 +15,7 @@ from tfx.types.artifact import Artifact
 from conftest import retrain_kubeflow as _retrain, png_bytes
 from kubeflow import runner
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example/retrain:1.0"
 ROOT = "gs://bucket/retrain"
 

@@ -8,7 +8,7 @@ import sys
 import tensorflow as tf
 import tf_keras
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_keras_2_in_use():

@@ -1,50 +1,12 @@
 """ImageExampleGen, run for real by LocalDagRunner (Beam DirectRunner, MLMD SQLite)."""
 
-import glob
 import json
-import os
 
 import pytest
-import tensorflow as tf
-from tfx import v1 as tfx
 
 from components import image_example_gen
 from components.image_example_gen import ImageExampleGen
-from conftest import png_bytes
-
-
-def _run_example_gen(images, workdir, labels, eval_percent=20, exclude_label_conflicts=True, **kw):
-    gen = ImageExampleGen(images=str(images), label_names=labels, eval_percent=eval_percent,
-                          exclude_label_conflicts=exclude_label_conflicts, **kw)
-    pipeline = tfx.dsl.Pipeline(
-        pipeline_name="examplegen-test", pipeline_root=str(workdir / "root"),
-        components=[gen], enable_cache=False,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            str(workdir / "mlmd.sqlite")))
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-    uris = sorted(glob.glob(str(workdir / "root" / "ImageExampleGen" / "examples" / "*")))
-    return uris[-1]
-
-
-def _read(uri):
-    """split -> list of feature dicts."""
-    out = {}
-    for split in ("train", "eval"):
-        files = glob.glob(os.path.join(uri, f"Split-{split}", "*.gz"))
-        rows = []
-        for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            ex = tf.train.Example.FromString(rec.numpy())
-            f = ex.features.feature
-            rows.append({
-                "image": f["image"].bytes_list.value[0],
-                "label": f["label"].int64_list.value[0],
-                "label_name": f["label_name"].bytes_list.value[0].decode(),
-                "path": f["relative_path"].bytes_list.value[0].decode(),
-                "sha": f["content_sha256"].bytes_list.value[0].decode(),
-                "hw": (f["height"].int64_list.value[0], f["width"].int64_list.value[0]),
-            })
-        out[split] = rows
-    return out
+from conftest import png_bytes, read_examples, run_example_gen
 
 
 def _write(folder, name, data):
@@ -63,8 +25,8 @@ def messy_run(tmp_path_factory):
     _write(images / "bee", "zz_conflict.png", png_bytes(5))              # same content as ant_05
     _write(images / "bee", "broken.png", b"\x89PNG\r\n\x1a\nnot really")  # corrupt
     _write(images / "bee", "empty.jpg", b"")
-    uri = _run_example_gen(images, root / "work", ["ant", "bee"])
-    return root, uri, _read(uri)
+    uri = run_example_gen(images, root / "work", ["ant", "bee"])
+    return root, uri, read_examples(uri)
 
 
 def test_features_and_vocabulary(messy_run):
@@ -108,7 +70,7 @@ def test_split_is_a_function_of_content(messy_run, tmp_path):
         _write(images / "ant", f"renamed_{29 - i}.png", png_bytes(i))
         _write(images / "bee", f"other_{i}.png", png_bytes(100 + i, size=(20, 16)))
         _write(images / "bee", f"new_{i}.png", png_bytes(500 + i))
-    second = _read(_run_example_gen(images, tmp_path / "work", ["ant", "bee"]))
+    second = read_examples(run_example_gen(images, tmp_path / "work", ["ant", "bee"]))
     second_split = {r["sha"]: s for s in second for r in second[s]}
     common = set(first_split) & set(second_split)
     assert len(common) == 59

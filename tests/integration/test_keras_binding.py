@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("components", "pipeline", "kubeflow", "benchmarks")
 _CHECK = "import tensorflow as tf, tf_keras; assert tf.keras.Model is tf_keras.Model, tf.keras"
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components import backbones, bottleneck_gen, feature_records, preprocessing, trainer
+from components import backbones, bottleneck_gen, preprocessing, trainer
 from components.backbones import weights as backbone_weights
 from components.bottleneck_gen import BottleneckGen, FeatureCache
 from components.image_example_gen import ImageExampleGen
@@ -163,39 +163,6 @@ def test_other_weights_invalidate_and_views_are_cached(runs, tmp_path):
     assert _counts(runs["work"]) == {"computed": 0, "cache_hits": len(_all(again)), "reused_cache": 1}
     for key, (_, vec) in again["train"].items():
         np.testing.assert_array_equal(vec, views["train"][key][1])
-
-
-def test_cache_records_round_trip_and_bad_records_are_named():
-    vec = np.linspace(-3.0, 3.0, 1024, dtype=np.float32)
-    key = bottleneck_gen.entry_key("ns", "ab" * 32, 0)
-    record = feature_records.cache_record(key, vec.astype("<f4").tobytes())
-    got_key, got = feature_records.parse_cache_record(record)
-    assert got_key == key
-    np.testing.assert_array_equal(np.frombuffer(got, "<f4"), vec)
-    for bad in (key, key + b"\x00\x01\x02"):  # no features; a partial float
-        with pytest.raises(ValueError, match="malformed feature-cache record"):
-            feature_records.parse_cache_record(bad)
-
-
-@pytest.mark.parametrize("label,view,dim", [(0, 0, 1024), (1, 2, 1280), (300, 129, 2048), (2**40, 0, 1)])
-def test_hand_serialised_bottleneck_is_the_tf_example(label, view, dim):
-    """Multi-byte varints and lengths included: it must parse as tf.train.Example
-    builds it, so Transform and the Trainer read the same values."""
-    vec = np.random.default_rng(label).standard_normal(dim).astype(np.float32)
-    sha = "0f" * 32
-    data = feature_records.bottleneck_example({"label": label, "sha": sha, "view": view},
-                                              vec.astype("<f4").tobytes())
-    expected = tf.train.Example(features=tf.train.Features(feature={
-        preprocessing.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vec)),
-        preprocessing.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "content_sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha.encode()])),
-        "view": tf.train.Feature(int64_list=tf.train.Int64List(value=[view]))}))
-    assert tf.train.Example.FromString(data) == expected
-    parsed = tf.io.parse_single_example(data, {
-        preprocessing.FEATURES_KEY: tf.io.FixedLenFeature([dim], tf.float32),
-        preprocessing.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)})
-    np.testing.assert_array_equal(parsed[preprocessing.FEATURES_KEY].numpy(), vec)
-    assert int(parsed[preprocessing.LABEL_KEY]) == label
 
 
 def test_outputs_are_cleared_then_committed_and_never_left_without_a_file(tmp_path):

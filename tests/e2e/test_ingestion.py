@@ -197,15 +197,15 @@ def test_manifest_csv(tmp_path):
 
 
 def test_manifest_through_example_gen(tmp_path):
-    from test_image_example_gen import _read, _run_example_gen
+    from conftest import read_examples, run_example_gen
     for i in range(6):
         _save(tmp_path / "a" / f"{i}.png", _img(500 + i), "PNG")
         _save(tmp_path / "b" / f"{i}.jpg", _img(600 + i), "JPEG")
     rows = ["uri,label"] + [f"a/{i}.png,apple" for i in range(6)] + \
         [f"b/{i}.jpg,banana" for i in range(6)] + ["a/gone.png,apple"]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    uri = _run_example_gen(tmp_path / "m.csv", tmp_path / "work", ["apple", "banana"])
-    got = _read(uri)
+    uri = run_example_gen(tmp_path / "m.csv", tmp_path / "work", ["apple", "banana"])
+    got = read_examples(uri)
     paths = sorted(r["path"] for split in got.values() for r in split)
     assert paths == sorted([f"a/{i}.png" for i in range(6)] + [f"b/{i}.jpg" for i in range(6)])
     report = {r["path"]: r for r in read_report(uri)}

@@ -15,7 +15,7 @@ from components.tflite import convert, metadata
 from pipeline import predict
 from conftest import head_settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

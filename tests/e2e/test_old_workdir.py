@@ -22,7 +22,7 @@ from conftest import copy_subset
 pytestmark = pytest.mark.slow
 
 OLD_COMMIT = "e71acafc0514175fa66a36fc534f9439d1cbcb5e"
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CLASSES = ["flags", "food_and_drink", "smileys_and_emotion"]
 PER_CLASS = 14
 

@@ -70,7 +70,7 @@ def runs(tmp_path_factory, emoji_root, imagenet_weights):
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", "--images", str(images), "--workdir",
          str(workdir), "--min-accuracy", "0.6", "--epochs", "60", "--enable-cache", "--json"],
-        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert proc.returncode == 0, proc.stderr[-3000:]
     b = json.loads(proc.stdout.strip().splitlines()[-1])
     b["_stderr"] = proc.stderr
