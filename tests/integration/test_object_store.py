@@ -23,8 +23,11 @@ import time
 
 import pytest
 
-from components import object_store
-from conftest import copy_subset
+if __name__ == "__main__":  # a child run: pytest puts tests/ (conftest's folder) on sys.path, a script does not
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from components import object_store  # noqa: E402
+from conftest import copy_subset  # noqa: E402
 
 BUCKET = "retrain"
 CLASSES = ["flags", "food_and_drink"]
