@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow_model_analysis as tfma
 
@@ -101,49 +101,67 @@ def summarize(eval_uri: str, label_names: Sequence[str]) -> Dict[str, Any]:
      "confusion_matrix": [[count]] (rows actual, columns predicted),
      "validation_ok", "failures": [str]}
     """
-    out: Dict[str, Any] = {"accuracy": None, "baseline_accuracy": None, "example_count": None,
-                           "per_class": {n: {} for n in label_names}}
+    out: Dict[str, Any] = {"accuracy": None, "baseline_accuracy": None, "example_count": None}
     for slice_metrics in tfma.load_metrics(eval_uri):
         if slice_metrics.slice_key.single_slice_keys:
             continue  # overall slice only
         for kv in slice_metrics.metric_keys_and_values:
             key, value = kv.key, kv.value
-            if key.is_diff or not value.HasField("double_value"):
+            if key.is_diff or key.sub_key.ByteSize() or not value.HasField("double_value"):
                 continue
             v = value.double_value.value
-            v = None if math.isnan(v) else v  # precision of a never-predicted class
+            v = None if math.isnan(v) else v
             baseline = key.model_name == BASELINE
-            if key.sub_key.HasField("class_id"):
-                cid = key.sub_key.class_id.value
-                if 0 <= cid < len(label_names) and key.name in ("recall", "precision"):
-                    name = ("baseline_" if baseline else "") + key.name
-                    out["per_class"][label_names[cid]][name] = v
-            elif key.name == ACCURACY:
+            if key.name == ACCURACY:
                 out["baseline_accuracy" if baseline else "accuracy"] = v
             elif key.name == "example_count" and not baseline:
                 out["example_count"] = int(v)
-    out["confusion_matrix"] = _confusion_matrix(eval_uri, len(label_names))
+    matrices = _confusion_matrices(eval_uri, len(label_names))
+    out["confusion_matrix"] = matrices.get(CANDIDATE)
+    # Per-class rates come from the confusion matrices (each example counted once,
+    # at its argmax): TFMA's binarized top-k Recall/Precision gave a class that was
+    # never predicted recall 1.0 and precision 0.014 (issue 17, item 9).
+    out["per_class"] = {n: {} for n in label_names}
+    for model, prefix in ((CANDIDATE, ""), (BASELINE, "baseline_")):
+        if matrices.get(model) is None:
+            continue
+        for name, (precision, recall) in zip(label_names, per_class_rates(matrices[model])):
+            out["per_class"][name][prefix + "precision"] = precision
+            out["per_class"][name][prefix + "recall"] = recall
     validation = tfma.load_validation_result(eval_uri)
     out["validation_ok"] = bool(validation.validation_ok)
     out["failures"] = _failures(validation)
     return out
 
 
-def _confusion_matrix(eval_uri: str, n: int) -> Optional[List[List[int]]]:
+def per_class_rates(matrix: Sequence[Sequence[int]]) -> List[Tuple[Optional[float], Optional[float]]]:
+    """(precision, recall) per class of a confusion matrix (rows actual, columns
+    predicted). None where undefined: precision of a class never predicted,
+    recall of a class with no examples."""
+    rates = []
+    for c in range(len(matrix)):
+        predicted = sum(row[c] for row in matrix)
+        actual = sum(matrix[c])
+        rates.append((matrix[c][c] / predicted if predicted else None,
+                      matrix[c][c] / actual if actual else None))
+    return rates
+
+
+def _confusion_matrices(eval_uri: str, n: int) -> Dict[str, List[List[int]]]:
+    """{model name: matrix} of the overall slice's MultiClassConfusionMatrixPlot."""
+    found: Dict[str, List[List[int]]] = {}
     for slice_plots in tfma.load_plots(eval_uri):
         if slice_plots.slice_key.single_slice_keys:
             continue
         for kv in slice_plots.plot_keys_and_values:
-            if kv.key.model_name == BASELINE:
-                continue
             # One matrix at threshold 0: each example counted at its argmax.
             for cm in kv.value.multi_class_confusion_matrix_at_thresholds.matrices[:1]:
                 matrix = [[0] * n for _ in range(n)]
                 for e in cm.entries:
                     if 0 <= e.actual_class_id < n and 0 <= e.predicted_class_id < n:
                         matrix[e.actual_class_id][e.predicted_class_id] = int(round(e.num_weighted_examples))
-                return matrix
-    return None
+                found[kv.key.model_name or CANDIDATE] = matrix
+    return found
 
 
 def _failures(validation) -> List[str]:

@@ -32,3 +32,17 @@ def test_without_baseline_only_value_threshold_remains():
     assert len(updated.model_specs) == 1 and not updated.model_specs[0].is_baseline
     t = _threshold(updated)
     assert t.value_threshold.lower_bound.value == 0.7
+
+
+def test_per_class_rates_come_from_the_confusion_matrix():
+    # rows actual, columns predicted; class 2 is never predicted (its one example
+    # went to class 0), class 3 has no examples but is predicted once.
+    matrix = [[3, 1, 0, 0],
+              [0, 4, 0, 1],
+              [1, 0, 0, 0],
+              [0, 0, 0, 0]]
+    rates = evaluation.per_class_rates(matrix)
+    assert rates[0] == (3 / 4, 3 / 4)
+    assert rates[1] == (4 / 5, 4 / 5)
+    assert rates[2] == (None, 0.0)        # never predicted: precision undefined, recall 0
+    assert rates[3] == (0.0, None)        # no examples: recall undefined
