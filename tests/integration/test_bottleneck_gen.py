@@ -228,5 +228,6 @@ def test_keras_weights_are_downloaded_on_first_use_then_keyed(tmp_path, monkeypa
     sha = hashlib.sha256((tmp_path / spec.keras.notop_file).read_bytes()).hexdigest()
     assert namespace.startswith(f"mobilenet_v2|{sha}|")
     assert bottleneck_gen.cache_namespace("mobilenet_v2", "keras") == namespace
-    assert preprocessing.shared_extractor("mobilenet_v2", "keras") is not None
+    extractor = preprocessing.shared_extractor("mobilenet_v2", "keras")
+    assert extractor.output_shape == (None, spec.feature_dim)  # the downloaded no-top model
     assert len(downloads) == 1

@@ -9,9 +9,13 @@ from components import backbones, preprocessing, trainer
 from conftest import head_settings
 
 
-def _blobs(n, d=16, classes=3, seed=0, spread=0.3):
+def _blobs(n, d=16, classes=3, seed=0, spread=0.3, sample_seed=None):
+    """n points around `classes` centres (fixed by `seed`); another `sample_seed`
+    draws new points around the same centres (a held-out set)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, d)) * 3
+    if sample_seed is not None:
+        rng = np.random.default_rng(sample_seed)
     y = rng.integers(0, classes, n)
     x = centres[y] + rng.normal(size=(n, d)) * spread
     return x.astype(np.float32), y.astype(np.int64)
@@ -19,17 +23,17 @@ def _blobs(n, d=16, classes=3, seed=0, spread=0.3):
 
 def test_head_learns_separable_features_deterministically():
     x, y = _blobs(300)
-    xe, ye = _blobs(90, seed=0)  # same centres, same generator: held-out style check below
+    held_x, held_y = _blobs(90, sample_seed=1)  # same centres, points unseen by training and early stopping
     cfg = head_settings(epochs=30, seed=7, learning_rate=0.01)
     head, history = trainer.train_head(x[:240], y[:240], x[240:], y[240:], 3, cfg)
-    acc = (head(x[240:]).numpy().argmax(1) == y[240:]).mean()
-    assert acc > 0.95
+    acc = (head(held_x).numpy().argmax(1) == held_y).mean()
+    # The classes are separated by ~10 standard deviations: a working head is at 1.0.
+    assert acc >= 0.97
     assert len(head.trainable_weights) == 2  # one Dense layer: kernel + bias
     head2, history2 = trainer.train_head(x[:240], y[:240], x[240:], y[240:], 3, cfg)
     for a, b in zip(head.get_weights(), head2.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert history == history2
-    del xe, ye
 
 
 def test_early_stopping_on_eval_loss():
