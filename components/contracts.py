@@ -66,6 +66,11 @@ RECORD_FEATURE_CACHE = "record-feature-cache"
 
 _VERSION = re.compile(r"^[0-9]+$")
 
+# Every character str.splitlines() breaks a line on: none may be in a class name
+# (components/image_io.py label_problem), so reading labels by "\n" alone and
+# any reader splitting lines agree on the class count.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
 
 def read_labels(text: str) -> List[str]:
     """A labels file's class names: split on "\\n" only (a class name can never

@@ -171,9 +171,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if "://" not in images:
         images = os.path.abspath(images)
     try:
+        flags = config_flags.values(args, COMPILE_FLAGS)
+    except ValueError as e:  # NaN or inf in a float flag
+        return _fail(e)
+    try:
         runner.check_output_path(args.output)
-        base = PipelineConfig(images=images, workdir=root,
-                              **config_flags.values(args, COMPILE_FLAGS))
+        base = PipelineConfig(images=images, workdir=root, **flags)
         config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root),
                                         target=args.target)
         problem = config.validate()

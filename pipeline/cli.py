@@ -29,7 +29,7 @@ RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "eval_p
              "min_images_per_class", "epochs", "seed", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
-             "enable_cache")
+             "max_file_bytes", "min_image_side", "follow_external_symlinks", "enable_cache")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,13 +128,20 @@ def _cmd_run(args) -> int:
         return _fail(f"--workdir must be a local folder (it holds the MLMD SQLite store), got "
                      f"{args.workdir}; put artifacts and versions on s3:// with "
                      "--pipeline-root and --serving-dir", 2)
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        return _fail(f"--workdir {args.workdir} is a file, not a folder: give a folder "
+                     "(it is created when missing)", 2)
     from components import object_store
+    from pipeline import mlmd_store
     from pipeline.config import PipelineConfig
     try:
         config = PipelineConfig(
             images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
             serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
             **config_flags.values(args, RUN_FLAGS))
+        problem = mlmd_store.store_problem(config.metadata_path)
+        if problem:
+            return _fail(problem, 2)
         # Before TensorFlow and TFX load: a wrong key or endpoint fails in a second.
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
@@ -144,6 +151,9 @@ def _cmd_run(args) -> int:
     from pipeline import local_runner, preflight
     try:
         config = preflight.scan(config)
+        if config.empty_classes:  # also in the ingestion report and the run's summary
+            print("retrain: warning: empty class folder(s) skipped: "
+                  + ", ".join(repr(c) for c in config.empty_classes), file=sys.stderr)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)
     except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:

@@ -31,20 +31,27 @@ def scan(config: PipelineConfig) -> PipelineConfig:
     if not manifest and not tf.io.gfile.isdir(config.images):
         raise PreflightError(f"images folder not found: {config.images}")
 
-    found = list(image_io.find_images(config.images, config.extensions))
+    found = list(image_io.find_images(config.images, config.extensions,
+                                      config.follow_external_symlinks))
     counts = collections.Counter(c.label for c in found if isinstance(c, image_io.Candidate))
-    labels = sorted(counts) if manifest else image_io.list_label_folders(config.images)
+    folders = sorted(counts) if manifest else image_io.list_label_folders(config.images)
+    # An empty class folder is skipped and reported (ImageExampleGen's report,
+    # the CLI's warning): a scheduled run must not die because one was created.
+    empty = tuple(label for label in folders if counts[label] == 0)
+    labels = [label for label in folders if counts[label] > 0]
     for label in labels:
         problem = image_io.label_problem(label)
         if problem:
             raise PreflightError(f"{problem}: rename the folder" if not manifest else problem)
     if len(labels) < 2:
         raise PreflightError(
-            f"found {len(labels)} class(es) in {config.images} ({', '.join(labels) or 'none'}); "
+            f"found {len(labels)} class(es) with images in {config.images} "
+            f"({', '.join(labels) or 'none'}"
+            + (f"; empty: {', '.join(empty)}" if empty else "") + "); "
             "need at least 2: put images in <images>/<label>/<file>")
     for label in labels:
         if counts[label] < config.min_images_per_class:
             raise PreflightError(
                 f"class '{label}' has {counts[label]} images, the minimum is "
                 f"{config.min_images_per_class}")
-    return dataclasses.replace(config, label_names=tuple(labels))
+    return dataclasses.replace(config, label_names=tuple(labels), empty_classes=empty)
