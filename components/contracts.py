@@ -48,6 +48,12 @@ BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
 
+# ------------------------------------------------------------- environment
+# Log file for C++ libraries' fd-2 lines (components/native_stderr.py); set by
+# `retrain run` without --verbose.
+NATIVE_STDERR_LOG_ENV = "TFX_RETRAIN_NATIVE_STDERR_LOG"
+NATIVE_STDERR_LOG_FILE = "native-stderr.log"  # in <workdir>/logs/
+
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"

@@ -158,6 +158,9 @@ def _cmd_run(args) -> int:
             backbones.weights_fingerprint(config.backbone, config.weights)
     except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:
         return _fail(str(e), 2)
+    if not args.verbose:  # C++ libraries' lines to a log (components/native_stderr.py)
+        from components import contracts, native_stderr
+        native_stderr.send_to(os.path.join(config.workdir, "logs", contracts.NATIVE_STDERR_LOG_FILE))
     start = time.time()
     try:
         summary = local_runner.run(config, show_progress=not args.quiet)
