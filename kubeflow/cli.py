@@ -122,6 +122,10 @@ def _label_names(args, config):
         labels = sorted({x.strip() for x in args.labels.split(",") if x.strip()})
         if len(labels) < 2:
             raise KubeflowError(f"--labels needs at least 2 class names, got {args.labels!r}")
+        from components import image_io
+        problems = [image_io.label_problem(label) for label in labels]
+        if any(problems):  # e.g. a line break: labels.txt would gain a class
+            raise KubeflowError(f"--labels: {next(p for p in problems if p)}")
         return dataclasses.replace(config, label_names=tuple(labels))
     from components import object_store
     try:

@@ -13,6 +13,7 @@ configuration (one line on stderr), 1 the pipeline failed.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -119,6 +120,28 @@ def _find_cause(error: BaseException, kind: type):
     return None
 
 
+# How a full disk reads once TF, Beam or MLMD (SQLite) have re-raised it as text.
+_ENOSPC_TEXT = os.strerror(errno.ENOSPC)  # "No space left on device"
+_SQLITE_FULL_TEXT = "database or disk is full"
+
+
+def _no_space_at(error: BaseException, config) -> "str | None":
+    """Where a run ran out of disk space (an OSError's file, the MLMD store, or
+    else the pipeline root), or None when `error` has another cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error.filename or config.pipeline_root
+        text = str(error)
+        if _SQLITE_FULL_TEXT in text:
+            return config.metadata_path
+        if _ENOSPC_TEXT in text:
+            return config.pipeline_root
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _location(path):
     return path if path is None or "://" in path else os.path.abspath(path)
 
@@ -168,6 +191,9 @@ def _cmd_run(args) -> int:
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing
             return _fail(f"label space changed: {guard}", 2)
+        full = _no_space_at(e, config)
+        if full is not None:  # the disk, not the pipeline: say where
+            return _fail(f"no space left on device at {full}", 1)
         if args.verbose:
             raise
         return _fail(f"pipeline failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)

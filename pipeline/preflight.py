@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import shutil
 
 import tensorflow as tf
 
@@ -54,4 +56,43 @@ def scan(config: PipelineConfig) -> PipelineConfig:
             raise PreflightError(
                 f"class '{label}' has {counts[label]} images, the minimum is "
                 f"{config.min_images_per_class}")
-    return dataclasses.replace(config, label_names=tuple(labels), empty_classes=empty)
+    config = dataclasses.replace(config, label_names=tuple(labels), empty_classes=empty)
+    check_free_space(config, _local_bytes(found, config.max_file_bytes))
+    return config
+
+
+# What a run writes besides its images' copies: models (the backbone is in the
+# Transform graph, the SavedModel and each TFLite variant), features, statistics.
+# 300 MB holds a MobileNet run with every variant, with room to spare.
+RUN_OVERHEAD_BYTES = 300_000_000
+
+
+def _local_bytes(found, max_file_bytes: int) -> int:
+    """Total size of the local files that will be read (larger ones are skipped)."""
+    total = 0
+    for item in found:
+        if isinstance(item, image_io.Candidate) and "://" not in item.path:
+            try:
+                size = os.path.getsize(item.path)
+            except OSError:  # vanished or a broken link: ImageExampleGen reports it
+                continue
+            total += size if size <= max_file_bytes else 0
+    return total
+
+
+def check_free_space(config: PipelineConfig, image_bytes: int) -> None:
+    """PreflightError unless the pipeline root's disk has room for a run: its
+    examples copy every image (a re-encoded one may grow), so 2 x the images'
+    size + RUN_OVERHEAD_BYTES. A rough bound, checked before anything is written."""
+    if "://" in config.pipeline_root:
+        return
+    where = os.path.abspath(config.pipeline_root)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    need = 2 * image_bytes + RUN_OVERHEAD_BYTES
+    if free < need:
+        raise PreflightError(
+            f"not enough free space at {where}: {free // 1_000_000} MB free, a run needs about "
+            f"{need // 1_000_000} MB (2 x the images' {image_bytes // 1_000_000} MB + "
+            f"{RUN_OVERHEAD_BYTES // 1_000_000} MB); free some or use another --workdir")

@@ -209,3 +209,50 @@ def test_run_flags_reach_the_config():
     assert values["tflite_variants"] == ("fp16", "int8") and values["epochs"] == 7
     assert values["parity_bounds"] == {"int8": 0.9} and values["allow_label_change"] is True
     assert "--direct_num_workers=2" in values["beam_args"] and "beam_workers" not in values
+
+
+def test_too_little_free_space_refused_before_a_run(tmp_path, capsys):
+    """Images larger than the disk's free space (a sparse file: no disk used)."""
+    import shutil as sh
+    images = _folder(tmp_path / "images", {"a": 10, "b": 10})
+    free = sh.disk_usage(tmp_path).free
+    with open(images / "a" / "huge.png", "wb") as f:
+        f.truncate(free)
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w",
+                     "--max-file-bytes", free + 1, "--weights", "random")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"retrain: error: not enough free space at {tmp_path}: ")
+    assert not (tmp_path / "w").exists()
+
+
+def test_full_disk_said_in_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC anywhere in a run (here a real one: a write to /dev/full, where the
+    pipeline would run) is one line naming where, exit 1."""
+    import errno
+    import os
+    from pipeline import local_runner
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+
+    def fill_disk(config, show_progress=False):
+        try:
+            with open("/dev/full", "wb", buffering=0) as f:
+                f.write(b"x")
+        except OSError as e:  # re-raised as text, as Beam and MLMD do
+            raise RuntimeError(f"WriteSplit[train] failed: {e}") from e
+
+    monkeypatch.setattr(local_runner, "run", fill_disk)
+    images = _folder(tmp_path / "images", {"a": 10, "b": 10})
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w", "--weights", "random")
+    assert code == 1
+    assert err == [f"retrain: error: no space left on device at {tmp_path / 'w' / 'pipeline_root'}"]
+    from pipeline.config import PipelineConfig
+    config = PipelineConfig(images="i", workdir=str(tmp_path / "w"))
+    sqlite_full = RuntimeError("InternalError: Error when executing query: database or disk is full")
+    assert cli._no_space_at(sqlite_full, config) == config.metadata_path
+    named = OSError(errno.ENOSPC, "No space left on device", "/w/pipeline_root/x.gz")
+    assert cli._no_space_at(RuntimeError("wrapped"), config) is None
+    try:
+        raise ValueError("component failed") from named
+    except ValueError as e:
+        assert cli._no_space_at(e, config) == "/w/pipeline_root/x.gz"
