@@ -142,6 +142,17 @@ def _no_space_at(error: BaseException, config) -> "str | None":
     return None
 
 
+def _native_lines_to_log(config, verbose: bool):
+    """C++ libraries' terminal lines to <workdir>/logs/ unless --verbose
+    (components/native_stderr.py)."""
+    import contextlib
+    from components import contracts, native_stderr
+    if verbose:
+        return contextlib.nullcontext()
+    return native_stderr.sent_to(
+        os.path.join(config.workdir, "logs", contracts.NATIVE_STDERR_LOG_FILE))
+
+
 def _location(path):
     return path if path is None or "://" in path else os.path.abspath(path)
 
@@ -181,12 +192,10 @@ def _cmd_run(args) -> int:
             backbones.weights_fingerprint(config.backbone, config.weights)
     except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:
         return _fail(str(e), 2)
-    if not args.verbose:  # C++ libraries' lines to a log (components/native_stderr.py)
-        from components import contracts, native_stderr
-        native_stderr.send_to(os.path.join(config.workdir, "logs", contracts.NATIVE_STDERR_LOG_FILE))
     start = time.time()
     try:
-        summary = local_runner.run(config, show_progress=not args.quiet)
+        with _native_lines_to_log(config, args.verbose):
+            summary = local_runner.run(config, show_progress=not args.quiet)
     except Exception as e:  # a component failed: say why, keep the traceback in --verbose
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing

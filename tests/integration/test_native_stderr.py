@@ -22,10 +22,11 @@ _SCRIPT = textwrap.dedent("""
     print("-- before", file=sys.stderr, flush=True)
     convert.convert(model, "float32")             # nothing named: lines on the terminal
     print("-- after", file=sys.stderr, flush=True)
-    native_stderr.send_to(sys.argv[1])
-    data = convert.convert(model, "float32")
-    runtime.Classifier(data).predict_one(np.zeros((8, 8, 3), np.float32))
-    print("-- python still reaches the terminal", file=sys.stderr, flush=True)
+    with native_stderr.sent_to(sys.argv[1]):
+        data = convert.convert(model, "float32")
+        runtime.Classifier(data).predict_one(np.zeros((8, 8, 3), np.float32))
+        print("-- python still reaches the terminal", file=sys.stderr, flush=True)
+    assert "TFX_RETRAIN_NATIVE_STDERR_LOG" not in os.environ  # restored for what follows
 """)
 
 
