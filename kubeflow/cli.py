@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Callable, Dict, List
@@ -215,6 +216,14 @@ def _token(args) -> str | None:
     return token
 
 
+def _timeout(args) -> float:
+    """--timeout, refused unless a positive finite number (NaN passes any range check)."""
+    from kubeflow.runner import KubeflowError
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise KubeflowError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    return args.timeout
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from kubeflow import kfp_client
     from kubeflow.runner import KubeflowError
@@ -222,7 +231,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         run_id = kfp_client.submit(
             args.spec, args.host, pipeline_root=args.pipeline_root, run_name=args.run_name,
             experiment=args.experiment, namespace=args.namespace, token=_token(args),
-            timeout=args.timeout)
+            timeout=_timeout(args))
     except KubeflowError as e:
         return _fail(e)
     print(f"run {run_id}")
@@ -236,7 +245,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         recurring_id = kfp_client.schedule(
             args.spec, args.host, cron=args.cron, name=args.name,
             pipeline_root=args.pipeline_root, experiment=args.experiment,
-            namespace=args.namespace, token=_token(args), timeout=args.timeout)
+            namespace=args.namespace, token=_token(args), timeout=_timeout(args))
     except KubeflowError as e:
         return _fail(e)
     print(f"recurring run {recurring_id}")
