@@ -73,8 +73,8 @@ def _store_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[arg
         except mlmd_store.StoreError as e:
             return _fail(str(e))
         except (mlmd_errors.StatusError, RuntimeError) as e:
-            if isinstance(e, RuntimeError) and "query" not in str(e):
-                raise
+            if not args.workdir or (isinstance(e, RuntimeError) and "query" not in str(e)):
+                raise  # not the workdir's store (bless --pipeline-root has none)
             return _fail(str(mlmd_store.store_failure(_config(args).metadata_path, e)))
     return guarded
 
