@@ -48,6 +48,12 @@ BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
 
+# ------------------------------------------------------------- environment
+# Log file for C++ libraries' fd-2 lines (components/native_stderr.py); set by
+# `retrain run` without --verbose.
+NATIVE_STDERR_LOG_ENV = "TFX_RETRAIN_NATIVE_STDERR_LOG"
+NATIVE_STDERR_LOG_FILE = "native-stderr.log"  # in <workdir>/logs/
+
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"
@@ -65,6 +71,11 @@ RECORD_BLESSED_MODEL = "record-blessed-model"
 RECORD_FEATURE_CACHE = "record-feature-cache"
 
 _VERSION = re.compile(r"^[0-9]+$")
+
+# Every character str.splitlines() breaks a line on: none may be in a class name
+# (components/image_io.py label_problem), so reading labels by "\n" alone and
+# any reader splitting lines agree on the class count.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def read_labels(text: str) -> List[str]:

@@ -82,9 +82,11 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
 class _DecodeFn(beam.DoFn):
     """Candidate -> (sha, record) on the main output, or a report row when rejected."""
 
-    def __init__(self, label_index: Dict[str, int], max_pixels: int):
+    def __init__(self, label_index: Dict[str, int], settings: IngestSettings):
         self._label_index = label_index
-        self._max_pixels = max_pixels
+        self._max_pixels = settings.max_pixels
+        self._max_file_bytes = settings.max_file_bytes
+        self._min_side = settings.min_image_side
         self._decoded = beam.metrics.Metrics.counter("image_example_gen", "decoded")
         self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
 
@@ -97,20 +99,19 @@ class _DecodeFn(beam.DoFn):
     def process(self, cand: image_io.Candidate):
         self._progress.add()
         try:
-            raw = image_io.read_bytes(cand.path)
-        except Exception as e:  # permissions, vanished file, remote error
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, f"unreadable file: {e}"))
-            return
-        try:
-            img = image_io.decode(raw, self._max_pixels)
+            raw = image_io.read_bytes(cand.path, self._max_file_bytes)
+            img = image_io.decode(raw, self._max_pixels, min_side=self._min_side)
         except image_io.ImageRejected as e:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, str(e)))
             return
+        except Exception as e:  # permissions, vanished file, remote error
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, f"unreadable file: {e}"))
+            return
         if not img.reencoded and not _tf_decodes(img.data):
             # Pillow read it but TF's decoder would fail in Transform: hand TF a PNG.
-            img = image_io.decode(raw, self._max_pixels, keep_original=False)
+            img = image_io.decode(raw, self._max_pixels, keep_original=False, min_side=self._min_side)
         self._decoded.inc()
         sha = image_io.content_hash(raw)
         yield sha, {
@@ -163,7 +164,8 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     label_index = {name: i for i, name in enumerate(settings.label_names)}
 
     candidates, listing_skips = [], []
-    for item in image_io.find_images(settings.source, settings.extensions):
+    for item in image_io.find_images(settings.source, settings.extensions,
+                                     settings.follow_external_symlinks):
         if isinstance(item, image_io.Skipped):
             listing_skips.append(_row(item.relpath, item.label, item.reason))
         elif item.label not in label_index:
@@ -176,7 +178,7 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     decoded = (pipeline
                | "ListImages" >> beam.Create(candidates)
                | "Spread" >> beam.Reshuffle()
-               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings.max_pixels))
+               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings))
                .with_outputs("report", main="ok"))
     resolved = (decoded.ok
                 | "GroupByContent" >> beam.GroupByKey()
@@ -257,13 +259,18 @@ class ImageExampleGen(FileBasedExampleGen):
     def __init__(self, images: str, label_names: Sequence[str], eval_percent: int,
                  exclude_label_conflicts: bool,
                  max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
-                 extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS):
+                 extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS,
+                 max_file_bytes: int = image_io.DEFAULT_MAX_FILE_BYTES,
+                 min_image_side: int = image_io.DEFAULT_MIN_IMAGE_SIDE,
+                 follow_external_symlinks: bool = False):
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {list(label_names)}")
         ingest = IngestSettings(
             source=images, label_names=tuple(label_names), max_pixels=int(max_pixels),
             extensions=tuple(e.lower() for e in extensions),
-            exclude_label_conflicts=bool(exclude_label_conflicts))
+            exclude_label_conflicts=bool(exclude_label_conflicts),
+            max_file_bytes=int(max_file_bytes), min_image_side=int(min_image_side),
+            follow_external_symlinks=bool(follow_external_symlinks))
         # input_base + pattern only feed the driver's input fingerprint (used by
         # the cache); the executor walks the tree or reads the manifest itself.
         if images.lower().endswith(".csv"):

@@ -5,8 +5,14 @@ and serving see an image through the same rules:
 
 * Files are found as ``<root>/<label>/<any depth>/<file>``. Hidden files and
   folders (leading ``.``) and unknown extensions are skipped with a reason.
+* Reading is bounded: a file's size is checked against ``max_file_bytes``
+  with a stat *before* it is read, and the read stops there anyway.
 * Decoding is bounded: the pixel count is read from the header and checked
-  against ``max_pixels`` *before* any pixel buffer is allocated.
+  against ``max_pixels`` *before* any pixel buffer is allocated; an image
+  under ``min_side`` pixels on its short side is refused (nothing to learn).
+* A file symlink inside a class folder is followed only when its target
+  resolves inside the images root (unless ``follow_external_symlinks``).
+* A class folder without any image file is reported, not fatal.
 * What gets stored ("canonical bytes") is what TensorFlow's decoder in the
   Transform graph will decode to exactly the pixels Pillow saw: plain RGB/grey
   JPEGs and 8-bit PNGs are kept byte-for-byte; anything TF would decode
@@ -28,6 +34,8 @@ from typing import Iterator, Optional, Sequence
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from components import contracts
+
 # Refuse to guess at truncated files: a half-synced image must be skipped, not
 # silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -35,6 +43,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 BACKGROUND = (255, 255, 255)
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any phone photo, below a bomb.
+# 50 MB: a 50 MP PNG photo is ~40 MB; a larger file is a mistake or an attack,
+# and reading it whole costs its size in memory several times over.
+DEFAULT_MAX_FILE_BYTES = 50_000_000
+# 16 px on the short side: smaller is an icon or a tracking pixel, upscaled to
+# the backbone's input it is blur, not a photo of the class.
+DEFAULT_MIN_IMAGE_SIDE = 16
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -76,6 +90,9 @@ def label_problem(label: str) -> Optional[str]:
         return "empty class name"
     if label != label.strip():
         return f"class name {label!r} has leading or trailing spaces"
+    breaks = sorted({f"U+{ord(ch):04X}" for ch in label if ch in contracts.LINE_BREAKS})
+    if breaks:  # labels.txt holds one name a line: a break would add a class
+        return f"class name {label!r} contains a line break ({', '.join(breaks)})"
     if any(unicodedata.category(ch).startswith("C") for ch in label):
         return f"class name {label!r} contains control characters"
     if len(label) > 200:
@@ -117,12 +134,12 @@ def read_manifest(manifest: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS
             yield Candidate(path, uri, label)
 
 
-def find_images(source: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS
-                ) -> Iterator[Candidate | Skipped]:
+def find_images(source: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+                follow_external_symlinks: bool = False) -> Iterator[Candidate | Skipped]:
     """A folder tree (walk_images) or a .csv manifest (read_manifest)."""
     if source.lower().endswith(".csv"):
         return read_manifest(source, extensions)
-    return walk_images(source, extensions)
+    return walk_images(source, extensions, follow_external_symlinks=follow_external_symlinks)
 
 
 def list_label_folders(root: str) -> list[str]:
@@ -136,17 +153,23 @@ def list_label_folders(root: str) -> list[str]:
     return sorted(names)
 
 
+EMPTY_CLASS_REASON = "empty class folder (no image files): class skipped"
+
+
 def walk_images(root: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-                max_depth: int = 16) -> Iterator[Candidate | Skipped]:
+                max_depth: int = 16, follow_external_symlinks: bool = False
+                ) -> Iterator[Candidate | Skipped]:
     """Yields every file under `root` as a Candidate or a Skipped.
 
     Uses tf.io.gfile so local paths and gs:// or s3:// URIs behave the same. Symlinked
     folders are not followed (gfile.walk lists them as files on local disk; we
     skip anything that isn't a regular file), so a symlink loop can't hang it.
+    A class folder without a Candidate gives one Skipped row, "<label>/".
     """
     import tensorflow as tf
     exts = tuple(e.lower() for e in extensions)
     root = root.rstrip("/")
+    real_root = None if "://" in root else os.path.realpath(root)
     for label in tf.io.gfile.listdir(root):
         label = label.rstrip("/")
         top = os.path.join(root, label)
@@ -156,7 +179,14 @@ def walk_images(root: str, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         if _is_hidden(label):
             yield Skipped(label + "/", "hidden folder")
             continue
-        yield from _walk_label(tf, root, top, label, exts, max_depth)
+        found = False
+        for item in _walk_label(tf, root, top, label, exts, max_depth):
+            if isinstance(item, Candidate) and not follow_external_symlinks:
+                item = _inside_root(item, real_root)
+            found = found or isinstance(item, Candidate)
+            yield item
+        if not found:
+            yield Skipped(label + "/", EMPTY_CLASS_REASON, label)
 
 
 def _walk_label(tf, root, top, label, exts, max_depth):
@@ -183,10 +213,33 @@ def _walk_label(tf, root, top, label, exts, max_depth):
                 yield Candidate(path, rel, label)
 
 
-def read_bytes(path: str) -> bytes:
+def _inside_root(cand: Candidate, real_root: Optional[str]) -> Candidate | Skipped:
+    """The candidate, or a Skipped when it is a symlink whose target lies outside the root."""
+    if real_root is None or not os.path.islink(cand.path):
+        return cand
+    target = os.path.realpath(cand.path)
+    if os.path.commonpath([real_root, target]) == real_root:
+        return cand
+    return Skipped(cand.relpath, "symlink to a file outside the images root, not followed "
+                   "(--follow-external-symlinks follows it)", cand.label)
+
+
+def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The file's bytes; ImageRejected, before anything is read, when it is
+    larger than `max_bytes` (a 3 GB file must not cost 10 GB of memory)."""
     import tensorflow as tf
+    size = tf.io.gfile.stat(path).length
+    if size > max_bytes:
+        raise ImageRejected(too_large(size, max_bytes))
     with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
+        data = f.read(max_bytes + 1)  # the file may have grown since the stat
+    if len(data) > max_bytes:
+        raise ImageRejected(too_large(len(data), max_bytes))
+    return data
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"file is {size} bytes, over the limit of {max_bytes} (max_file_bytes)"
 
 
 def content_hash(data: bytes) -> str:
@@ -194,7 +247,7 @@ def content_hash(data: bytes) -> str:
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-           keep_original: bool = True) -> DecodedImage:
+           keep_original: bool = True, min_side: int = DEFAULT_MIN_IMAGE_SIDE) -> DecodedImage:
     """Checks and normalises one image. Raises ImageRejected with the reason.
 
     keep_original=False forces the RGB PNG re-encoding even for bytes TF could
@@ -217,6 +270,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     if width * height > max_pixels:
         raise ImageRejected(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageRejected(
+            f"{width}x{height} is smaller than the minimum of {min_side} px on the short side")
     try:
         img.load()  # first frame only for GIF/WebP animations
     except Exception as e:

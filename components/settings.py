@@ -18,6 +18,7 @@ import json
 import typing
 from typing import Any, Dict, Mapping, Tuple, TypeVar
 
+from components import image_io
 from components.tflite import variants as tflite_variants
 
 S = TypeVar("S", bound="Settings")
@@ -33,6 +34,9 @@ class Settings:
     property of its own, those named in JSON_PROPERTIES as JSON text."""
 
     JSON_PROPERTIES: Tuple[str, ...] = ()  # a class constant: Settings is no dataclass
+    # Fields added after the format first shipped -> the value a spec compiled
+    # before then runs with (every other missing key is an error).
+    ADDED_LATER: Mapping[str, Any] = {}
 
     def to_config(self) -> Dict[str, Any]:
         return {f.name: _to_json_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -47,6 +51,7 @@ class Settings:
             raise SettingsError(f"{what}: expected a dict of settings, got {type(config).__name__}")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
+        config = {**{k: v for k, v in cls.ADDED_LATER.items() if k not in config}, **config}
         missing = [n for n in names if n not in config]
         unknown = sorted(set(config) - set(names))
         if missing or unknown:
@@ -155,17 +160,27 @@ class TrainerSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class IngestSettings(Settings):
     """ImageExampleGen's ``ingest_config`` (JSON; components/image_example_gen.py)."""
+    # A spec compiled before these limits existed gets them at their defaults:
+    # a newer image never reads unbounded files or follows symlinks out of the root.
+    ADDED_LATER = {"max_file_bytes": image_io.DEFAULT_MAX_FILE_BYTES,
+                   "min_image_side": image_io.DEFAULT_MIN_IMAGE_SIDE,
+                   "follow_external_symlinks": False}
     source: str                   # <label>/<file> folder or uri,label CSV manifest
     label_names: Tuple[str, ...]  # the vocabulary: index = label
     max_pixels: int
     extensions: Tuple[str, ...]   # lower case, with the dot
     exclude_label_conflicts: bool
+    max_file_bytes: int           # larger files are skipped unread
+    min_image_side: int           # images smaller on their short side are skipped
+    follow_external_symlinks: bool  # file symlinks out of the images root
 
     def __post_init__(self):
         if not self.extensions:
             raise SettingsError("IngestSettings: extensions is empty; no file would be read")
-        if self.max_pixels < 1:
-            raise SettingsError(f"IngestSettings: max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_pixels < 1 or self.max_file_bytes < 1 or self.min_image_side < 1:
+            raise SettingsError(f"IngestSettings: max_pixels, max_file_bytes and min_image_side "
+                                f"must be >= 1, got {self.max_pixels}, {self.max_file_bytes}, "
+                                f"{self.min_image_side}")
 
 
 @dataclasses.dataclass(frozen=True)

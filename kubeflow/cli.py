@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Callable, Dict, List
@@ -122,6 +123,10 @@ def _label_names(args, config):
         labels = sorted({x.strip() for x in args.labels.split(",") if x.strip()})
         if len(labels) < 2:
             raise KubeflowError(f"--labels needs at least 2 class names, got {args.labels!r}")
+        from components import image_io
+        problems = [image_io.label_problem(label) for label in labels]
+        if any(problems):  # e.g. a line break: labels.txt would gain a class
+            raise KubeflowError(f"--labels: {next(p for p in problems if p)}")
         return dataclasses.replace(config, label_names=tuple(labels))
     from components import object_store
     try:
@@ -171,9 +176,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if "://" not in images:
         images = os.path.abspath(images)
     try:
+        flags = config_flags.values(args, COMPILE_FLAGS)
+    except ValueError as e:  # NaN or inf in a float flag
+        return _fail(e)
+    try:
         runner.check_output_path(args.output)
-        base = PipelineConfig(images=images, workdir=root,
-                              **config_flags.values(args, COMPILE_FLAGS))
+        base = PipelineConfig(images=images, workdir=root, **flags)
         config = runner.kubeflow_config(base, root, args.serving_dir, beam_args(args, root),
                                         target=args.target)
         problem = config.validate()
@@ -208,6 +216,14 @@ def _token(args) -> str | None:
     return token
 
 
+def _timeout(args) -> float:
+    """--timeout, refused unless a positive finite number (NaN passes any range check)."""
+    from kubeflow.runner import KubeflowError
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise KubeflowError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    return args.timeout
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from kubeflow import kfp_client
     from kubeflow.runner import KubeflowError
@@ -215,7 +231,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         run_id = kfp_client.submit(
             args.spec, args.host, pipeline_root=args.pipeline_root, run_name=args.run_name,
             experiment=args.experiment, namespace=args.namespace, token=_token(args),
-            timeout=args.timeout)
+            timeout=_timeout(args))
     except KubeflowError as e:
         return _fail(e)
     print(f"run {run_id}")
@@ -229,7 +245,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         recurring_id = kfp_client.schedule(
             args.spec, args.host, cron=args.cron, name=args.name,
             pipeline_root=args.pipeline_root, experiment=args.experiment,
-            namespace=args.namespace, token=_token(args), timeout=args.timeout)
+            namespace=args.namespace, token=_token(args), timeout=_timeout(args))
     except KubeflowError as e:
         return _fail(e)
     print(f"recurring run {recurring_id}")

@@ -13,6 +13,7 @@ configuration (one line on stderr), 1 the pipeline failed.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "eval_p
              "min_images_per_class", "epochs", "seed", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
-             "enable_cache")
+             "max_file_bytes", "min_image_side", "follow_external_symlinks", "enable_cache")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +120,39 @@ def _find_cause(error: BaseException, kind: type):
     return None
 
 
+# How a full disk reads once TF, Beam or MLMD (SQLite) have re-raised it as text.
+_ENOSPC_TEXT = os.strerror(errno.ENOSPC)  # "No space left on device"
+_SQLITE_FULL_TEXT = "database or disk is full"
+
+
+def _no_space_at(error: BaseException, config) -> "str | None":
+    """Where a run ran out of disk space (an OSError's file, the MLMD store, or
+    else the pipeline root), or None when `error` has another cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error.filename or config.pipeline_root
+        text = str(error)
+        if _SQLITE_FULL_TEXT in text:
+            return config.metadata_path
+        if _ENOSPC_TEXT in text:
+            return config.pipeline_root
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _native_lines_to_log(config, verbose: bool):
+    """C++ libraries' terminal lines to <workdir>/logs/ unless --verbose
+    (components/native_stderr.py)."""
+    import contextlib
+    from components import contracts, native_stderr
+    if verbose:
+        return contextlib.nullcontext()
+    return native_stderr.sent_to(
+        os.path.join(config.workdir, "logs", contracts.NATIVE_STDERR_LOG_FILE))
+
+
 def _location(path):
     return path if path is None or "://" in path else os.path.abspath(path)
 
@@ -128,13 +162,20 @@ def _cmd_run(args) -> int:
         return _fail(f"--workdir must be a local folder (it holds the MLMD SQLite store), got "
                      f"{args.workdir}; put artifacts and versions on s3:// with "
                      "--pipeline-root and --serving-dir", 2)
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        return _fail(f"--workdir {args.workdir} is a file, not a folder: give a folder "
+                     "(it is created when missing)", 2)
     from components import object_store
+    from pipeline import mlmd_store
     from pipeline.config import PipelineConfig
     try:
         config = PipelineConfig(
             images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
             serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
             **config_flags.values(args, RUN_FLAGS))
+        problem = mlmd_store.store_problem(config.metadata_path)
+        if problem:
+            return _fail(problem, 2)
         # Before TensorFlow and TFX load: a wrong key or endpoint fails in a second.
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
@@ -144,17 +185,24 @@ def _cmd_run(args) -> int:
     from pipeline import local_runner, preflight
     try:
         config = preflight.scan(config)
+        if config.empty_classes:  # also in the ingestion report and the run's summary
+            print("retrain: warning: empty class folder(s) skipped: "
+                  + ", ".join(repr(c) for c in config.empty_classes), file=sys.stderr)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)
     except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:
         return _fail(str(e), 2)
     start = time.time()
     try:
-        summary = local_runner.run(config, show_progress=not args.quiet)
+        with _native_lines_to_log(config, args.verbose):
+            summary = local_runner.run(config, show_progress=not args.quiet)
     except Exception as e:  # a component failed: say why, keep the traceback in --verbose
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing
             return _fail(f"label space changed: {guard}", 2)
+        full = _no_space_at(e, config)
+        if full is not None:  # the disk, not the pipeline: say where
+            return _fail(f"no space left on device at {full}", 1)
         if args.verbose:
             raise
         return _fail(f"pipeline failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)

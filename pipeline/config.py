@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -55,12 +56,20 @@ class PipelineConfig:
     weights: str = "imagenet"
     # Label vocabulary: sorted class folder names, filled in by preflight.scan().
     label_names: Tuple[str, ...] = ()
+    # Class folders without an image file, skipped: filled in by preflight.scan().
+    empty_classes: Tuple[str, ...] = ()
     # Percent of images (by content hash) in the eval split: the usual 80/20.
     eval_percent: int = 20
     # Fewer images than this in a class stops the run: at 20 % eval, 10 images
     # leave 2 to measure the class on, the least that says anything.
     min_images_per_class: int = 10
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS            # larger images are skipped
+    # Larger files are skipped unread (checked with a stat before reading).
+    max_file_bytes: int = image_io.DEFAULT_MAX_FILE_BYTES
+    min_image_side: int = image_io.DEFAULT_MIN_IMAGE_SIDE    # smaller images are skipped
+    # File symlinks in a class folder are followed only to targets inside the
+    # images root unless this is set (a link to /etc or another dataset is a mistake).
+    follow_external_symlinks: bool = False
     extensions: Tuple[str, ...] = image_io.DEFAULT_EXTENSIONS  # files read as images
     # Identical files under two labels are left out: kept, they would teach
     # the head both answers for one image.
@@ -154,6 +163,10 @@ class PipelineConfig:
 
     def validate(self) -> Optional[str]:
         """One-line description of the first invalid setting, or None."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{f.name} must be a finite number, got {value}"
         if not 0 < self.eval_percent < 100:
             return f"eval_percent must be between 1 and 99, got {self.eval_percent}"
         if not 0.0 <= self.min_accuracy <= 1.0:
@@ -170,6 +183,9 @@ class PipelineConfig:
             return f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}"
         if self.min_images_per_class < 1:
             return f"min_images_per_class must be >= 1, got {self.min_images_per_class}"
+        if self.max_file_bytes < 1 or self.min_image_side < 1:
+            return (f"max_file_bytes and min_image_side must be >= 1, got {self.max_file_bytes}, "
+                    f"{self.min_image_side}")
         problem = _variants.validate_settings(
             self.tflite_variants, self.parity_bounds, self.calibration_images)
         if problem:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional
 
@@ -53,6 +54,12 @@ FLAGS: Dict[str, Flag] = {f.field: f for f in (
          "minimum top-1 agreement with the SavedModel for a variant to be pushed; repeatable"),
     Flag("--calibration-images", "calibration_images",
          "training images used to calibrate the int8 variant"),
+    Flag("--max-file-bytes", "max_file_bytes",
+         "image files larger than this are skipped unread (reported in the ingestion report)"),
+    Flag("--min-image-side", "min_image_side",
+         "images smaller than this many pixels on their short side are skipped"),
+    Flag("--follow-external-symlinks", "follow_external_symlinks",
+         "follow file symlinks in class folders to targets outside the images root"),
     Flag("--enable-cache", "enable_cache",
          "reuse outputs of unchanged steps from earlier runs in this workdir"),
 )}
@@ -106,6 +113,14 @@ def add_flags(parser: argparse.ArgumentParser, fields: Iterable[str],
             parser.add_argument(row.flag, dest=field, type=kind, default=value, help=text)
 
 
+def finite(flag: str, value: float) -> float:
+    """`value`, or ValueError naming `flag`: NaN and inf compare false with any
+    bound, so they would pass a range check and switch a gate off."""
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value}")
+    return value
+
+
 def values(args: argparse.Namespace, fields: Iterable[str]) -> Dict[str, Any]:
     """PipelineConfig keyword arguments from parsed flags (beam_workers -> beam_args);
     ValueError with a one-line message for a malformed value."""
@@ -118,6 +133,8 @@ def values(args: argparse.Namespace, fields: Iterable[str]) -> Dict[str, Any]:
             out[field] = parse_parity_bounds(value)
         elif isinstance(default(field), tuple):
             out[field] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif _kind(field) is float:
+            out[field] = finite(FLAGS[field].flag, value)
         else:
             out[field] = value
     return out
@@ -129,7 +146,7 @@ def parse_parity_bounds(items: Iterable[str]) -> Dict[str, float]:
     for item in items:
         variant, sep, value = item.partition("=")
         try:
-            bounds[variant.strip()] = float(value)
+            bounds[variant.strip()] = finite("--parity-bound", float(value))
         except ValueError:
             raise ValueError(f"--parity-bound must look like int8=0.95, got {item!r}") from None
         if not sep:

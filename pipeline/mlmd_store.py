@@ -5,9 +5,11 @@ execution recorded. Everything that reads run facts goes through these
 from __future__ import annotations
 
 import os
+import re
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
@@ -18,14 +20,53 @@ PIPELINE_CONTEXT_TYPE = "pipeline"
 _FINAL_STATES = ("COMPLETE", "CACHED", "FAILED", "CANCELED", "EMPTY")
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(ValueError):
+    """The workdir's MLMD store is not a readable SQLite database; the message says where."""
+
+
+def store_problem(path: str) -> Optional[str]:
+    """Why the file at `path` cannot be an MLMD SQLite store, or None (also when
+    it is missing or empty: a run creates it). Reads 16 bytes."""
+    if not os.path.exists(path):
+        return None
+    if not os.path.isfile(path):
+        return f"{path} is not a file: move it aside or use another --workdir"
+    if os.path.getsize(path) == 0:
+        return None
+    with open(path, "rb") as f:
+        if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            return (f"{path} is not an SQLite database (corrupt or overwritten?): move it aside "
+                    "or use another --workdir")
+    return None
+
+
+def store_failure(path: str, error: Exception) -> StoreError:
+    """A one-line StoreError for an error MLMD raised reading `path`; MLMD's
+    messages quote whole SQL statements, so only their cause is kept."""
+    text = str(error)
+    quoted = re.search(r"executing query: (.*?)(?: query:|$)", text, re.S)
+    cause = (quoted.group(1) if quoted else text.split(" query:")[0]).strip().splitlines()
+    return StoreError(f"cannot read the MLMD store {path}: "
+                      f"{cause[0] if cause else type(error).__name__} (corrupt?)")
+
+
 def open_store(config: PipelineConfig, write: bool = False) -> metadata_store.MetadataStore:
     if not os.path.exists(config.metadata_path):
         raise FileNotFoundError(f"no MLMD database at {config.metadata_path}: has a run happened here?")
+    problem = store_problem(config.metadata_path)
+    if problem:
+        raise StoreError(problem)
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = config.metadata_path
     mode = metadata_store_pb2.SqliteMetadataSourceConfig
     cfg.sqlite.connection_mode = mode.READWRITE if write else mode.READONLY
-    return metadata_store.MetadataStore(cfg)
+    try:
+        return metadata_store.MetadataStore(cfg)
+    except (RuntimeError, mlmd_errors.StatusError) as e:
+        raise store_failure(config.metadata_path, e) from None
 
 
 def run_contexts(store, pipeline_name: str) -> List[metadata_store_pb2.Context]:

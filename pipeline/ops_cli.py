@@ -57,7 +57,26 @@ def register(subparsers) -> Dict[str, Callable[[argparse.Namespace], int]]:
                            "(e.g. after a deliberate label-space change)")
     bl.add_argument("--reason", default="", help="why; recorded in MLMD with the operation")
     bl.add_argument("--json", action="store_true", help="print the result as JSON")
-    return {"report": cmd_report, "runs": cmd_runs, "bless": cmd_bless}
+    return {"report": _store_errors(cmd_report), "runs": _store_errors(cmd_runs),
+            "bless": _store_errors(cmd_bless)}
+
+
+def _store_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`handler`, with a corrupt or foreign MLMD store said in one line (exit 2),
+    never a traceback quoting SQL."""
+    def guarded(args: argparse.Namespace) -> int:
+        from ml_metadata import errors as mlmd_errors
+
+        from pipeline import mlmd_store
+        try:
+            return handler(args)
+        except mlmd_store.StoreError as e:
+            return _fail(str(e))
+        except (mlmd_errors.StatusError, RuntimeError) as e:
+            if not args.workdir or (isinstance(e, RuntimeError) and "query" not in str(e)):
+                raise  # not the workdir's store (bless --pipeline-root has none)
+            return _fail(str(mlmd_store.store_failure(_config(args).metadata_path, e)))
+    return guarded
 
 
 def _config(args) -> PipelineConfig:

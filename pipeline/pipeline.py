@@ -24,7 +24,9 @@ def create_components(config: PipelineConfig) -> list:
     example_gen = ImageExampleGen(
         images=config.images, label_names=config.label_names,
         eval_percent=config.eval_percent, max_pixels=config.max_pixels,
-        extensions=config.extensions, exclude_label_conflicts=config.exclude_label_conflicts)
+        extensions=config.extensions, exclude_label_conflicts=config.exclude_label_conflicts,
+        max_file_bytes=config.max_file_bytes, min_image_side=config.min_image_side,
+        follow_external_symlinks=config.follow_external_symlinks)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)

@@ -27,9 +27,12 @@ import json
 import os
 import sys
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_MAX_MODEL_BYTES = 2**31  # a TFLite flatbuffer cannot be larger: never read more
 
 
 def register(subparsers) -> Dict[str, Callable[[argparse.Namespace], int]]:
@@ -44,6 +47,8 @@ def register(subparsers) -> Dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images (default: the ingestion limit, 50 MP)")
+    p.add_argument("--max-file-bytes", type=int, default=None,
+                   help="refuse larger image files, unread (default: the ingestion limit, 50 MB)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: {model, labels, predictions: [{image, top_k}]}")
     return {"predict": run}
@@ -59,13 +64,14 @@ def _one_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-def load_pixels(path: str, size: int, max_pixels: int) -> "object":
+def load_pixels(path: str, size: int, max_pixels: int,
+                max_file_bytes: Optional[int] = None) -> "object":
     """[size, size, 3] float32 RGB 0..255, decoded as ingestion + Transform do."""
     import tensorflow as tf
 
     from components import image_io
     from components.image_decode import decode_batch
-    data = image_io.read_bytes(path)
+    data = image_io.read_bytes(path, max_file_bytes or image_io.DEFAULT_MAX_FILE_BYTES)
     img = image_io.decode(data, max_pixels)
     try:
         return decode_batch([img.data], size).numpy()[0]
@@ -86,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or image_io.DEFAULT_MAX_PIXELS
     if not os.path.isfile(args.model):
         return _fail(f"model file not found: {args.model}")
+    if os.stat(args.model).st_size > _MAX_MODEL_BYTES:
+        return _fail(f"{args.model} is not a TFLite model (over 2 GiB, the flatbuffer limit)")
     with open(args.model, "rb") as f:
         model_bytes = f.read()
     if len(model_bytes) < 8 or model_bytes[4:8] != b"TFL3":
@@ -109,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             return _fail(f"image file not found: {path}")
         try:
-            pixels.append(load_pixels(path, int(shape[1]), max_pixels))
+            pixels.append(load_pixels(path, int(shape[1]), max_pixels, args.max_file_bytes))
         except image_io.ImageRejected as e:
             return _fail(f"cannot use image {path}: {e}")
         except Exception as e:  # TF decoder errors, unreadable files

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from components import contracts
+from components import contracts, native_stderr
 from components.tflite.bias_correction import bias_corrected
 from components.tflite.variants import check_variants
 
@@ -74,7 +74,8 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
-        return bytes(converter.convert())
+        with native_stderr.to_log():  # the converter's C++ warnings
+            return bytes(converter.convert())
 
 
 def _inference_function(model):

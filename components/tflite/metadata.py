@@ -95,7 +95,11 @@ def read_metadata(model_bytes: bytes) -> ClassifierMetadata:
     if not files:
         raise MetadataError("metadata has no label file for the output tensor")
     raw = displayer.get_associated_file_buffer(files[0]["name"])
-    labels = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    # By "\n" only (contracts.read_labels): splitlines() also splits on U+2028 and
+    # others, and a model written before class names were checked for them must
+    # still read with as many labels as outputs.
+    labels = [line.rstrip("\r") for line in contracts.read_labels(raw.decode("utf-8"))
+              if line.strip()]
     mean: List[float] = [0.0]
     std: List[float] = [1.0]
     for unit in (graph.get("input_tensor_metadata") or [{}])[0].get("process_units", []):

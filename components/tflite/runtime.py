@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from components import native_stderr
+
 
 def interpreter_class():
     """TensorFlow's tf.lite.Interpreter when TensorFlow is loaded already (the export
@@ -37,8 +39,9 @@ class Classifier:
 
     def __init__(self, model_bytes: bytes, num_threads: int = 2,
                  mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)):
-        self.interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with native_stderr.to_log():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
         self.mean = np.asarray(mean, np.float32)

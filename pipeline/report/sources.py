@@ -163,8 +163,10 @@ def measure_latency_ms(path: str, runs: int = LATENCY_RUNS, num_threads: int = 2
     """Median wall time of one single-image invoke() (random pixels), after 2 warm-ups."""
     import numpy as np
     import tensorflow as tf
-    interp = tf.lite.Interpreter(model_path=path, num_threads=num_threads)
-    interp.allocate_tensors()
+    from components import native_stderr
+    with native_stderr.to_log():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interp = tf.lite.Interpreter(model_path=path, num_threads=num_threads)
+        interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, size=inp["shape"]).astype(inp["dtype"])

@@ -99,6 +99,17 @@ def make_messy_folder(root):
     expect[".thumbnails/"] = "hidden folder"
     os.symlink(cat, cat / "loop")
     expect["cat/loop"] = "symlinked folder not followed"
+    # Issue 17: a 1x1 image, a symlink out of the images root, an empty class
+    # folder: skipped and reported, the run goes on (a file over max_file_bytes:
+    # tests/integration/test_image_example_gen.py; copying this tree would fill it).
+    pixel = io.BytesIO()
+    _img(16, size=(1, 1)).save(pixel, "PNG")
+    bad("cat/pixel.png", pixel.getvalue(), "1x1 is smaller than the minimum of 16 px")
+    _save(root.parent / "outside" / "elsewhere.png", _img(17), "PNG")
+    os.symlink(root.parent / "outside" / "elsewhere.png", cat / "elsewhere.png")
+    expect["cat/elsewhere.png"] = "symlink to a file outside the images root"
+    (root / "empty_class").mkdir()
+    expect["empty_class/"] = "empty class folder"
     return expect
 
 

@@ -1,10 +1,11 @@
 """ImageExampleGen, run for real by LocalDagRunner (Beam DirectRunner, MLMD SQLite)."""
 
 import json
+import os
 
 import pytest
 
-from components import image_example_gen
+from components import image_example_gen, image_io
 from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes, read_examples, run_example_gen
 
@@ -25,6 +26,13 @@ def messy_run(tmp_path_factory):
     _write(images / "bee", "zz_conflict.png", png_bytes(5))              # same content as ant_05
     _write(images / "bee", "broken.png", b"\x89PNG\r\n\x1a\nnot really")  # corrupt
     _write(images / "bee", "empty.jpg", b"")
+    # Hostile input (issue 17): each is skipped with its reason, none stops the run.
+    _write(images / "bee", "huge.png", png_bytes(7))
+    os.truncate(images / "bee" / "huge.png", 3 * 1024**3)               # sparse: no disk used
+    _write(images / "bee", "pixel.png", png_bytes(8, size=(1, 1)))      # under 16 px
+    _write(root / "outside", "elsewhere.png", png_bytes(9))
+    (images / "bee" / "link.png").symlink_to(root / "outside" / "elsewhere.png")
+    (images / "wasp").mkdir()                                            # empty class folder
     uri = run_example_gen(images, root / "work", ["ant", "bee"])
     return root, uri, read_examples(uri)
 
@@ -57,7 +65,23 @@ def test_every_good_image_kept_once_bad_ones_reported(messy_run):
         "unreadable" in report["bee/broken.png"]["reason"]
     assert report["bee/empty.jpg"]["reason"] == "empty file (0 bytes)"
     assert all(report[p]["status"] == "used" for p in expected)
-    assert len(report) == 64  # every file accounted for
+    assert len(report) == 68  # every file accounted for
+
+
+def test_hostile_files_skipped_with_reasons(messy_run):
+    """A 3 GB file is refused from its stat (never read), a 1x1 image for its
+    size, a symlink out of the images root is not followed, an empty class
+    folder is reported: all in the ingestion report, none fatal."""
+    _, uri, _ = messy_run
+    report = {r["path"]: r for r in image_example_gen.read_report(uri)}
+    assert report["bee/huge.png"]["reason"] == (
+        f"file is {3 * 1024**3} bytes, over the limit of 50000000 (max_file_bytes)")
+    assert report["bee/pixel.png"]["reason"] == (
+        "1x1 is smaller than the minimum of 16 px on the short side")
+    assert report["bee/link.png"]["reason"].startswith("symlink to a file outside the images root")
+    assert report["wasp/"]["reason"] == image_io.EMPTY_CLASS_REASON
+    assert all(report[p]["status"] == "skipped"
+               for p in ("bee/huge.png", "bee/pixel.png", "bee/link.png", "wasp/"))
 
 
 def test_split_is_a_function_of_content(messy_run, tmp_path):
@@ -90,4 +114,7 @@ def test_ingest_config_is_written_as_before():
                           exclude_label_conflicts=False, extensions=[".PNG", ".jpg"])
     assert gen.exec_properties["ingest_config"] == json.dumps(
         {"source": "/images", "label_names": ["a", "b"], "max_pixels": 50_000_000,
-         "extensions": [".png", ".jpg"], "exclude_label_conflicts": False}, sort_keys=True)
+         "extensions": [".png", ".jpg"], "exclude_label_conflicts": False,
+         # added by issue 17 (IngestSettings.ADDED_LATER: older specs still load)
+         "max_file_bytes": 50_000_000, "min_image_side": 16, "follow_external_symlinks": False},
+        sort_keys=True)

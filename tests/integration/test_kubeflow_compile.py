@@ -323,6 +323,9 @@ def test_cli_compile_with_an_s3_secret_writes_a_platform_spec_kfp_reads(tmp_path
     (["--images", "s3://bucket/images"], "cannot list --images from this machine: s3://bucket/images: "
      "cannot reach the S3 endpoint http://127.0.0.1:9 (AWS_ENDPOINT_URL)"),
     (["--labels", "a,b", "--eval-percent", "0"], "eval_percent must be between 1 and 99"),
+    # issue 17: NaN/inf in a float flag, a line break in a class name
+    (["--labels", "a,b", "--max-accuracy-drop=nan"], "--max-accuracy-drop must be a finite number"),
+    (["--labels", "a,b\u2028c"], "--labels: class name 'b\\u2028c' contains a line break (U+2028)"),
 ])
 def test_cli_compile_bad_input(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)

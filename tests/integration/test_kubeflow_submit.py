@@ -303,3 +303,13 @@ def test_bad_host_and_bad_package_are_bad_input(spec_file, tmp_path, capsys):
     not_spec.write_text("kind: Workflow\nspec: {}\n")
     code, _, err = _retrain(capsys, "submit", "--host", "http://127.0.0.1:1", not_spec)
     assert code == 2 and "is not a KFP v2 pipeline spec" in err[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_timeout_must_be_a_positive_finite_number(spec_file, capsys, value):
+    """issue 17: NaN and inf refused for every float flag, before any request."""
+    with FakeKfp() as kfp:
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, f"--timeout={value}", spec_file)
+    assert code == 2 and err == [f"retrain: error: --timeout must be a positive number of "
+                                 f"seconds, got {float(value)}"]
+    assert kfp.requests == []

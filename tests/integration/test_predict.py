@@ -77,12 +77,16 @@ def test_bad_input_exits_2_with_one_line(model_file, tmp_path, capsys):
     (tmp_path / "notes.tflite").write_text("hello")
     bare = tmp_path / "bare.tflite"  # a TFLite model without metadata
     bare.write_bytes(_bare_model())
+    huge = tmp_path / "huge.png"  # issue 17: refused from its size, never read
+    huge.write_bytes(good.read_bytes())
+    os.truncate(huge, 4 * 1024**3)  # sparse: no disk used
     cases = [
         ([tmp_path / "missing.tflite", good], "model file not found"),
         ([tmp_path / "notes.tflite", good], "is not a TFLite model"),
         ([bare, good], "has no usable label metadata"),
         ([path, tmp_path / "missing.png"], "image file not found"),
         ([path, good, tmp_path / "broken.png"], "cannot use image"),
+        ([path, good, huge], f"cannot use image {huge}: file is {4 * 1024**3} bytes, over the limit"),
         ([path, good, "--top-k", "0"], "--top-k must be >= 1"),
     ]
     for argv, message in cases:

@@ -273,6 +273,10 @@ def test_metadata_is_required_to_read_labels(tmp_path):
         metadata.read_metadata(data)
     with_meta = metadata.add_metadata(data, ["a", "b"], name="tiny", description="d")
     assert metadata.read_metadata(with_meta).labels == ("a", "b")
+    # A model pushed before class names were checked for line breaks (issue 17):
+    # its labels are read by "\n" alone, as many as its outputs.
+    old = metadata.add_metadata(data, ["a\u2028x", "b\x85"], name="tiny", description="d")
+    assert metadata.read_metadata(old).labels == ("a\u2028x", "b\x85")
 
 
 def tf_keras_tiny_model():

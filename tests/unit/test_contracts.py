@@ -44,3 +44,8 @@ def test_non_input_keys_are_every_raw_key_but_the_image():
            contracts.CONTENT_SHA256_KEY}
     assert set(contracts.NON_INPUT_KEYS) == raw - {contracts.IMAGE_KEY}
     assert len(set(contracts.NON_INPUT_KEYS)) == len(contracts.NON_INPUT_KEYS)
+
+
+def test_line_breaks_are_every_character_splitlines_splits_on():
+    splitters = {chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) == 2}
+    assert set(contracts.LINE_BREAKS) == splitters

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import image_io
+from components import contracts, image_io
 from conftest import png_bytes
 
 
@@ -59,7 +59,7 @@ def test_transparency_is_composited_on_white():
     assert tuple(px[0, 0]) == (200, 0, 0)
     assert tuple(px[9, 0]) == (255, 255, 255)
     # A palette PNG with transparency is not left to TF: converted here.
-    out = image_io.decode(_encode(Image.fromarray(rgba, "RGBA").quantize(), "PNG"))
+    out = image_io.decode(_encode(Image.fromarray(rgba, "RGBA").quantize(), "PNG"), min_side=10)
     assert out.reencoded
     assert tuple(_pixels(out.data)[9, 0]) == (255, 255, 255)
 
@@ -114,3 +114,63 @@ def test_configured_pixel_limit_applies():
     assert image_io.decode(data, max_pixels=10_000).width == 100
     with pytest.raises(image_io.ImageRejected, match="100x101 = 10100 pixels exceeds the limit of 10000"):
         image_io.decode(png_bytes(5, size=(100, 101)), max_pixels=10_000)
+
+
+def test_oversized_file_refused_before_reading(tmp_path):
+    """A 3 GB sparse "PNG" (no disk used) is refused from its stat, never read."""
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_bytes(0))
+    os.truncate(huge, 3 * 1024**3)
+    with pytest.raises(image_io.ImageRejected,
+                       match=f"file is {3 * 1024**3} bytes, over the limit of 50000000"):
+        image_io.read_bytes(str(huge))
+    small = tmp_path / "small.png"
+    small.write_bytes(png_bytes(1))
+    assert image_io.read_bytes(str(small), max_bytes=small.stat().st_size) == png_bytes(1)
+    with pytest.raises(image_io.ImageRejected, match="over the limit of 10 "):
+        image_io.read_bytes(str(small), max_bytes=10)
+
+
+def test_tiny_image_refused_with_reason():
+    with pytest.raises(image_io.ImageRejected,
+                       match="1x1 is smaller than the minimum of 16 px on the short side"):
+        image_io.decode(png_bytes(0, size=(1, 1)))
+    assert image_io.decode(png_bytes(0, size=(40, 16))).height == 16
+    assert image_io.decode(png_bytes(0, size=(4, 4)), min_side=4).width == 4
+
+
+def test_symlinks_followed_only_inside_the_root(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    (root / "cat").mkdir(parents=True)
+    outside.mkdir()
+    (root / "cat" / "a.png").write_bytes(png_bytes(0))
+    (outside / "b.png").write_bytes(png_bytes(1))
+    (root / "cat" / "inside.png").symlink_to(root / "cat" / "a.png")
+    (root / "cat" / "outside.png").symlink_to(outside / "b.png")
+    (root / "cat" / "passwd.png").symlink_to("/etc/passwd")
+    found = {i.relpath: i for i in image_io.walk_images(str(root))}
+    assert isinstance(found["cat/inside.png"], image_io.Candidate)
+    for rel in ("cat/outside.png", "cat/passwd.png"):
+        assert found[rel].reason.startswith("symlink to a file outside the images root")
+        assert "--follow-external-symlinks" in found[rel].reason
+    allowed = {i.relpath: i for i in image_io.walk_images(str(root), follow_external_symlinks=True)}
+    assert isinstance(allowed["cat/outside.png"], image_io.Candidate)
+
+
+def test_empty_class_folder_is_reported(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(png_bytes(0))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    found = {i.relpath: i for i in image_io.walk_images(str(tmp_path))}
+    assert found["empty/"].reason == image_io.EMPTY_CLASS_REASON
+    assert found["notes/"].reason == image_io.EMPTY_CLASS_REASON
+    assert "cat/" not in found
+
+
+@pytest.mark.parametrize("ch", sorted(contracts.LINE_BREAKS))
+def test_class_names_with_line_breaks_refused(ch):
+    problem = image_io.label_problem(f"cat{ch}dog")
+    assert problem and "contains a line break" in problem and f"U+{ord(ch):04X}" in problem
+    assert "\n" not in problem and len(problem.splitlines()) == 1

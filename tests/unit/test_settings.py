@@ -35,6 +35,9 @@ def test_previous_formats_load():
     assert TransformSettings.from_config(OLD_TRANSFORM).weights == "imagenet"
     ingest = IngestSettings.from_json(OLD_INGEST)
     assert ingest.extensions == (".jpg", ".png") and ingest.max_pixels == 50_000_000
+    # A spec compiled before the file-size and image-size limits runs with them.
+    assert (ingest.max_file_bytes, ingest.min_image_side, ingest.follow_external_symlinks) == (
+        image_io.DEFAULT_MAX_FILE_BYTES, image_io.DEFAULT_MIN_IMAGE_SIDE, False)
     tflite = TFLiteExportSettings.from_exec_properties(OLD_TFLITE)
     assert tflite.variants == ("float32", "int8") and tflite.parity_bounds["int8"] == 0.97
     push = PushSettings.from_exec_properties(OLD_PUSH)
@@ -46,7 +49,10 @@ def test_written_exactly_as_before():
     config = PipelineConfig(images="/images", workdir="/w", label_names=("a", "b"))
     assert config.trainer_settings().to_config() == OLD_TRAINER
     assert config.transform_settings().to_config() == OLD_TRANSFORM
-    assert IngestSettings.from_json(OLD_INGEST).to_json() == OLD_INGEST
+    # Settings added since (IngestSettings.ADDED_LATER) are written beside the old keys.
+    ingest = json.loads(IngestSettings.from_json(OLD_INGEST).to_json())
+    assert {k: ingest.pop(k) for k in IngestSettings.ADDED_LATER} == IngestSettings.ADDED_LATER
+    assert json.dumps(ingest, sort_keys=True) == OLD_INGEST
     assert TFLiteExportSettings.from_exec_properties(OLD_TFLITE).to_exec_properties() == OLD_TFLITE
     assert PushSettings.from_exec_properties(OLD_PUSH).to_exec_properties() == OLD_PUSH
 
@@ -98,5 +104,6 @@ def test_round_trip_and_frozen():
         settings.epochs = 3
     ingest = IngestSettings(source="s3://b/images", label_names=("a", "b"),
                             max_pixels=image_io.DEFAULT_MAX_PIXELS,
-                            extensions=image_io.DEFAULT_EXTENSIONS, exclude_label_conflicts=False)
+                            extensions=image_io.DEFAULT_EXTENSIONS, exclude_label_conflicts=False,
+                            max_file_bytes=1_000, min_image_side=2, follow_external_symlinks=True)
     assert IngestSettings.from_json(ingest.to_json()) == ingest
