@@ -59,6 +59,39 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def eval_split(examples_uri: str):
+    """[(image bytes, label id)] of an Examples artifact's eval split, read from its files."""
+    import glob
+    import tensorflow as tf
+    files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*.gz")))
+    out = []
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        f = tf.train.Example.FromString(rec.numpy()).features.feature
+        out.append((f["image"].bytes_list.value[0], f["label"].int64_list.value[0]))
+    return out
+
+
+def tflite_probabilities(model_path: str, image: bytes) -> np.ndarray:
+    """One image's output of a .tflite file through TF's own interpreter, with the
+    pipeline's decode-and-resize: independent of components.tflite.runtime, which
+    `retrain predict` uses."""
+    import tensorflow as tf
+    from components import preprocessing
+    interp = tf.lite.Interpreter(model_path=model_path, num_threads=2)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    pixels = preprocessing.decode_and_resize(tf.constant([image]), int(inp["shape"][1])).numpy()
+    if inp["dtype"] == np.uint8:
+        pixels = np.clip(np.round(pixels), 0, 255)
+    interp.set_tensor(inp["index"], pixels.astype(inp["dtype"]))
+    interp.invoke()
+    probs = interp.get_tensor(out["index"])[0].astype(np.float64)
+    if out["dtype"] == np.uint8:
+        scale, zero = out["quantization"]
+        probs = (probs - zero) * scale
+    return probs
+
+
 def copy_subset(src: pathlib.Path, dest: pathlib.Path, classes, per_class: int) -> pathlib.Path:
     """<dest>/<class>/ with the first `per_class` files of each class (sorted: stable)."""
     for c in classes:

@@ -27,10 +27,9 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from components import previous_artifacts
-from conftest import copy_subset
+from conftest import copy_subset, eval_split, tflite_probabilities
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +138,6 @@ def test_first_run_records_its_blessed_model_and_feature_cache(kfp):
 
 
 def test_first_run_pushes_a_working_tflite_model(kfp):
-    from components import preprocessing
     from components.tflite.variants import FILE_NAMES
     first, doc = kfp["first"], kfp["doc"]
     blessing = first.artifact(EVALUATOR, "blessing")
@@ -151,17 +149,20 @@ def test_first_run_pushes_a_working_tflite_model(kfp):
     with open(os.path.join(version, "labels.txt")) as f:
         assert f.read().split() == CLASSES
     with open(os.path.join(version, "metrics.json")) as f:
-        assert json.load(f)["evaluation"]["accuracy"] >= 0.5
-
-    interp = tf.lite.Interpreter(model_path=os.path.join(version, FILE_NAMES["float32"]))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    image = sorted((kfp["tmp"] / "images" / "flags").iterdir())[0].read_bytes()
-    pixels = preprocessing.decode_and_resize(tf.constant([image]), int(inp["shape"][1])).numpy()
-    interp.set_tensor(inp["index"], pixels.astype(inp["dtype"]))
-    interp.invoke()
-    probabilities = interp.get_tensor(out["index"])[0]
-    assert probabilities.shape == (3,) and abs(float(np.sum(probabilities)) - 1.0) < 1e-3
+        recorded = json.load(f)
+    # TF's interpreter on the pushed file scores run 1's eval split as the Evaluator
+    # (SavedModel) did, to within one near-tie example, and as the export measured.
+    examples = first.artifact("ImageExampleGen", "examples")["uri"]
+    eval_images = eval_split(examples)
+    assert len(eval_images) == recorded["tflite"]["eval_examples"] > 0
+    correct = 0
+    for data, label in eval_images:
+        probabilities = tflite_probabilities(os.path.join(version, FILE_NAMES["float32"]), data)
+        assert probabilities.shape == (3,) and abs(float(np.sum(probabilities)) - 1.0) < 1e-3
+        correct += int(np.argmax(probabilities) == label)
+    accuracy = correct / len(eval_images)
+    assert accuracy == pytest.approx(recorded["tflite"]["parity"]["float32"]["accuracy"], abs=1e-9)
+    assert abs(accuracy - recorded["evaluation"]["accuracy"]) <= 1 / len(eval_images) + 1e-9
 
 
 def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, second_run):
