@@ -174,3 +174,16 @@ def test_class_names_with_line_breaks_refused(ch):
     problem = image_io.label_problem(f"cat{ch}dog")
     assert problem and "contains a line break" in problem and f"U+{ord(ch):04X}" in problem
     assert "\n" not in problem and len(problem.splitlines()) == 1
+
+
+@pytest.mark.parametrize("header", ["uri,label\n", ""])
+def test_manifest_header_is_optional(tmp_path, header):
+    """README: a CSV manifest's `uri,label` header row is optional; without it the
+    first row is an image like any other."""
+    for i in range(2):
+        (tmp_path / "pics").mkdir(exist_ok=True)
+        (tmp_path / "pics" / f"x{i}.png").write_bytes(png_bytes(700 + i))
+    (tmp_path / "list.csv").write_text(header + "pics/x0.png,apple\npics/x1.png,pear\n")
+    items = list(image_io.read_manifest(str(tmp_path / "list.csv")))
+    assert [(i.relpath, i.label) for i in items] == [("pics/x0.png", "apple"), ("pics/x1.png", "pear")]
+    assert all(isinstance(i, image_io.Candidate) for i in items)
