@@ -10,8 +10,10 @@ tested in test_backbone_conversions.py.
 
 import dataclasses
 import hashlib
+import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -267,3 +269,18 @@ def test_weights_fingerprint(imagenet_weights, tmp_path):
     V1.application(include_top=True).save_weights(str(b))  # other (random) weights
     assert backbones.weights_fingerprint("mobilenet_v1", str(b)) not in (by_path, fp)
     assert backbones.weights_fingerprint("mobilenet_v1", str(a)) == by_path
+
+
+def test_fetch_weights_subcommand_prints_the_cached_file(imagenet_weights):
+    """`retrain fetch-weights` (the README's set-up step) as a user runs it: exit 0,
+    the weights file's path on stdout, the cached file left as it was."""
+    mtime = imagenet_weights.stat().st_mtime_ns
+    root = pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "fetch-weights", "--backbone",
+                           "mobilenet_v1"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(imagenet_weights)
+    assert imagenet_weights.stat().st_mtime_ns == mtime
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "fetch-weights", "--backbone", "nope"],
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
