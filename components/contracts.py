@@ -48,6 +48,13 @@ BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
 
+# ------------------------------------------------ unchanged-input reruns
+# pipeline/unchanged.py: the inputs of the last completed run, beside the MLMD
+# database in the workdir, and the MLMD execution type of a run that ended early
+# because nothing changed since (listed by `retrain runs` with status "unchanged").
+RUN_FINGERPRINT_FILE = "last_run_fingerprint.json"
+UNCHANGED_RUN_TYPE = "UnchangedRun"
+
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"
