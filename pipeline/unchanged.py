@@ -112,8 +112,8 @@ def _stat_line(rel: str, path: str) -> str:
     try:
         st = os.stat(path)
     except OSError:  # a dangling symlink: still part of the listing
-        return f"F {rel} missing\n"
-    return f"F {rel} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n"
+        return f"F {json.dumps(rel)} missing\n"
+    return f"F {json.dumps(rel)} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n"
 
 
 def _folder_listing(root: str, digest) -> int:
@@ -326,13 +326,29 @@ def skipped_summary(config: PipelineConfig, decision: Decision, run_id: str) -> 
     """The `--json` summary of a run that ended early: every key of a run's summary
     (pipeline/run_summary.py; nothing evaluated, nothing pushed) plus why."""
     from pipeline import run_summary
-    from pipeline.report import REPORTS_DIR, report_name
     from pipeline.run_record import RunRecord
     summary = run_summary.summarize(RunRecord(run_id=run_id, pipeline_name=config.pipeline_name))
     summary.update(unchanged=True, unchanged_since=decision.since_run,
-                   not_pushed_reason=decision.reason,
-                   report=os.path.join(config.workdir, REPORTS_DIR, report_name(decision.since_run)))
+                   not_pushed_reason=decision.reason, report=_write_report(config, decision, run_id))
     return summary
+
+
+def _write_report(config: PipelineConfig, decision: Decision, run_id: str) -> str:
+    """reports/<run id>.html: a page saying why, linking the repeated run's report
+    (latest.html stays that run's: it is the newest run that ran)."""
+    from pipeline.report import report_dir, report_name
+    from pipeline.report.html import e
+    since = report_name(decision.since_run or "")
+    path = os.path.join(report_dir(config), report_name(run_id))
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(run_id)}: unchanged"
+            f"</title></head><body><h1>Run {e(run_id)} ended early</h1><p>{e(decision.reason)}.</p>"
+            f"<p>The model and the report are those of run <a href=\"{e(since)}\">"
+            f"{e(decision.since_run)}</a>.</p></body></html>\n")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def history_rows(store, pipeline_ctx) -> List[Dict[str, Any]]:

@@ -56,9 +56,11 @@ def test_same_input_rerun_pushes_nothing_and_says_why(reruns, capsys):
     assert [(r["id"], r["status"]) for r in rows] == [(again["run_id"], "unchanged"),
                                                      (first["run_id"], "complete")]
     assert rows[0]["reason"] == again["not_pushed_reason"]
-    # The report is still the real run's.
+    # Its report page says why and links the real run's; `retrain report` still builds that one.
+    page = open(again["report"], encoding="utf-8").read()
+    assert "ended early" in page and os.path.basename(first["report"]) in page
     assert cli.main(["report", "--workdir", str(reruns["workdir"]), "--no-latency"]) == 0
-    assert capsys.readouterr().out.strip().endswith(os.path.basename(again["report"]))
+    assert capsys.readouterr().out.strip().endswith(os.path.basename(first["report"]))
 
     # A changed image or setting means a full run (checked, not run: the unit tests cover each).
     config = PipelineConfig(images=str(reruns["images"]), workdir=str(reruns["workdir"]),

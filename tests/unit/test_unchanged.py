@@ -202,6 +202,8 @@ def test_cli_rerun_ends_early_without_tensorflow_and_force_bypasses_it(completed
     assert summary["unchanged"] is True and summary["unchanged_since"] == "run-1"
     assert summary["pushed_version"] is None and not summary["blessed"]
     assert summary["not_pushed_reason"].startswith("no new images since run run-1")
+    page = open(summary["report"], encoding="utf-8").read()
+    assert "ended early" in page and 'href="run-1.html"' in page
     store = history.open_store(config)
     rows = unchanged.history_rows(store, store.get_context_by_type_and_name("pipeline", "image-retrain"))
     assert [r["id"] for r in rows] == [summary["run_id"]]
