@@ -54,6 +54,13 @@ LABEL_CHECK_TYPE = "components.LabelCheck"
 NATIVE_STDERR_LOG_ENV = "TFX_RETRAIN_NATIVE_STDERR_LOG"
 NATIVE_STDERR_LOG_FILE = "native-stderr.log"  # in <workdir>/logs/
 
+# ------------------------------------------------ unchanged-input reruns
+# pipeline/unchanged.py: the inputs of the last completed run, beside the MLMD
+# database in the workdir, and the MLMD execution type of a run that ended early
+# because nothing changed since (listed by `retrain runs` with status "unchanged").
+RUN_FINGERPRINT_FILE = "last_run_fingerprint.json"
+UNCHANGED_RUN_TYPE = "UnchangedRun"
+
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"

@@ -1,6 +1,6 @@
 """`retrain`: the command line.
 
-  retrain run --images DIR --workdir DIR [--backbone NAME] [--min-accuracy X] [--json]
+  retrain run --images DIR --workdir DIR [--backbone NAME] [--min-accuracy X] [--force] [--json]
   retrain fetch-weights [--backbone NAME]
   retrain fetch-data [--dest DIR]
   retrain predict | report | runs | bless       (pipeline/predict.py, pipeline/ops_cli.py)
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--serving-dir", default=None,
                      help="where versions are pushed instead of <workdir>/serving, e.g. s3://bucket/serving")
     config_flags.add_flags(run, RUN_FLAGS)
+    run.add_argument("--force", action="store_true",
+                     help="run even when images, settings and code are those of the last run")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
@@ -180,6 +182,11 @@ def _cmd_run(args) -> int:
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
         return _fail(str(e), 2)
+    if not args.force:  # nothing new since the last completed run: end early (pipeline/unchanged.py)
+        from pipeline import unchanged
+        summary = unchanged.skip_if_unchanged(config)
+        if summary is not None:
+            return _print_summary(summary, args.json)
     from components import backbones
     from components.label_guard import LabelSpaceError
     from pipeline import local_runner, preflight
@@ -207,8 +214,14 @@ def _cmd_run(args) -> int:
             raise
         return _fail(f"pipeline failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)
     summary["total_seconds"] = round(time.time() - start, 1)
-    if args.json:
+    return _print_summary(summary, args.json)
+
+
+def _print_summary(summary: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(summary, sort_keys=True))
+    elif summary.get("unchanged"):
+        print(f"run {summary['run_id']}: unchanged, ended early\n  {summary['not_pushed_reason']}")
     else:
         _print_human(summary)
     return 0

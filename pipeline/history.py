@@ -45,7 +45,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import contracts
-from pipeline import mlmd_store
+from pipeline import mlmd_store, unchanged
 from pipeline.config import PipelineConfig
 from pipeline.mlmd_store import custom_property as _prop
 from pipeline.run_record import RunRecord
@@ -165,8 +165,9 @@ def list_runs(config: PipelineConfig, limit: Optional[int] = None) -> List[Dict[
 
     Run rows: kind "run", id, time, status, examples, accuracy,
     baseline_accuracy, blessed, revoked (its blessing was revoked by a reset),
-    pushed_version, baseline (its model is the next run's baseline). Operation rows: kind "bless" / "reset", version,
-    reason, user, baseline.
+    pushed_version, baseline (its model is the next run's baseline); a rerun that
+    ended early (pipeline/unchanged.py) has status "unchanged", reason and
+    since_run. Operation rows: kind "bless" / "reset", version, reason, user, baseline.
     """
     store = open_store(config)
     pipeline_ctx = _pipeline_context(store, config.pipeline_name)
@@ -176,6 +177,7 @@ def list_runs(config: PipelineConfig, limit: Optional[int] = None) -> List[Dict[
     if limit:
         runs = runs[:limit]
     rows = [_run_row(store, ctx, config) for ctx in runs] + _operation_rows(store, pipeline_ctx)
+    rows += unchanged.history_rows(store, pipeline_ctx)  # reruns that ended early
     rows.sort(key=lambda r: r["time_ms"], reverse=True)
     baseline = current_baseline(store, config.pipeline_name)
     if baseline is not None:
@@ -207,7 +209,8 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
                 f"{mark} {r['time']:25} {'run':6} {r['status']:9} {_fmt(n):>9} "
                 f"{_fmt(r['accuracy']):>8} {_fmt(r['baseline_accuracy']):>8} "
                 f"{('revoked' if r.get('revoked') else 'yes') if r['blessed'] else 'no':7} "
-                f"{_fmt(r['pushed_version']):>6}  {r['id']}")
+                f"{_fmt(r['pushed_version']):>6}  {r['id']}"
+                + (f": {r['reason']}" if r.get("reason") else ""))
         else:
             what = (f"version {r['version']} made the baseline" if r["kind"] == "bless"
                     else f"baseline reset ({r.get('revoked') or 0} blessing(s) revoked)")

@@ -10,7 +10,7 @@ from tfx import v1 as tfx
 
 from components import object_store
 from components.contracts import FEATURE_CACHE_RESOLVER
-from pipeline import preflight, report, run_record, run_summary
+from pipeline import preflight, report, run_record, run_summary, unchanged
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 from pipeline.progress import Progress
@@ -44,6 +44,7 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     object_store.prepare(config.locations())  # s3://: settings, login check, tf.io.gfile plugin
     config = preflight.scan(config)
     os.makedirs(config.workdir, exist_ok=True)
+    inputs, _ = unchanged.fingerprint(config)  # before it runs: a file changed meanwhile is new next time
     pipeline = create_pipeline(config, metadata_config(config))
     quiet_first_run = _FirstRunCacheFilter()
     absl_logger = logging.getLogger("absl")
@@ -55,6 +56,8 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     finally:
         absl_logger.removeFilter(quiet_first_run)
     record = run_record.latest(config)
+    if record is not None and record.status == "complete":
+        unchanged.record_completed(config, inputs, record.run_id)
     summary = run_summary.summarize(record)
     summary["report"] = report.build_report(config, record, latest=True)
     return summary
