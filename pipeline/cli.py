@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 
-from pipeline import config_flags  # TF-free; pipeline/__init__.py has set TF_USE_LEGACY_KERAS
+from pipeline import beam_flags, config_flags  # TF-free; pipeline/__init__.py has set TF_USE_LEGACY_KERAS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--serving-dir", default=None,
                      help="where versions are pushed instead of <workdir>/serving, e.g. s3://bucket/serving")
     config_flags.add_flags(run, RUN_FLAGS)
+    run.add_argument("--beam-runner", choices=["direct", "portable"], default=None,
+                     help="where Beam steps run: direct (this machine, the default) or portable "
+                          "(a Beam job service: Flink, Spark; docs/operations.md)")
+    beam_flags.add_portable_flags(run)
+    beam_flags.add_beam_arg(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
@@ -131,10 +136,14 @@ def _cmd_run(args) -> int:
     from components import object_store
     from pipeline.config import PipelineConfig
     try:
+        settings = config_flags.values(args, RUN_FLAGS)
+        settings["beam_args"] = beam_flags.run_beam_args(
+            args.beam_runner, args.beam_workers, config_flags.default(config_flags.BEAM_WORKERS),
+            args.job_endpoint, args.environment_type, args.environment_config, args.beam_arg)
         config = PipelineConfig(
             images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
             serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
-            **config_flags.values(args, RUN_FLAGS))
+            **settings)
         # Before TensorFlow and TFX load: a wrong key or endpoint fails in a second.
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
