@@ -127,6 +127,12 @@ def portable_beam_args(job_endpoint: Optional[str], environment_type: Optional[s
     return out + [f"--environment_config={environment_config}", PREPARED_WORKERS_NO_STAGING]
 
 
+def from_run_flags(args: argparse.Namespace, workers_default: int) -> List[str]:
+    """run_beam_args() of `retrain run`'s parsed flags."""
+    return run_beam_args(args.beam_runner, args.beam_workers, workers_default, args.job_endpoint,
+                         args.environment_type, args.environment_config, args.beam_arg)
+
+
 def run_beam_args(runner: Optional[str], workers: int, workers_default: int,
                   job_endpoint: Optional[str], environment_type: Optional[str],
                   environment_config: Optional[str], passthrough: Sequence[str]) -> List[str]:
@@ -153,3 +159,16 @@ def run_beam_args(runner: Optional[str], workers: int, workers_default: int,
     else:
         generated = direct_beam_args(workers)
     return generated + check_passthrough(passthrough, generated)
+
+
+def unshared_paths_note(beam_args: Sequence[str], paths: Sequence[tuple]) -> Optional[str]:
+    """A one-line note when Beam workers run elsewhere and read or write local paths:
+    they must see them at the same path (a shared folder), else use gs:// or s3://.
+    `paths` holds (flag, path) pairs. None when the workers are local or all paths are URIs."""
+    if workers_are_local(beam_args):
+        return None
+    local = [f"{flag} {path}" for flag, path in paths if path and "://" not in path]
+    if not local:
+        return None
+    return (f"Beam workers elsewhere use {', '.join(local)}: each worker must see "
+            "it at the same path (a shared folder), or use gs:// or s3://")

@@ -133,13 +133,12 @@ def _cmd_run(args) -> int:
         return _fail(f"--workdir must be a local folder (it holds the MLMD SQLite store), got "
                      f"{args.workdir}; put artifacts and versions on s3:// with "
                      "--pipeline-root and --serving-dir", 2)
-    from components import object_store
+    from components import contracts, object_store
     from pipeline.config import PipelineConfig
     try:
         settings = config_flags.values(args, RUN_FLAGS)
-        settings["beam_args"] = beam_flags.run_beam_args(
-            args.beam_runner, args.beam_workers, config_flags.default(config_flags.BEAM_WORKERS),
-            args.job_endpoint, args.environment_type, args.environment_config, args.beam_arg)
+        settings["beam_args"] = beam_flags.from_run_flags(
+            args, config_flags.default(config_flags.BEAM_WORKERS))
         config = PipelineConfig(
             images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
             serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
@@ -148,6 +147,11 @@ def _cmd_run(args) -> int:
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
         return _fail(str(e), 2)
+    note = beam_flags.unshared_paths_note(config.beam_args, [
+        ("--images", config.images), ("--pipeline-root", config.pipeline_root),
+        ("--weights", None if config.weights in contracts.NAMED_WEIGHTS else config.weights)])
+    if note and not args.quiet:
+        print(f"retrain: note: {note}", file=sys.stderr)
     from components import backbones
     from components.label_guard import LabelSpaceError
     from pipeline import local_runner, preflight

@@ -16,25 +16,18 @@ def _images(root):
     return root
 
 
-def _config_beam_args(monkeypatch, tmp_path, *flags):
-    """The beam_args `retrain run` hands the local runner (stopped there)."""
-    from pipeline import local_runner
-    seen = {}
-
-    def stop(config, show_progress):
-        seen["beam_args"] = config.beam_args
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(local_runner, "run", stop)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["run", "--images", str(_images(tmp_path / "img")), "--workdir",
-                  str(tmp_path / "w"), "--weights", "random", *flags])
-    return seen["beam_args"]
+def _config_beam_args(*flags):
+    """The beam_args `retrain run`'s flags give its PipelineConfig."""
+    from pipeline import config_flags
+    parser = cli._parser()
+    cli._register_extensions(parser)
+    args = parser.parse_args(["run", "--images", "i", "--workdir", "w", *flags])
+    return beam_flags.from_run_flags(args, config_flags.default(config_flags.BEAM_WORKERS))
 
 
-def test_portable_shorthand_and_passthrough_reach_the_pipeline(monkeypatch, tmp_path):
+def test_portable_shorthand_and_passthrough_reach_the_pipeline():
     args = _config_beam_args(
-        monkeypatch, tmp_path, "--beam-runner", "portable", "--job-endpoint", "localhost:8099",
+        "--beam-runner", "portable", "--job-endpoint", "localhost:8099",
         "--environment-type", "EXTERNAL", "--environment-config", "127.0.0.1:50000",
         "--beam-arg=--max_bundle_size=8")
     assert args == ["--runner=PortableRunner", "--job_endpoint=localhost:8099",
@@ -43,10 +36,10 @@ def test_portable_shorthand_and_passthrough_reach_the_pipeline(monkeypatch, tmp_
     assert not beam_flags.workers_are_local(args)
 
 
-def test_default_is_the_direct_runner_and_a_passthrough_runner_owns_the_options(monkeypatch, tmp_path):
-    assert _config_beam_args(monkeypatch, tmp_path / "1") == \
+def test_default_is_the_direct_runner_and_a_passthrough_runner_owns_the_options():
+    assert _config_beam_args() == \
         ["--direct_num_workers=1", DIRECT_RUNNER_NO_STAGING]
-    flink = _config_beam_args(monkeypatch, tmp_path / "2", "--beam-arg=--runner=FlinkRunner",
+    flink = _config_beam_args("--beam-arg=--runner=FlinkRunner",
                               "--beam-arg=--flink_master=flink:8081")
     assert flink == ["--runner=FlinkRunner", "--flink_master=flink:8081"]  # no DirectRunner options
     assert beam_flags.workers_are_local(["--direct_num_workers=1"])
@@ -98,3 +91,13 @@ def test_compile_shares_the_passthrough_check(tmp_path, capsys):
                      "--beam-arg=--direct_num_workers=4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "sets --direct_num_workers" in err[0]
+
+
+def test_local_paths_with_remote_workers_are_named():
+    remote = beam_flags.portable_beam_args("h:8099", "EXTERNAL", "h:50000")
+    note = beam_flags.unshared_paths_note(
+        remote, [("--images", "/data/photos"), ("--pipeline-root", "gs://b/root"), ("--weights", None)])
+    assert note.startswith("Beam workers elsewhere use --images /data/photos: each worker must see it")
+    assert "gs://b/root" not in note
+    assert beam_flags.unshared_paths_note(remote, [("--images", "s3://b/photos")]) is None
+    assert beam_flags.unshared_paths_note(["--direct_num_workers=1"], [("--images", "/data")]) is None
