@@ -64,9 +64,9 @@ class Progress:
         os.environ[progress_counts.ENV] = self._counts_dir
         if self._uncounted:
             runner = beam_flags.option(self._config.beam_args, "runner")
-            self._line(f"note: {', '.join(sorted(self._uncounted))} run on {runner} workers; what "
-                       "they have done is counted on the Beam workers, not here: elapsed time only",
-                       final=True)
+            self._line(f"note: the Beam steps run on {runner} workers; the images they read and "
+                       "embed are counted on the Beam workers, not here: those steps show elapsed "
+                       "time only", final=True)
         self._thread.start()
         return self
 

@@ -63,7 +63,7 @@ def _lines(tmp_path, beam_args, stream):
 def test_remote_workers_say_their_counts_stay_there(tmp_path):
     out = _lines(tmp_path, portable_beam_args("127.0.0.1:8099", "EXTERNAL", "127.0.0.1:50000"),
                  _Terminal())
-    assert "note: BottleneckGen run on PortableRunner workers" in out
+    assert "note: the Beam steps run on PortableRunner workers" in out
     assert "counted on the Beam workers" in out
     assert "BottleneckGen running on the Beam workers" in out
     assert "0/30" not in out  # no bar frozen at zero
