@@ -29,6 +29,13 @@ DEFAULT_ENVIRONMENT_TYPE = "DOCKER"  # Beam's default, and what Flink and Spark 
 # must hold this project already), so the shorthand sets the flag they ignore.
 PREPARED_WORKERS_NO_STAGING = "--sdk_container_image=unused:workers-run-in-a-prepared-environment"
 
+# Beam's portable client opens the job's state and message streams with
+# --job_server_timeout (default 60 s) as their deadline, so any Beam step longer
+# than that fails with DEADLINE_EXCEEDED though the job goes on (apache/beam#35867,
+# seen here on an Evaluator under load). Runners other than the DirectRunner get a
+# day unless a --beam-arg sets it; requests to a dead job service still fail then.
+JOB_SERVER_TIMEOUT = "--job_server_timeout=86400"
+
 _OPTION = re.compile(r"^--([A-Za-z][A-Za-z0-9_]*)(=.*)?$", re.S)
 _ENDPOINT = re.compile(r"^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})$")
 # Runners whose workers run in this process or its subprocesses: they see this
@@ -157,7 +164,9 @@ def run_beam_args(runner: Optional[str], workers: int, workers_default: int,
     elif own_runner:
         generated = []
     else:
-        generated = direct_beam_args(workers)
+        return direct_beam_args(workers) + check_passthrough(passthrough, direct_beam_args(workers))
+    if option(passthrough, "job_server_timeout") is None:
+        generated.append(JOB_SERVER_TIMEOUT)
     return generated + check_passthrough(passthrough, generated)
 
 

@@ -32,7 +32,8 @@ def test_portable_shorthand_and_passthrough_reach_the_pipeline():
         "--beam-arg=--max_bundle_size=8")
     assert args == ["--runner=PortableRunner", "--job_endpoint=localhost:8099",
                     "--environment_type=EXTERNAL", "--environment_config=127.0.0.1:50000",
-                    beam_flags.PREPARED_WORKERS_NO_STAGING, "--max_bundle_size=8"]
+                    beam_flags.PREPARED_WORKERS_NO_STAGING, beam_flags.JOB_SERVER_TIMEOUT,
+                    "--max_bundle_size=8"]
     assert not beam_flags.workers_are_local(args)
 
 
@@ -41,7 +42,10 @@ def test_default_is_the_direct_runner_and_a_passthrough_runner_owns_the_options(
         ["--direct_num_workers=1", DIRECT_RUNNER_NO_STAGING]
     flink = _config_beam_args("--beam-arg=--runner=FlinkRunner",
                               "--beam-arg=--flink_master=flink:8081")
-    assert flink == ["--runner=FlinkRunner", "--flink_master=flink:8081"]  # no DirectRunner options
+    # No DirectRunner option; a day for the job's state stream, unless given.
+    assert flink == [beam_flags.JOB_SERVER_TIMEOUT, "--runner=FlinkRunner", "--flink_master=flink:8081"]
+    assert _config_beam_args("--beam-arg=--runner=FlinkRunner", "--beam-arg=--job_server_timeout=5") \
+        == ["--runner=FlinkRunner", "--job_server_timeout=5"]
     assert beam_flags.workers_are_local(["--direct_num_workers=1"])
     assert beam_flags.workers_are_local(["--runner", "PortableRunner", "--environment_type=LOOPBACK"])
     assert not beam_flags.workers_are_local(flink)
