@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     config_flags.add_flags(run, RUN_FLAGS)
     run.add_argument("--beam-runner", choices=["direct", "portable"], default=None,
                      help="where Beam steps run: direct (this machine, the default) or portable "
-                          "(a Beam job service: Flink, Spark; docs/operations.md)")
+                          "(a Beam job service: Flink, Spark; docs/beam_runners.md)")
     beam_flags.add_portable_flags(run)
     beam_flags.add_beam_arg(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
