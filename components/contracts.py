@@ -64,6 +64,8 @@ UNCHANGED_RUN_TYPE = "UnchangedRun"
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.
 DEFAULT_BACKBONE = "mobilenet_v1"
+# Weight sources that are not a file path (components/backbones/__init__.py says what each is).
+NAMED_WEIGHTS = ("imagenet", "keras", "random")
 
 # ------------------------------------------------- node ids of the pipeline
 # How a run finds the previous run's blessed model and FeatureCache

@@ -1,7 +1,9 @@
 """s3:// in Beam SDK worker processes: imported there through ``--beam_plugins``
 (components.object_store.beam_args) before any DoFn, TFX's own included, runs.
 
-Workers inherit the submitting process's environment, already configured.
+DirectRunner workers inherit the submitting process's environment, already
+configured; a job service's or cluster's workers configure s3:// from their own
+(docs/beam_runners.md): nothing secret travels in Beam options.
 The harness ends with exit code 0 whatever happened (it logs failures); with
 tensorflow-io's S3 plugin loaded that exit would abort (tensorflow/io#2039), so
 it is made without C++ static destructors.

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Callable, Dict, List
 
-from pipeline import config_flags
+from pipeline import beam_flags, config_flags
 
 Handler = Callable[[argparse.Namespace], int]
 # PipelineConfig fields `retrain compile` takes as flags (pipeline/config_flags.py);
@@ -54,9 +54,7 @@ def register(subparsers) -> Dict[str, Handler]:
     c.add_argument("--dataflow-region", default=None)
     c.add_argument("--temp-location", default=None,
                    help="dataflow: gs:// temp folder (default: <pipeline-root>/tmp)")
-    c.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
-                   help="extra Beam pipeline option, passed through (repeatable), "
-                        "e.g. --beam-arg=--max_num_workers=4")
+    beam_flags.add_beam_arg(c)
     c.add_argument("--s3-secret", default=None, metavar="NAME",
                    help="Kubernetes secret the pods take AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                         "from (a default KFP install's MinIO: mlpipeline-minio-artifact)")
@@ -97,7 +95,8 @@ def beam_args(args: argparse.Namespace, pipeline_root: str) -> List[str]:
     from pipeline.config import direct_beam_args
     if args.beam_runner == "direct":
         try:
-            return direct_beam_args(args.beam_workers) + list(args.beam_arg)
+            direct = direct_beam_args(args.beam_workers)
+            return direct + beam_flags.check_passthrough(args.beam_arg, direct)
         except ValueError as e:
             raise KubeflowError(str(e)) from None
     missing = [flag for flag, value in (("--dataflow-project", args.dataflow_project),
@@ -109,10 +108,13 @@ def beam_args(args: argparse.Namespace, pipeline_root: str) -> List[str]:
         raise KubeflowError(f"Dataflow needs a gs:// temp location, got {temp} "
                             "(set --temp-location or a gs:// --pipeline-root)")
     # Dataflow workers run the Transform code and backbone too: same image.
-    return ["--runner=DataflowRunner", f"--project={args.dataflow_project}",
-            f"--region={args.dataflow_region}", f"--temp_location={temp}",
-            f"--sdk_container_image={args.image}", "--experiments=use_runner_v2",
-            *args.beam_arg]
+    dataflow = ["--runner=DataflowRunner", f"--project={args.dataflow_project}",
+                f"--region={args.dataflow_region}", f"--temp_location={temp}",
+                f"--sdk_container_image={args.image}", "--experiments=use_runner_v2"]
+    try:
+        return dataflow + beam_flags.check_passthrough(args.beam_arg, dataflow)
+    except ValueError as e:
+        raise KubeflowError(str(e)) from None
 
 
 def _label_names(args, config):

@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 
-from pipeline import config_flags  # TF-free; pipeline/__init__.py has set TF_USE_LEGACY_KERAS
+from pipeline import beam_flags, config_flags  # TF-free; pipeline/__init__.py has set TF_USE_LEGACY_KERAS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     config_flags.add_flags(run, RUN_FLAGS)
     run.add_argument("--force", action="store_true",
                      help="run even when images, settings and code are those of the last run")
+    run.add_argument("--beam-runner", choices=["direct", "portable"], default=None,
+                     help="where Beam steps run: direct (this machine, the default) or portable "
+                          "(a Beam job service: Flink, Spark; docs/beam_runners.md)")
+    beam_flags.add_portable_flags(run)
+    beam_flags.add_beam_arg(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (last line)")
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--verbose", action="store_true", help="show TFX/Beam logs")
@@ -167,14 +172,17 @@ def _cmd_run(args) -> int:
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return _fail(f"--workdir {args.workdir} is a file, not a folder: give a folder "
                      "(it is created when missing)", 2)
-    from components import object_store
+    from components import contracts, object_store
     from pipeline import mlmd_store
     from pipeline.config import PipelineConfig
     try:
+        settings = config_flags.values(args, RUN_FLAGS)
+        settings["beam_args"] = beam_flags.from_run_flags(
+            args, config_flags.default(config_flags.BEAM_WORKERS))
         config = PipelineConfig(
             images=_location(args.images), pipeline_root_uri=_location(args.pipeline_root),
             serving_uri=_location(args.serving_dir), workdir=os.path.abspath(args.workdir),
-            **config_flags.values(args, RUN_FLAGS))
+            **settings)
         problem = mlmd_store.store_problem(config.metadata_path)
         if problem:
             return _fail(problem, 2)
@@ -182,6 +190,11 @@ def _cmd_run(args) -> int:
         object_store.prepare(config.locations())
     except ValueError as e:  # ObjectStoreError included
         return _fail(str(e), 2)
+    note = beam_flags.unshared_paths_note(config.beam_args, [
+        ("--images", config.images), ("--pipeline-root", config.pipeline_root),
+        ("--weights", None if config.weights in contracts.NAMED_WEIGHTS else config.weights)])
+    if note and not args.quiet:
+        print(f"retrain: note: {note}", file=sys.stderr)
     if not args.force:  # nothing new since the last completed run: end early (pipeline/unchanged.py)
         from pipeline import unchanged
         summary = unchanged.skip_if_unchanged(config)

@@ -7,6 +7,7 @@ import logging
 import os
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
 
 from components import object_store
 from components.contracts import FEATURE_CACHE_RESOLVER
@@ -50,7 +51,8 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     absl_logger = logging.getLogger("absl")
     absl_logger.addFilter(quiet_first_run)
     try:
-        with (Progress(config, len(pipeline.components)) if show_progress
+        beam_steps = [c.id for c in pipeline.components if isinstance(c, BaseBeamComponent)]
+        with (Progress(config, len(pipeline.components), beam_steps=beam_steps) if show_progress
               else contextlib.nullcontext()):
             tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:

@@ -8,6 +8,11 @@ components.progress_counts into a scratch folder this class owns for the run.
 On a terminal the running component's line is a bar updated in place;
 elsewhere start and end lines are printed, with a count line at most every
 `log_every` seconds.
+
+A job service's or cluster's Beam workers (pipeline.beam_flags.workers_are_local
+false) have neither that folder nor its environment variable: the counts of the
+Beam steps stay on them. Those steps then show their elapsed time and say so,
+never a bar stuck at zero.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, Optional, TextIO
+from typing import Collection, Dict, Optional, TextIO
 
 from components import progress_counts
-from pipeline import mlmd_store
+from pipeline import beam_flags, mlmd_store
 from pipeline.config import PipelineConfig
 
 _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CANCELED": "canceled",
@@ -30,8 +35,12 @@ _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CAN
 
 class Progress:
     def __init__(self, config: PipelineConfig, total_components: int,
-                 stream: Optional[TextIO] = None, interval: float = 1.0, log_every: float = 10.0):
+                 stream: Optional[TextIO] = None, interval: float = 1.0, log_every: float = 10.0,
+                 beam_steps: Collection[str] = ()):
         self._config = config
+        # Steps whose counts are lost on remote Beam workers (empty: all workers local).
+        self._uncounted = frozenset() if beam_flags.workers_are_local(config.beam_args) \
+            else frozenset(beam_steps)
         self._total = total_components
         # sys.stderr now, not when this module was imported (a default argument
         # would keep whatever stream was stderr then, e.g. a test's closed capture).
@@ -53,6 +62,11 @@ class Progress:
         self._counts_dir = tempfile.mkdtemp(prefix="retrain-progress-")
         self._saved_env = os.environ.get(progress_counts.ENV)
         os.environ[progress_counts.ENV] = self._counts_dir
+        if self._uncounted:
+            runner = beam_flags.option(self._config.beam_args, "runner")
+            self._line(f"note: the Beam steps run on {runner} workers; the images they read and "
+                       "embed are counted on the Beam workers, not here: those steps show elapsed "
+                       "time only", final=True)
         self._thread.start()
         return self
 
@@ -96,7 +110,8 @@ class Progress:
         if not runs:
             return
         summary = mlmd_store.component_states(store, runs[0], self._config.pipeline_name)
-        counts = progress_counts.read(self._counts_dir)
+        counts = {stage: count for stage, count in progress_counts.read(self._counts_dir).items()
+                  if stage not in self._uncounted}
         done = sum(1 for _, state, _ in summary if state in _DONE_STATES)
         for node, state, seconds in summary:
             if self._reported.get(node) == state:
@@ -118,6 +133,8 @@ class Progress:
             if count and count["total"]:
                 bar = _bar(count["done"], count["total"])
                 text = f"{bar} {count['unit']}, {node}"
+            elif node in self._uncounted:
+                text = f"{_bar(done, self._total)} {node} running on the Beam workers"
             else:
                 text = f"{_bar(done, self._total)} {node} running"
             self._line(f"{text}, {time.time() - self._started:5.0f}s total", final=False)

@@ -104,7 +104,9 @@ def test_good_run_is_blessed_and_pushed(runs):
                       "examples", "skipped_files", "seconds"}
     assert b["blessed"] is True and b["pushed_version"] == 1
     assert b["baseline_accuracy"] is None  # run A was not blessed: still no baseline
-    print("run accuracies", {k: runs[k]["accuracy"] for k in "abc"})
+    # Observed 15/18 = 0.83 (2026-11-30, this subset and split); the bound allows two
+    # eval images fewer. Runs A and C (shuffled training labels) scored 4/18.
+    assert b["accuracy"] >= 13 / 18 - 1e-6
     assert b["skipped_files"] == 1
     assert [row["path"] for row in b["skipped"]] == ["flags/half_synced.png"]
     assert sum(b["examples"].values()) == 75 and b["examples"]["eval"] > 0
@@ -125,7 +127,7 @@ def test_good_run_is_blessed_and_pushed(runs):
     assert metrics["tflite"]["pushed"] == {v: FILE_NAMES[v] for v in parity.passed}
     assert set(metrics["tflite"]["not_pushed"]) == set(parity.failed)  # each with its reason
     # The --json summary's push and report fields (docs/operations.md) agree with the version.
-    assert b["pushed_variants"] == parity.passed and b["not_pushed_reason"] is None
+    assert b["pushed_variants"] == list(parity.passed) and b["not_pushed_reason"] is None
     assert b["not_pushed"] == metrics["tflite"]["not_pushed"]
     assert all(b["not_pushed"].values())
     assert b["pushed_dir"] == str(version)
