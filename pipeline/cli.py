@@ -182,7 +182,7 @@ def _cmd_run(args) -> int:
         return _fail(str(e), 2)
     from components import backbones
     from components.label_guard import LabelSpaceError
-    from pipeline import local_runner, preflight
+    from pipeline import local_runner, preflight, workdir_lock
     try:
         config = preflight.scan(config)
         if config.empty_classes:  # also in the ingestion report and the run's summary
@@ -196,6 +196,11 @@ def _cmd_run(args) -> int:
     try:
         with _native_lines_to_log(config, args.verbose):
             summary = local_runner.run(config, show_progress=not args.quiet)
+    except workdir_lock.WorkdirBusy as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:  # Ctrl-C: the run is recorded as interrupted
+        print(file=sys.stderr)
+        return _fail("interrupted (Ctrl-C): `retrain runs` shows how far the run got", 130)
     except Exception as e:  # a component failed: say why, keep the traceback in --verbose
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing
