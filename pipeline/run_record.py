@@ -178,6 +178,14 @@ class RunRecord:
         return _Reader(store, run_ctx, config).record(read_files)
 
 
+def latest(config: PipelineConfig) -> Optional[RunRecord]:
+    """The record of this workdir's newest run, or None without runs (tools, tests;
+    a running process reports its own run: by_id)."""
+    store = mlmd_store.open_store(config)
+    runs = mlmd_store.run_contexts(store, config.pipeline_name)
+    return RunRecord.from_store(store, runs[0], config) if runs else None
+
+
 def by_id(config: PipelineConfig, run_id: str) -> RunRecord:
     """The record of run `run_id` (a process reports its own run, not the newest)."""
     store = mlmd_store.open_store(config)
