@@ -165,6 +165,11 @@ def _cmd_run(args) -> int:
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return _fail(f"--workdir {args.workdir} is a file, not a folder: give a folder "
                      "(it is created when missing)", 2)
+    from pipeline import workdir_lock
+    try:  # another run: refused in a second, before TensorFlow loads
+        workdir_lock.check_free(os.path.abspath(args.workdir))
+    except workdir_lock.WorkdirBusy as e:
+        return _fail(str(e), 2)
     from components import object_store
     from pipeline import mlmd_store
     from pipeline.config import PipelineConfig
@@ -182,7 +187,7 @@ def _cmd_run(args) -> int:
         return _fail(str(e), 2)
     from components import backbones
     from components.label_guard import LabelSpaceError
-    from pipeline import local_runner, preflight, workdir_lock
+    from pipeline import local_runner, preflight
     try:
         config = preflight.scan(config)
         if config.empty_classes:  # also in the ingestion report and the run's summary

@@ -43,6 +43,25 @@ def _read_owner(f) -> dict:
     return owner if isinstance(owner, dict) else {}
 
 
+def _busy(workdir: str, other: dict) -> WorkdirBusy:
+    return WorkdirBusy(
+        f"workdir {workdir} is in use by another `retrain run` (pid {other.get('pid', '?')}"
+        f" on {other.get('host', '?')}, run {other.get('run_id', '?')}, started "
+        f"{other.get('started', '?')}): wait for it to end or use another --workdir")
+
+
+def check_free(workdir: str) -> None:
+    """Raises WorkdirBusy when a live run holds the workdir: `retrain run` asks
+    before loading TensorFlow, so a second run is refused in a second (hold()
+    still decides: a run may start in between)."""
+    if live_run_id(workdir) is not None:
+        try:
+            with open(_path(workdir), "r", encoding="utf-8") as f:
+                raise _busy(workdir, _read_owner(f))
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def hold(workdir: str, run_id: str) -> Iterator[None]:
     """Holds the workdir's lock for `run_id`; raises WorkdirBusy when another process does."""
@@ -52,12 +71,7 @@ def hold(workdir: str, run_id: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = _read_owner(f)
-            raise WorkdirBusy(
-                f"workdir {workdir} is in use by another `retrain run` (pid {other.get('pid', '?')}"
-                f" on {other.get('host', '?')}, run {other.get('run_id', '?')}, started "
-                f"{other.get('started', '?')}): wait for it to end or use another --workdir"
-            ) from None
+            raise _busy(workdir, _read_owner(f)) from None
         me = Owner.current()
         f.seek(0)
         f.truncate()

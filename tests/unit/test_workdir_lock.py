@@ -54,3 +54,12 @@ def test_no_or_unreadable_owner_record_means_no_live_run(tmp_path):
     assert workdir_lock.live_run_id(str(tmp_path)) is None
     (tmp_path / ".retrain.lock").write_text('[1, 2]')
     assert workdir_lock.live_run_id(str(tmp_path)) is None
+
+
+def test_retrain_run_refuses_a_busy_workdir_first(tmp_path, holder, capsys):
+    """Before anything else (the missing --images would be refused next): one line, exit 2."""
+    from pipeline import cli
+    code = cli.main(["run", "--images", str(tmp_path / "none"), "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"pid {holder.pid}" in err, err
+    assert err.startswith(f"retrain: error: workdir {tmp_path} is in use by another")
