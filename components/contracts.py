@@ -42,6 +42,10 @@ LABEL_CHECK_FILE = "label_check.json"  # LabelGuard's verdict, in its `label_che
 TRAINING_DIR = "training"              # in the Trainer's model_run output: logs and history
 TRAINING_HISTORY_FILE = "history.json" # loss and metrics per epoch, under TRAINING_DIR
 BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing's folder
+# A pushed version is assembled in <serving>/<STAGING_PREFIX><owner>-<hex> and
+# renamed into place; a staging folder whose owner process is gone is removed.
+STAGING_PREFIX = ".incoming-"
+WORKDIR_LOCK_FILE = ".retrain.lock"    # held (flock) by the `retrain run` using a workdir
 
 # ------------------------------------------- artifact type names (in MLMD)
 # Kubeflow imports a custom type's TYPE_NAME as a class path; MLMD stores it.
@@ -60,6 +64,15 @@ NATIVE_STDERR_LOG_FILE = "native-stderr.log"  # in <workdir>/logs/
 # because nothing changed since (listed by `retrain runs` with status "unchanged").
 RUN_FINGERPRINT_FILE = "last_run_fingerprint.json"
 UNCHANGED_RUN_TYPE = "UnchangedRun"
+
+# ------------------------------------------------------------- run outcomes
+# A run's end, recorded by the local runner as a custom property of its
+# pipeline_run context; a run without one, not held by a live process, was cut short.
+RUN_OUTCOME_PROPERTY = "retrain_outcome"
+RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING = "complete", "failed", "interrupted", "running"
+PUSHER_NODE = "TFLitePusher"           # the last node of a local run
+# Fault tests: "<node id>:<point>" at which components/kill_hook.py kills the process.
+TEST_KILL_AT_ENV = "RETRAIN_TEST_KILL_AT"
 
 # ----------------------------------------------------------------- backbones
 # The backbone a run, `retrain fetch-weights` and the weights cache assume unless told.

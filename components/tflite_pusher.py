@@ -10,22 +10,31 @@ none of whose variants meets its bound is not pushed. Versions are integers
 counting up from 1.
 A version is complete when it holds ``_SUCCESS``, written last; readers
 (contracts.list_versions) ignore numbered folders without it. On a local disk the
-folder is also assembled under ``<serving_dir>/.incoming-<id>/`` and renamed
-into place (atomic), so no incomplete version is ever visible there. Object
+folder is also assembled under ``<serving_dir>/.incoming-<owner>-<id>/`` and
+renamed into place (atomic), so no incomplete version is ever visible there; the
+owner (host, pid, process start time) lets later pushes and runs remove staging
+folders whose process died (remove_stale_staging). Object
 stores (gs://, s3://: no atomic folder rename) get the folder written in place
 and the marker last; a failed push removes what it wrote. Two pushers racing
 on one object-store serving dir could pick the same number: scheduled runs use
 max_concurrency=1 (kubeflow/cli.py).
+
+metrics.json is also the version's manifest: the run id, the model artifact,
+the evaluation and the variants, written before the rename. A process killed
+after the rename but before MLMD records the push leaves a complete version
+that its run's record lacks: pipeline/run_record.py reads the manifest back
+(serving_manifests) so `retrain runs` and reports still show the push.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import tensorflow as tf
 from absl import logging
@@ -35,9 +44,11 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import evaluation
+from components import evaluation, kill_hook
 from components.contracts import (COMPLETE_MARKER, LABELS_FILE, METRICS_FILE, PARITY_FILE,
+                                  PUSHER_NODE, STAGING_PREFIX, join, list_versions,
                                   numbered_versions)
+from components.process_owner import Owner
 from components.settings import GateSettings, PushSettings
 from components.tflite.component import TFLiteModels
 from components.tflite.parity import ParityReport
@@ -74,15 +85,72 @@ def _finish_version(folder: str, metrics: Dict[str, Any]) -> None:
         f.write("")
 
 
+# Staging folders of code before owners were recorded: removed once this old.
+LEGACY_STAGING_MAX_AGE_S = 3600
+_STAGING = re.compile(r"^(?P<host>.+)-(?P<owner>[0-9]+-[0-9]+)-[0-9a-f]{32}$")
+
+
+def _host_tag(host: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", host)[:64] or "host"
+
+
+def _staging_name() -> str:
+    owner = Owner.current()
+    return f"{STAGING_PREFIX}{_host_tag(owner.host)}-{owner.token()}-{uuid.uuid4().hex}"
+
+
+def _stale(serving_dir: str, name: str) -> bool:
+    m = _STAGING.match(name[len(STAGING_PREFIX):])
+    if m is None:  # an older release's name: no owner recorded, judged by age
+        try:
+            age = time.time() - os.stat(os.path.join(serving_dir, name)).st_mtime
+        except OSError:
+            return False
+        return age > LEGACY_STAGING_MAX_AGE_S
+    owner = Owner.from_token(m.group("owner"))  # on this host: another host's is left alone
+    return (owner is not None and m.group("host") == _host_tag(owner.host)
+            and not owner.alive())
+
+
+def remove_stale_staging(serving_dir: str) -> List[str]:
+    """Removes the staging folders of local `serving_dir` whose owner process is
+    gone (a push killed mid-copy); returns their names."""
+    if "://" in serving_dir or not os.path.isdir(serving_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(serving_dir)):
+        if name.startswith(STAGING_PREFIX) and _stale(serving_dir, name):
+            shutil.rmtree(os.path.join(serving_dir, name), ignore_errors=True)
+            logging.warning("removed %s: a push whose process died left it", name)
+            removed.append(name)
+    return removed
+
+
+def serving_manifests(serving_dir: str) -> Dict[str, List[int]]:
+    """{run id: its complete versions} from the versions' manifests (metrics.json)."""
+    found: Dict[str, List[int]] = {}
+    for version in list_versions(serving_dir):
+        try:
+            with tf.io.gfile.GFile(join(serving_dir, str(version), METRICS_FILE)) as f:
+                run_id = json.loads(f.read(1 << 20)).get("run_id")
+        except (ValueError, AttributeError, tf.errors.OpError):
+            continue  # unreadable or not an object: not attributable to a run
+        if isinstance(run_id, str):
+            found.setdefault(run_id, []).append(version)
+    return found
+
+
 def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, Any]) -> int:
     """Copies `files` (name -> source path) and metrics into a new version folder."""
     if "://" in serving_dir:
         return _publish_in_place(serving_dir, files, metrics)
     tf.io.gfile.makedirs(serving_dir)
-    staging = os.path.join(serving_dir, f".incoming-{uuid.uuid4().hex}")
+    remove_stale_staging(serving_dir)
+    staging = os.path.join(serving_dir, _staging_name())
     tf.io.gfile.makedirs(staging)
     try:
         _copy_files(staging, files)
+        kill_hook.point(PUSHER_NODE, "staged")
         for attempt in range(100):
             version = (numbered_versions(serving_dir) or [0])[-1] + 1
             _finish_version(staging, dict(metrics, version=version))
@@ -90,6 +158,7 @@ def publish_version(serving_dir: str, files: Dict[str, str], metrics: Dict[str, 
                 # os.rename refuses to replace a non-empty folder, so two
                 # concurrent pushers can't both take the same number.
                 os.rename(staging, os.path.join(serving_dir, str(version)))
+                kill_hook.point(PUSHER_NODE, "after_rename")
                 return version
             except OSError:
                 if not tf.io.gfile.isdir(os.path.join(serving_dir, str(version))):
@@ -152,6 +221,8 @@ class Executor(base_executor.BaseExecutor):
             "gate": settings.gate.to_config(),
             "model_uri": model.uri,
             "model_id": model.id,
+            "run_id": self._context.pipeline_run_id if self._context else None,
+            "variants": list(parity.passed),
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tflite": parity.pushed_record(),
         }

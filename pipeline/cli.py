@@ -172,6 +172,11 @@ def _cmd_run(args) -> int:
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return _fail(f"--workdir {args.workdir} is a file, not a folder: give a folder "
                      "(it is created when missing)", 2)
+    from pipeline import workdir_lock
+    try:  # another run: refused in a second, before TensorFlow loads
+        workdir_lock.check_free(os.path.abspath(args.workdir))
+    except workdir_lock.WorkdirBusy as e:
+        return _fail(str(e), 2)
     from components import contracts, object_store
     from pipeline import mlmd_store
     from pipeline.config import PipelineConfig
@@ -216,6 +221,11 @@ def _cmd_run(args) -> int:
     try:
         with _native_lines_to_log(config, args.verbose):
             summary = local_runner.run(config, show_progress=not args.quiet)
+    except workdir_lock.WorkdirBusy as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:  # Ctrl-C: the run is recorded as interrupted
+        print(file=sys.stderr)
+        return _fail("interrupted (Ctrl-C): `retrain runs` shows how far the run got", 130)
     except Exception as e:  # a component failed: say why, keep the traceback in --verbose
         guard = _find_cause(e, LabelSpaceError)
         if guard is not None:  # the data, not the pipeline, needs fixing

@@ -99,11 +99,13 @@ class _Handle:
         self.store = store
 
 
-def current_baseline(store, pipeline_name: str) -> Optional[Dict[str, Any]]:
+def current_baseline(store, pipeline_name: str, unfinished=()) -> Optional[Dict[str, Any]]:
     """What the next run's ``latest_blessed_model_resolver`` will return, or None.
 
     Same channel query (pipeline context, LIVE artifacts) and the same
-    LatestBlessedModelStrategy as the pipeline, run against `store`.
+    LatestBlessedModelStrategy as the pipeline, run against `store`, without the
+    blessings `unfinished` (ids) of runs that never finished: the next run
+    abandons those before it resolves (pipeline/run_outcome.py).
     """
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
         LatestBlessedModelStrategy)
@@ -111,6 +113,7 @@ def current_baseline(store, pipeline_name: str) -> Optional[Dict[str, Any]]:
     handle = _Handle(store)
     inputs = {key: channel_resolver.resolve_single_channel(handle, _resolver_channel(pipeline_name, t))
               for key, t in (("model", "Model"), ("model_blessing", "ModelBlessing"))}
+    inputs["model_blessing"] = [b for b in inputs["model_blessing"] if b.id not in set(unfinished)]
     result = LatestBlessedModelStrategy().resolve_artifacts(store, inputs) or {}
     if not result.get("model"):
         return None
@@ -136,6 +139,7 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         "status": r.status, "examples": dict(r.examples), "accuracy": r.accuracy,
         "baseline_accuracy": r.baseline_accuracy, "blessed": r.blessed,
         "pushed_version": r.pushed_version, "model_id": r.model_id,
+        "push_recorded": r.push.recorded if r.pushed_version is not None else None,
         "blessing_id": r.blessing_id, "revoked": r.blessing_revoked, "baseline": False,
         **({"error": error} if error else {}),
     }
@@ -179,7 +183,9 @@ def list_runs(config: PipelineConfig, limit: Optional[int] = None) -> List[Dict[
     rows = [_run_row(store, ctx, config) for ctx in runs] + _operation_rows(store, pipeline_ctx)
     rows += unchanged.history_rows(store, pipeline_ctx)  # reruns that ended early
     rows.sort(key=lambda r: r["time_ms"], reverse=True)
-    baseline = current_baseline(store, config.pipeline_name)
+    unfinished = [r["blessing_id"] for r in rows if r["kind"] == "run"
+                  and r["status"] in (contracts.RUN_FAILED, contracts.RUN_INTERRUPTED)]
+    baseline = current_baseline(store, config.pipeline_name, unfinished)
     if baseline is not None:
         for row in rows:  # the row that produced the blessing in force
             if row.get("blessing_id") == baseline["blessing_id"]:
@@ -198,7 +204,7 @@ def _fmt(v, digits=4) -> str:
 
 def format_runs(rows: List[Dict[str, Any]]) -> str:
     """A fixed-width table of list_runs() rows; '*' marks the next run's baseline."""
-    header = f"  {'time':25} {'kind':6} {'status':9} {'examples':>9} {'accuracy':>8} " \
+    header = f"  {'time':25} {'kind':6} {'status':11} {'examples':>9} {'accuracy':>8} " \
              f"{'baseline':>8} {'blessed':7} {'pushed':>6}  id / note"
     lines = [header]
     for r in rows:
@@ -206,18 +212,20 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
         if r["kind"] == "run":
             n = sum(r["examples"].values()) if r["examples"] else None
             lines.append(
-                f"{mark} {r['time']:25} {'run':6} {r['status']:9} {_fmt(n):>9} "
+                f"{mark} {r['time']:25} {'run':6} {r['status']:11} {_fmt(n):>9} "
                 f"{_fmt(r['accuracy']):>8} {_fmt(r['baseline_accuracy']):>8} "
                 f"{('revoked' if r.get('revoked') else 'yes') if r['blessed'] else 'no':7} "
                 f"{_fmt(r['pushed_version']):>6}  {r['id']}"
-                + (f": {r['reason']}" if r.get("reason") else ""))
+                + (f": {r['reason']}" if r.get("reason") else "")
+                + ("  (push read from the version's manifest: MLMD lacks it)"
+                   if r.get("push_recorded") is False else ""))
         else:
             what = (f"version {r['version']} made the baseline" if r["kind"] == "bless"
                     else f"baseline reset ({r.get('revoked') or 0} blessing(s) revoked)")
             note = f"{what}; by {r.get('user') or '?'}"
             if r.get("reason"):
                 note += f": {r['reason']}"
-            lines.append(f"{mark} {r['time']:25} {r['kind']:6} {'':9} {'':>9} {'':>8} {'':>8} "
+            lines.append(f"{mark} {r['time']:25} {r['kind']:6} {'':11} {'':>9} {'':>8} {'':>8} "
                          f"{'':7} {'':>6}  {note}")
     lines.append("* = the baseline the next run is compared with")
     return "\n".join(lines)

@@ -93,7 +93,8 @@ def create_components(config: PipelineConfig) -> list:
             tflite_export, pusher,
             *previous_runs.recorders(config, model=trainer.outputs["model"],
                                      model_blessing=evaluator.outputs["blessing"],
-                                     feature_cache=bottleneck_gen.outputs["feature_cache"])]
+                                     feature_cache=bottleneck_gen.outputs["feature_cache"],
+                                     last_step=pusher)]
 
 
 def create_pipeline(config: PipelineConfig,

@@ -64,16 +64,23 @@ def previous_feature_cache(config: PipelineConfig) -> Tuple[List[BaseNode], Base
 
 
 def recorders(config: PipelineConfig, model: BaseChannel, model_blessing: BaseChannel,
-              feature_cache: BaseChannel) -> List[BaseNode]:
+              feature_cache: BaseChannel, last_step: Optional[BaseNode] = None) -> List[BaseNode]:
     """Nodes that leave this run's artifacts for the next run's lookups: the model
-    once blessed, and the FeatureCache. None with resolvers (MLMD holds them)."""
+    once blessed, and the FeatureCache. None with resolvers (MLMD holds them).
+
+    The blessed model is recorded only after `last_step` (the Pusher) finished:
+    an unfinished run's blessing is never a baseline (docs/operations.md; with
+    resolvers pipeline/run_outcome.py abandons it)."""
     registry = _registry(config)
     if registry is None:
         return []
+    record_blessed = previous_artifacts.RecordBlessedModel(
+        model=model, model_blessing=model_blessing, registry=registry,
+    ).with_id(contracts.RECORD_BLESSED_MODEL)
+    if last_step is not None:
+        record_blessed.add_upstream_node(last_step)
     return [
-        previous_artifacts.RecordBlessedModel(
-            model=model, model_blessing=model_blessing, registry=registry,
-        ).with_id(contracts.RECORD_BLESSED_MODEL),
+        record_blessed,
         previous_artifacts.RecordFeatureCache(
             feature_cache=feature_cache, registry=registry,
         ).with_id(contracts.RECORD_FEATURE_CACHE),

@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from components import contracts
-from pipeline import mlmd_store
+from pipeline import mlmd_store, workdir_lock
 from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class Push:
     variants: Tuple[str, ...] = ()
     not_pushed: Dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> why
     reason: Optional[str] = None  # why nothing was pushed
+    # False: MLMD lacks the push (the run died after the version was renamed into
+    # place); read from the version's manifest (its metrics.json names the run).
+    recorded: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,8 @@ class RunRecord:
     blessing_id: Optional[int] = None
     blessing_revoked: bool = False  # blessed, then revoked by `retrain bless --reset`
     trainer_settings: Dict[str, Any] = dataclasses.field(default_factory=dict)  # its custom_config
+    outcome: Optional[str] = None  # recorded by the local runner when the run ended
+    live: bool = False  # a live process holds the workdir for this run
 
     @property
     def states(self) -> Dict[str, str]:
@@ -133,9 +138,18 @@ class RunRecord:
 
     @property
     def status(self) -> str:
+        """complete, failed, running, or interrupted: ended without an outcome and
+        with steps left unfinished or never started (see pipeline/run_outcome.py)."""
+        if self.outcome:
+            return self.outcome
         states = set(self.states.values())
-        return ("failed" if "FAILED" in states else
-                "running" if states & {"NEW", "RUNNING"} else "complete")
+        if "FAILED" in states:
+            return contracts.RUN_FAILED
+        if self.live:
+            return contracts.RUN_RUNNING
+        if states & {"NEW", "RUNNING"} or (self.steps and contracts.PUSHER_NODE not in self.states):
+            return contracts.RUN_INTERRUPTED
+        return contracts.RUN_COMPLETE
 
     @property
     def accuracy(self) -> Optional[float]:
@@ -165,10 +179,20 @@ class RunRecord:
 
 
 def latest(config: PipelineConfig) -> Optional[RunRecord]:
-    """The record of this workdir's newest run, or None without runs."""
+    """The record of this workdir's newest run, or None without runs (tools, tests;
+    a running process reports its own run: by_id)."""
     store = mlmd_store.open_store(config)
     runs = mlmd_store.run_contexts(store, config.pipeline_name)
     return RunRecord.from_store(store, runs[0], config) if runs else None
+
+
+def by_id(config: PipelineConfig, run_id: str) -> RunRecord:
+    """The record of run `run_id` (a process reports its own run, not the newest)."""
+    store = mlmd_store.open_store(config)
+    ctx = store.get_context_by_type_and_name(mlmd_store.RUN_CONTEXT_TYPE, run_id)
+    if ctx is None:
+        raise LookupError(f"no run {run_id!r} in {config.metadata_path}")
+    return RunRecord.from_store(store, ctx, config)
 
 
 # ------------------------------------------------------------------ the reader
@@ -222,12 +246,29 @@ class _Reader:
             blessed=bool(prop(blessing, "blessed", 0)) if blessing is not None else False,
             gate=(read_gate(uris.evaluation, self.exec_property("TFLitePusher", "gate"), self.config)
                   if read_files else None),
-            baseline=self._baseline(blessing), push=_push(self.artifact("pushed_model", last=True)),
+            baseline=self._baseline(blessing), push=self._push(read_files),
             uris=uris, model_id=model.id if model is not None else None,
             blessing_id=blessing.id if blessing is not None else None,
             blessing_revoked=(blessing is not None and bool(prop(blessing, "blessed"))
                               and blessing.state != blessing.LIVE),
-            trainer_settings=_json(self.exec_property("Trainer", "custom_config"), dict, {}))
+            trainer_settings=_json(self.exec_property("Trainer", "custom_config"), dict, {}),
+            outcome=prop(self.run_ctx, contracts.RUN_OUTCOME_PROPERTY),
+            live=workdir_lock.live_run_id(self.config.workdir) == self.run_ctx.name)
+
+    def _push(self, read_files: bool) -> Optional[Push]:
+        """The recorded push; else, when the Pusher never finished, a version whose
+        manifest names this run (pushed, then killed before MLMD recorded it)."""
+        push = _push(self.artifact("pushed_model", last=True))
+        pusher = next((s.state for s in self.steps if s.node == contracts.PUSHER_NODE), None)
+        if not read_files or pusher in (None, "COMPLETE", "CACHED"):
+            return push
+        from components.tflite_pusher import serving_manifests
+        serving_dir = self.exec_property(contracts.PUSHER_NODE, "serving_dir") or self.config.serving_dir
+        versions = serving_manifests(serving_dir).get(self.run_ctx.name)
+        if not versions:
+            return push
+        return Push(pushed=True, version=versions[-1], recorded=False,
+                    destination=contracts.join(serving_dir, str(versions[-1])))
 
     def _label_names(self, examples) -> List[str]:
         names = _json(mlmd_store.custom_property(examples, "label_names")

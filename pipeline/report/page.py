@@ -8,6 +8,7 @@ import datetime
 import time
 from typing import Callable, Dict, Optional
 
+from components import contracts
 from pipeline.config import PipelineConfig
 from pipeline.report import sections, sources
 from pipeline.report.html import e, log, num
@@ -73,6 +74,11 @@ def section_builders(record: RunRecord, config: PipelineConfig,
 
 def headline(record: RunRecord) -> tuple:
     """(header CSS class, verdict text)."""
+    if record.status in (contracts.RUN_INTERRUPTED, contracts.RUN_FAILED):
+        last = next((s.node for s in reversed(record.steps) if s.state != "EMPTY"), "none")
+        return "refused", (f"Run {record.status} (last step: {last})"
+                           + (f"; version {record.pushed_version} was pushed"
+                              if record.pushed_version is not None else ": nothing shipped"))
     if record.pushed_version is not None:
         return "shipped", f"Blessed and shipped as version {record.pushed_version}"
     if record.blessed:

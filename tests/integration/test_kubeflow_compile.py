@@ -133,6 +133,8 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
         is previous_artifacts.EvaluatorExecutor
     for task, inputs in recorders.items():
         assert {k: _source(a) for k, a in tasks[task]["inputs"]["artifacts"].items()} == inputs
+    # An unfinished run's blessing is no baseline: recorded once the Pusher is done (issue 17).
+    assert "TFLitePusher" in tasks["record-blessed-model"]["dependentTasks"]
 
 
 def test_every_task_name_passes_argos_rule(compiled):

@@ -226,7 +226,8 @@ def test_local_pipeline_on_s3(s3, imagenet_weights, tmp_path):
     registry = _keys(s3["client"], "e2e/root/_registry/image-retrain/")
     assert any("/blessed_model/" in k for k in registry) and any("/feature_cache/" in k for k in registry)
     assert any(k.startswith("e2e/root/Trainer/model/") for k in _keys(s3["client"], "e2e/root/Trainer/"))
-    assert sorted(p.name for p in work.iterdir()) == ["metadata.sqlite", "reports"]  # no local artifacts
+    # No local artifacts: the store, the reports and the workdir lock (pipeline/workdir_lock.py).
+    assert sorted(p.name for p in work.iterdir()) == [".retrain.lock", "metadata.sqlite", "reports"]
     report = os.path.basename(summary["report"])
     assert "could not be built" not in (work / "reports" / report).read_text()
     assert f"e2e/root/reports/{report}" in _keys(s3["client"], "e2e/root/reports/")

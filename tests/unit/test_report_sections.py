@@ -244,7 +244,10 @@ def test_summary_derives_from_the_record():
     assert json.loads(json.dumps(first)) == first
 
 
-@pytest.mark.parametrize("state,status", [("FAILED", "failed"), ("RUNNING", "running"),
-                                          ("CACHED", "complete")])
-def test_record_status(state, status):
-    assert _record(steps=(Step("A", "COMPLETE", 1.0), Step("B", state, 1.0))).status == status
+@pytest.mark.parametrize("state,live,status", [
+    ("FAILED", False, "failed"), ("RUNNING", True, "running"),
+    ("RUNNING", False, "interrupted"),  # its process is gone (issue 17; tests/unit/test_run_status.py)
+    ("CACHED", False, "complete")])
+def test_record_status(state, live, status):
+    steps = (Step("A", "COMPLETE", 1.0), Step("TFLitePusher", state, 1.0))
+    assert _record(steps=steps, live=live).status == status

@@ -89,3 +89,32 @@ def test_pusher_settings_are_written_as_before():
     assert pusher.exec_properties == {
         "serving_dir": "s3://b/serving", "label_names": '["a", "b"]',
         "gate": '{"min_accuracy": 0.5, "max_accuracy_drop": 0.01}'}
+
+
+def test_only_staging_without_a_live_owner_is_removed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from components import tflite_pusher
+    from components.process_owner import Owner
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = tflite_pusher._host_tag(Owner.current().host)
+    names = {
+        "dead": f".incoming-{host}-{dead.pid}-1-{uuid.uuid4().hex}",
+        "mine": tflite_pusher._staging_name(),  # this live process
+        "other_host": f".incoming-elsewhere-{dead.pid}-1-{uuid.uuid4().hex}",
+        "legacy_old": f".incoming-{uuid.uuid4().hex}",
+        "legacy_new": f".incoming-{uuid.uuid4().hex}",
+    }
+    for name in names.values():
+        (serving / name).mkdir()
+    old = time.time() - tflite_pusher.LEGACY_STAGING_MAX_AGE_S - 60
+    os.utime(serving / names["legacy_old"], (old, old))
+    removed = tflite_pusher.remove_stale_staging(str(serving))
+    assert sorted(removed) == sorted([names["dead"], names["legacy_old"]])
+    assert sorted(os.listdir(serving)) == sorted(
+        [names["mine"], names["other_host"], names["legacy_new"]])
