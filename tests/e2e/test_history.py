@@ -188,3 +188,12 @@ def test_bad_requests_exit_2_with_a_message(hist, tmp_path):
     assert code == 2 and "no run 'nope'" in err
     code, _, err = ops("bless", "--workdir", hist["workdir"])  # neither --version nor --reset
     assert code == 2 and "--version" in err
+
+
+def test_bless_and_reset_without_runs_exit_2(tmp_path):
+    """docs/operations.md: both exit 2 with one line on a workdir without runs (no pipeline run)."""
+    code, _, err = ops("bless", "--workdir", tmp_path, "--version", 1)
+    assert code == 2 and "no pushed version 1" in err and len(err.strip().splitlines()) == 1
+    code, _, err = ops("bless", "--workdir", tmp_path, "--reset")
+    assert code == 2 and "no MLMD database" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing created there
