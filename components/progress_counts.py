@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 ENV = "RETRAIN_PROGRESS_DIR"
 _STAGE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -52,19 +52,21 @@ def set_total(stage: str, total: int, unit: str) -> None:
 class Counter:
     """One worker's share of a stage's count; cheap to call per element."""
 
-    def __init__(self, stage: str, interval: float = 0.5):
+    def __init__(self, stage: str, interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic):
         folder = _stage_dir(stage)
         self._path = folder and os.path.join(folder, f"{os.getpid()}-{next(_ids)}.json")
         self._done = 0
         self._interval = interval
-        self._last = 0.0
+        self._clock = clock  # injectable so tests decide when the interval has passed
+        self._last: Optional[float] = None
 
     def add(self, n: int = 1) -> None:
         if not self._path:
             return
         self._done += int(n)
-        now = time.monotonic()
-        if now - self._last >= self._interval:
+        now = self._clock()
+        if self._last is None or now - self._last >= self._interval:
             self._last = now
             _write_json(self._path, {"done": self._done})
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Collection, Dict, Optional, TextIO
+from typing import Callable, Collection, Dict, Optional, TextIO
 
 from components import progress_counts
 from pipeline import beam_flags, mlmd_store
@@ -36,8 +36,9 @@ _DONE_STATES = {"COMPLETE": "done", "CACHED": "cached", "FAILED": "FAILED", "CAN
 class Progress:
     def __init__(self, config: PipelineConfig, total_components: int,
                  stream: Optional[TextIO] = None, interval: float = 1.0, log_every: float = 10.0,
-                 beam_steps: Collection[str] = ()):
+                 beam_steps: Collection[str] = (), clock: Callable[[], float] = time.time):
         self._config = config
+        self._clock = clock  # injectable: tests step it past log_every instead of sleeping
         # Steps whose counts are lost on remote Beam workers (empty: all workers local).
         self._uncounted = frozenset() if beam_flags.workers_are_local(config.beam_args) \
             else frozenset(beam_steps)
@@ -49,7 +50,7 @@ class Progress:
         self._tty = self._stream.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._started = time.time()
+        self._started = clock()
         self._reported: Dict[str, str] = {}
         self._known_runs: Optional[set] = None
         self._log_every = log_every
@@ -137,9 +138,9 @@ class Progress:
                 text = f"{_bar(done, self._total)} {node} running on the Beam workers"
             else:
                 text = f"{_bar(done, self._total)} {node} running"
-            self._line(f"{text}, {time.time() - self._started:5.0f}s total", final=False)
-        elif count and time.time() - self._last_count_line.get(node, self._started) >= self._log_every:
-            self._last_count_line[node] = time.time()
+            self._line(f"{text}, {self._clock() - self._started:5.0f}s total", final=False)
+        elif count and self._clock() - self._last_count_line.get(node, self._started) >= self._log_every:
+            self._last_count_line[node] = self._clock()
             total = f"/{count['total']}" if count["total"] else ""
             self._line(f"      {node:<32} {count['done']}{total} {count['unit']}", final=True)
 

@@ -62,6 +62,17 @@ def _evaluator_blessing(config, run_id):
     return None
 
 
+def _label_check(config, run_id):
+    """(LabelGuard's state, its label_check.json) in run `run_id`."""
+    from pipeline import mlmd_store, run_record
+    store = mlmd_store.open_store(config)
+    ctx = store.get_context_by_type_and_name("pipeline_run", run_id)
+    record = run_record.RunRecord.from_store(store, ctx, config, read_files=False)
+    from components.contracts import LABEL_CHECK_FILE
+    with open(f"{record.uris.label_check}/{LABEL_CHECK_FILE}") as f:
+        return record.states["LabelGuard"], json.load(f)
+
+
 def scenario(tmp_path_factory, emoji_root):
     if _SCENARIO:
         return _SCENARIO
@@ -85,6 +96,7 @@ def scenario(tmp_path_factory, emoji_root):
     gated = dataclasses.replace(base, min_accuracy=1.0, max_accuracy_drop=0.01)
     s["r3"] = local_runner.run(gated)
     s["r3_blessing"] = _evaluator_blessing(base, s["r3"]["run_id"])
+    s["r3_label_check"] = _label_check(base, s["r3"]["run_id"])
     s["reset"] = _ops_json("bless", "--workdir", workdir, "--reset", "--reason", "new label space")
     s["baseline_after_reset"] = _baseline(base)
     s["r4"] = local_runner.run(gated)
@@ -144,6 +156,18 @@ def test_bless_makes_version_1_the_evaluators_baseline(hist):
     assert r3["baseline_accuracy"] == pytest.approx(v1["evaluation"]["accuracy"])
 
 
+def test_label_guard_checks_against_the_blessed_version(hist):
+    """After `bless --version 1`, R3's LabelGuard (run, not cached: its baseline input
+    changed) compared with version 1's model and its label_space.json, not R2's."""
+    v1, v2 = _version_metrics(hist["workdir"], 1), _version_metrics(hist["workdir"], 2)
+    state, check = hist["r3_label_check"]
+    assert state == "COMPLETE"
+    assert check["baseline_model"] == v1["model_uri"] != v2["model_uri"]
+    from components.label_guard import read_label_space
+    assert check["baseline"] == read_label_space(v1["model_uri"])
+    assert check["problems"] == [] and sorted(check["current"]) == CLASSES
+
+
 def test_bless_is_recorded_in_mlmd_with_lineage(hist):
     from pipeline import history, mlmd_store
     prop = mlmd_store.custom_property
@@ -188,3 +212,12 @@ def test_bad_requests_exit_2_with_a_message(hist, tmp_path):
     assert code == 2 and "no run 'nope'" in err
     code, _, err = ops("bless", "--workdir", hist["workdir"])  # neither --version nor --reset
     assert code == 2 and "--version" in err
+
+
+def test_bless_and_reset_without_runs_exit_2(tmp_path):
+    """docs/operations.md: both exit 2 with one line on a workdir without runs (no pipeline run)."""
+    code, _, err = ops("bless", "--workdir", tmp_path, "--version", 1)
+    assert code == 2 and "no pushed version 1" in err and len(err.strip().splitlines()) == 1
+    code, _, err = ops("bless", "--workdir", tmp_path, "--reset")
+    assert code == 2 and "no MLMD database" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing created there

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from components import image_io
+from components.contracts import LABEL_CHECK_FILE
 from components.image_example_gen import read_report
 from components.label_guard import check
 from pipeline import cli, run_record
@@ -142,10 +143,15 @@ def test_every_file_classified_and_good_ones_all_trained_on(messy):
 
 
 def _run_cli(capsys, images, workdir, *extra):
+    """(exit code, stderr less the empty-class warning the messy folder always gets).
+    --quiet: no progress lines, so what is left is the error line alone."""
     code = cli.main(["run", "--images", str(images), "--workdir", str(workdir),
                      "--min-images-per-class", "5", "--min-accuracy", "0", "--epochs", "5",
-                     "--quiet", *extra])  # stderr: the error line alone
-    return code, capsys.readouterr().err
+                     "--quiet", *extra])
+    err = capsys.readouterr().err
+    warning = "retrain: warning: empty class folder(s) skipped: 'empty_class'\n"
+    assert err.startswith(warning), err[:500]
+    return code, err[len(warning):]
 
 
 def _transform_ran_in_latest_run(config):
@@ -174,6 +180,40 @@ def test_class_share_collapse_stops_next_run(messy, capsys, tmp_path):
     assert code == 2, err
     assert "class 'dog' share changed" in err
     assert not _transform_ran_in_latest_run(config)
+
+
+def test_gone_class_stops_the_run_then_allow_label_change_lets_it_pass(messy, capsys, tmp_path):
+    """A class that disappears stops the next run at LabelGuard (exit 2). Rerun with
+    --allow-label-change, LabelGuard passes and the run goes on to the next step,
+    which here fails for real: an HDF5 --weights file holding no weights passes the
+    pre-run check (it is HDF5) and only BottleneckGen, loading it, finds out: exit 1,
+    `pipeline failed: ...`. Both runs are --quiet: no progress line on stderr."""
+    import h5py
+    root, images, _, config, _ = messy
+    renamed = tmp_path / "images"
+    shutil.copytree(images, renamed, symlinks=True)
+    (renamed / "dog").rename(renamed / "wolf")  # dog is gone, wolf is new
+    code, err = _run_cli(capsys, renamed, config.workdir)
+    assert code == 2, err
+    assert "class 'dog' is gone" in err and "class 'wolf' is new" in err and err.count("\n") == 1
+    assert not _transform_ran_in_latest_run(config)
+
+    empty = tmp_path / "empty.h5"
+    h5py.File(empty, "w").close()
+    code, err = _run_cli(capsys, renamed, config.workdir, "--allow-label-change",
+                         "--weights", str(empty), "--enable-cache")  # ExampleGen..SchemaGen: cached
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("retrain: error: pipeline failed: BackboneWeightsError: cannot load")
+    assert str(empty) in last
+    assert not any(line.startswith("[") for line in err.splitlines())  # --quiet: no progress
+    record = run_record.latest(config)
+    assert record.states["LabelGuard"] == "COMPLETE" and record.states["BottleneckGen"] == "FAILED"
+    with open(os.path.join(record.uris.label_check, LABEL_CHECK_FILE)) as f:
+        check_json = json.load(f)
+    assert check_json["problems"] == [] and set(check_json["baseline"]) == {"cat", "dog"}
+    assert set(check_json["current"]) == {"cat", "wolf"}
+    assert record.status == "failed"
 
 
 def test_guard_rules():

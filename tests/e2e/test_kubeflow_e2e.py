@@ -11,11 +11,13 @@ task-name rule, the backend's cache key; see test_kfp_backend.py).
          baseline and the value threshold decides; a TFLite model is pushed, the
          blessed model and the feature cache are recorded in
          <pipeline_root>/_registry/.
-  run-2  one new image per class, the same spec: ImageExampleGen (never cached
-         on this backend) sees them, the lookups (never cached) find run-1's
-         blessed model (copied into their output) and FeatureCache (a pointer),
-         so only the new images' features are computed and the Evaluator
-         compares with run-1's model.
+  run-2  one new image per class, the same spec (new images in known classes
+         need no recompile), submitted with another pipeline root (its
+         artifacts go there; the registry compiled in stays the one read and
+         written): ImageExampleGen (never cached on this backend) sees them,
+         the lookups (never cached) find run-1's blessed model (copied into
+         their output) and FeatureCache (a pointer), so only the new images'
+         features are computed and the Evaluator compares with run-1's model.
 
 The Vertex form (resolver tasks) is checked at compile level in
 test_kubeflow_compile.py; the launcher's resolver emulation in
@@ -38,6 +40,7 @@ IMAGE = "registry.example/retrain:e2e"
 BASELINE_LOOKUP, CACHE_LOOKUP = "latest-blessed-model-lookup", "latest-feature-cache-lookup"
 PER_CLASS = 15
 EVALUATOR = "Evaluator"
+OTHER_ROOT = "other_pipeline_root"  # run 2's, under the fixture's folder
 
 
 def _task_of(doc, executor_suffix):
@@ -86,8 +89,9 @@ def second_run(kfp, emoji_root):
         new = sorted((emoji_root / c).iterdir())[PER_CLASS]
         shutil.copy(new, kfp["tmp"] / "images" / c / new.name)
     # Caching as compiled (on, except for the lookups and ImageExampleGen), as
-    # `retrain submit` sends it.
-    return LocalLauncher(kfp["spec"], kfp["config"].pipeline_root, backend="kfp",
+    # `retrain submit` sends it; run 1's pipeline.yaml as it is (no recompile), with
+    # another pipeline root, as `retrain submit --pipeline-root` would pass it.
+    return LocalLauncher(kfp["spec"], str(kfp["tmp"] / OTHER_ROOT), backend="kfp",
                          max_parallel=2).run("run-2")
 
 
@@ -213,6 +217,12 @@ def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, sec
     assert sorted(os.listdir(config.serving_dir)) == ["1", "2"]
     for kind in previous_artifacts.KINDS:
         assert len(previous_artifacts.records(kfp["registry"], kind)) == 2
+    # Run 2's artifacts went under the root it was given; its registry records did
+    # not (docs/kubeflow.md: the registry location is compiled in).
+    other = str(kfp["tmp"] / OTHER_ROOT)
+    assert second_run.artifact(trainer, "model")["uri"].startswith(other + os.sep)
+    assert not kfp["registry"].startswith(other)
+    assert not os.path.exists(previous_artifacts.registry_uri(other, config.pipeline_name))
 
 
 def _lookup_baseline(registry, tmp):

@@ -160,7 +160,11 @@ def test_float_variants_match_the_saved_model_closely(exported):
     _, report = exported
     assert report.variant("float32").measured.max_abs_diff < 1e-4
     assert report.variant("float32").agreement == 1.0
-    assert report.variant("fp16").measured.max_abs_diff < 0.05
+    # Observed on this fixture: fp16 max 0.01332, mean 0.00109 (two runs, 2026-11-30,
+    # identical: the head is seeded); the bounds allow 50 % more (another TF or XNNPACK
+    # build). Dynamic-range and int8 quantization measured 0.159 and 0.098: both fail.
+    assert report.variant("fp16").measured.max_abs_diff < 0.02
+    assert report.variant("fp16").measured.mean_max_abs_diff < 0.0017
 
 
 def test_unblessed_model_is_not_converted(model_and_examples):

@@ -251,3 +251,31 @@ def test_the_evaluator_component_is_tfxs_with_the_wrapping_executor():
     # The Kubeflow V2 entry point renames baseline/current model ids for
     # subclasses of TFX's Evaluator executor only.
     assert issubclass(pa.EvaluatorExecutor, stock.Executor)
+
+
+@pytest.mark.parametrize("lookup", ["registry", "resolver"])
+def test_the_next_baseline_needs_a_blessing_not_a_push(tmp_path, lookup):
+    """docs/operations.md: a model the Evaluator blessed is the next run's baseline even
+    when no TFLite variant was pushed. What picks it reads the Trainer's Model and the
+    Evaluator's blessing only, never TFLiteExport's or the Pusher's outputs (the
+    registry recorder's behaviour on a blessing: test_record_executor_records_only_blessed_models)."""
+    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+        LatestBlessedModelStrategy)
+
+    from components import contracts
+    from pipeline import previous_runs
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_components
+    config = PipelineConfig(images=str(tmp_path), workdir=str(tmp_path), label_names=("a", "b"),
+                            lookup=lookup)
+    nodes = {n.id: n for n in create_components(config)}
+    if lookup == "resolver":  # MLMD: TFX's resolver over every Model and ModelBlessing
+        [resolver] = previous_runs.previous_baseline(config)[0]
+        assert resolver.exec_properties["resolver_class"] is LatestBlessedModelStrategy
+        assert {k: c.type_name for k, c in resolver.raw_inputs.items()} == {
+            "model": "Model", "model_blessing": "ModelBlessing"}
+    else:  # the registry: recorded once the Pusher has finished (an unfinished run's
+        # blessing is never a baseline), from the Trainer's and the Evaluator's outputs alone
+        recorder = nodes[contracts.RECORD_BLESSED_MODEL]
+        assert {k: (c.type_name, c.producer_component_id) for k, c in recorder.inputs.items()} == {
+            "model": ("Model", "Trainer"), "model_blessing": ("ModelBlessing", "Evaluator")}

@@ -1,6 +1,7 @@
 """pipeline.progress with Beam workers elsewhere: a Beam step's counts stay on its
 workers, so its line says so instead of showing a bar frozen at zero; counts the
-executor keeps (the Trainer's epochs) still show."""
+executor keeps (the Trainer's epochs) still show. Also the count line written to a
+stderr that is a file, at most every `log_every` seconds."""
 
 import io
 
@@ -85,3 +86,26 @@ def test_executor_counts_still_show_with_remote_workers(tmp_path):
         progress_counts.Counter("Trainer", interval=0.0).add(2)
         progress._poll()
     assert "2/5 epochs, Trainer" in stream.getvalue()
+
+
+def test_a_file_gets_a_count_line_every_log_every_seconds(tmp_path):
+    """README: with stderr a file, start and end lines plus a count line every 10 s.
+    The clock is stepped by hand: no sleeping, nothing depends on the machine's load."""
+    config = PipelineConfig(images="i", workdir=str(tmp_path), beam_args=["--direct_num_workers=1"])
+    store = _store(config)
+    now = [1000.0]
+    stream = io.StringIO()  # not a terminal: no bar, no carriage returns
+    with Progress(config, 14, stream=stream, interval=600, log_every=10.0,
+                  clock=lambda: now[0]) as progress:
+        _start_run(store, ["Trainer"])
+        progress_counts.set_total("Trainer", 60, "epochs")
+        counter = progress_counts.Counter("Trainer", interval=0.0)
+        for step in (0.0, 9.5, 0.5, 4.0, 5.5, 0.5):  # t = 0, 9.5, 10, 14, 19.5, 20
+            now[0] += step
+            counter.add()  # one epoch more per poll
+            progress._poll()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[ 0/14] Trainer                          running"
+    counts = [line.split() for line in lines[1:]]
+    assert counts == [["Trainer", "3/60", "epochs"], ["Trainer", "6/60", "epochs"]]  # t=10, t=20
+    assert "\r" not in stream.getvalue()

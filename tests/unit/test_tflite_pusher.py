@@ -7,7 +7,7 @@ import uuid
 import pytest
 import tensorflow as tf
 
-from components.contracts import list_versions
+from components.contracts import STAGING_PREFIX, list_versions
 from components.tflite_pusher import publish_version
 
 
@@ -118,3 +118,39 @@ def test_only_staging_without_a_live_owner_is_removed(tmp_path):
     assert sorted(removed) == sorted([names["dead"], names["legacy_old"]])
     assert sorted(os.listdir(serving)) == sorted(
         [names["mine"], names["other_host"], names["legacy_new"]])
+
+
+class _FailingSection(dict):
+    """A metrics section whose serialization fails halfway through writing metrics.json
+    (a full disk, say); just before failing it records which files the version held."""
+
+    def __init__(self, folder_pattern):
+        super().__init__(accuracy=0.9)
+        self.pattern, self.seen = folder_pattern, None
+
+    def items(self):  # json.dump(indent=..., sort_keys=True) asks for the items once
+        [folder] = tf.io.gfile.glob(self.pattern)
+        self.seen = sorted(tf.io.gfile.listdir(folder))
+        raise OSError("no space left on device")
+
+
+@pytest.mark.parametrize("kind", ["local", "object store"])
+def test_success_marker_is_written_last(tmp_path, kind):
+    """`_SUCCESS` comes after every other file: while metrics.json is being written the
+    folder holds the copied files and no marker, and a write that fails there leaves
+    no version (docs/operations.md, "What a pushed version contains")."""
+    if kind == "local":
+        serving, files = str(tmp_path / "serving"), _sources(tmp_path)
+        pattern = f"{serving}/{STAGING_PREFIX}*"  # assembled aside, then renamed
+    else:
+        serving = f"ram://serving-{uuid.uuid4().hex}"  # written in place, as on gs:// or s3://
+        files = {"model.tflite": f"{serving}-src/m.tflite", "labels.txt": f"{serving}-src/labels.txt"}
+        for path, data in zip(files.values(), (b"tflite-bytes", b"a\nb\n")):
+            with tf.io.gfile.GFile(path, "wb") as f:
+                f.write(data)
+        pattern = f"{serving}/1"
+    section = _FailingSection(pattern)
+    with pytest.raises(OSError, match="no space left on device"):
+        publish_version(serving, files, {"evaluation": section})
+    assert section.seen == ["labels.txt", "metrics.json", "model.tflite"]  # no _SUCCESS yet
+    assert list_versions(serving) == [] and tf.io.gfile.listdir(serving) == []
