@@ -207,6 +207,7 @@ def test_gone_class_stops_the_run_then_allow_label_change_lets_it_pass(messy, ca
     assert last.startswith("retrain: error: pipeline failed: BackboneWeightsError: cannot load")
     assert str(empty) in last
     assert not any(line.startswith("[") for line in err.splitlines())  # --quiet: no progress
+    assert "Traceback" not in err, err[-3000:]  # the traceback is for --verbose
     record = run_record.latest(config)
     assert record.states["LabelGuard"] == "COMPLETE" and record.states["BottleneckGen"] == "FAILED"
     with open(os.path.join(record.uris.label_check, LABEL_CHECK_FILE)) as f:
