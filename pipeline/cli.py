@@ -82,8 +82,13 @@ def _register_extensions(parser: argparse.ArgumentParser) -> dict:
 def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
-    for name in ("", "tensorflow", "absl", "apache_beam"):
+    for name in ("", "tensorflow"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    # A failed step is logged by Beam (with its traceback) and by TFX's launcher
+    # before the exception reaches _cmd_run, which prints it as one line: without
+    # --verbose those two loggers keep only CRITICAL.
+    for name in ("absl", "apache_beam"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         warnings.filterwarnings("ignore")
