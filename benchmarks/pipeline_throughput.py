@@ -106,6 +106,14 @@ def raw_inference(images: pathlib.Path, backbone: str, batch_size: int) -> dict:
             "decode_inference_images_per_s": round(n / full_s, 2)}
 
 
+def write_result(result: dict, output: str) -> pathlib.Path:
+    """Writes a benchmark's result as indented JSON at `output` (folders made)."""
+    out = pathlib.Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def machine_facts() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
@@ -159,9 +167,7 @@ def main(argv=None) -> dict:
         "machine": machine_facts(), "wall_seconds": round(time.perf_counter() - start, 1),
     }
     print_table(result)
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.output)
     print(f"wrote {out}")
     return result
 

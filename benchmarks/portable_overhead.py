@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.images < 4 or args.epochs < 1:
         ap.error("--images must be >= 4 and --epochs >= 1")
-    from benchmarks.pipeline_throughput import build_dataset, machine_facts
+    from benchmarks.pipeline_throughput import build_dataset, machine_facts, write_result
     from pipeline import datasets
     root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="portable-overhead-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -82,9 +82,7 @@ def main(argv=None) -> dict:
         "machine": machine_facts(),
     }
     _print(result)
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.output)
     print(f"wrote {out}")
     return result
 

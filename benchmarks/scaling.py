@@ -14,12 +14,11 @@ resident memory of that process and its children. Targets: time grows linearly
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import shutil
 import tempfile
 
-from benchmarks.pipeline_throughput import build_dataset, machine_facts
+from benchmarks.pipeline_throughput import build_dataset, machine_facts, write_result
 from benchmarks.speed import run_pipeline
 from pipeline import datasets
 
@@ -93,9 +92,7 @@ def main(argv=None) -> dict:
               "machine": machine_facts()}
     for row in result["linearity"]:
         print(f"{row['from']} -> {row['to']}: {row['marginal_seconds_per_1000_images']} s per 1000 more images")
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.output)
     plot(points, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return result

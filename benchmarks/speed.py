@@ -41,11 +41,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from benchmarks.pipeline_throughput import build_dataset, machine_facts, raw_inference
+from benchmarks.pipeline_throughput import build_dataset, machine_facts, raw_inference, write_result
 from components import backbones, contracts, preprocessing
 from pipeline import datasets, local_runner
 from pipeline.config import PipelineConfig
@@ -238,9 +237,7 @@ def main(argv=None) -> dict:
           f"{same.get('not_pushed_reason')}")
     for name, run in result["runs"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in run["seconds"].items()))
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.output)
     print(f"wrote {out}")
     return result
 
