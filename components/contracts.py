@@ -51,6 +51,7 @@ WORKDIR_LOCK_FILE = ".retrain.lock"    # held (flock) by the `retrain run` using
 # Kubeflow imports a custom type's TYPE_NAME as a class path; MLMD stores it.
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
+CHANGE_CHECK_TYPE = "components.ChangeCheck"
 
 # ------------------------------------------------------------- environment
 # Log file for C++ libraries' fd-2 lines (components/native_stderr.py); set by
@@ -91,6 +92,10 @@ BLESSED_MODEL_LOOKUP = "latest-blessed-model-lookup"
 FEATURE_CACHE_LOOKUP = "latest-feature-cache-lookup"
 RECORD_BLESSED_MODEL = "record-blessed-model"
 RECORD_FEATURE_CACHE = "record-feature-cache"
+# Kubeflow's early exit (kubeflow/change_gate.py): the step that compares this run's
+# inputs with the last completed run's, and the step that records them after a run.
+CHANGE_CHECK = "change-check"
+RECORD_RUN_FINGERPRINT = "record-run-fingerprint"
 
 _VERSION = re.compile(r"^[0-9]+$")
 

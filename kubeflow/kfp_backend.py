@@ -22,6 +22,12 @@ file of kubeflow/pipelines it reproduces (``backend/src/v2/``, read at tags
   provisioned one, metadata merged), getExecutorOutputFile (strict parse),
   collectOutputParameters.
 * ``compiler/visitor.go``: only container and importer executors compile.
+* ``driver/driver.go`` Container (2.5; ``driver/container.go`` from 2.14) and
+  ``expression/expression.go`` Condition: a task's ``triggerPolicy.condition``
+  (CEL on the resolved inputs; false: no outputs, executor skipped), and
+  ``compiler/argocompiler/dag.go`` depends (``<task>.Succeeded``: the tasks after
+  a skipped one are omitted) and importerTask (no condition on an importer):
+  kubeflow/kfp_conditions.py.
 
 No lifecycle hook (``preCacheCheck``) is run anywhere in that backend.
 """

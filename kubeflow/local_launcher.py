@@ -27,8 +27,11 @@ without reimport, reuse) the artifact at the URI; a task whose cache is on
 (``cachingOptions`` or a run-level override, as kfp's client rewrites it)
 reuses the outputs of an earlier execution with the same cache key.
 
-What is not emulated raises NotEmulated naming it: conditions, loops, nested
-DAGs, exit handlers, task-final-status inputs, unknown placeholders. Also not
+A ``triggerPolicy.condition`` (``tfx.dsl.Cond``) is evaluated as the open-source
+driver does (kubeflow/kfp_conditions.py): false skips the task, and the tasks
+after it are omitted; the run still succeeds. What is not emulated raises
+NotEmulated naming it: loops, nested DAGs, exit handlers, conditions on Vertex,
+task-final-status inputs, unknown placeholders. Also not
 emulated: the download of every input artifact into the pod's emptyDir (local
 roots are read in place), and retries.
 
@@ -52,7 +55,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Union
 
 
-from kubeflow import kfp_backend, pipeline_spec
+from kubeflow import kfp_backend, kfp_conditions, pipeline_spec
 from kubeflow.kfp_backend import Backend, BackendError
 from kubeflow.local_metadata import LocalMetadata, NotEmulated, schema_title
 
@@ -71,7 +74,7 @@ class TaskFailed(RuntimeError):
 @dataclasses.dataclass
 class TaskResult:
     name: str
-    state: str  # SUCCEEDED, CACHED, RESOLVED or IMPORTED
+    state: str  # SUCCEEDED, CACHED, RESOLVED, IMPORTED, SKIPPED or OMITTED
     seconds: float
     outputs: Artifacts
     parameters: Dict[str, Any]
@@ -129,13 +132,17 @@ class LocalLauncher:
         pending, running, failure = set(tasks), {}, None
         with futures.ThreadPoolExecutor(self.max_parallel) as pool:
             while (pending and failure is None) or running:
+                for name in kfp_conditions.omitted(pending, deps, {n: t.state for n, t in result.tasks.items()}):
+                    pending.discard(name)  # after a skipped task: Argo never starts it
+                    result.tasks[name] = TaskResult(name, kfp_conditions.OMITTED, 0.0, {}, {})
+                    self.log(f"{name}: {kfp_conditions.OMITTED} (an upstream task did not run)")
                 for name in sorted(pending):
                     if failure is None and deps[name] <= set(result.tasks) \
                             and len(running) < self.max_parallel:
                         pending.discard(name)
                         running[pool.submit(self._run_task, run_id, name, tasks[name],
                                             dict(result.tasks), params)] = name
-                if not running:
+                if not running and (pending and failure is None):
                     raise NotEmulated(f"no runnable task among {sorted(pending)}: dependency cycle")
                 done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
                 for fut in done:
@@ -157,7 +164,7 @@ class LocalLauncher:
         component = self.spec["components"][task["componentRef"]["name"]]
         if "dag" in component:
             raise NotEmulated(f"task {name}: nested DAG components are not emulated")
-        for key in ("triggerPolicy", "artifactIterator", "parameterIterator", "iteratorPolicy"):
+        for key in ("artifactIterator", "parameterIterator", "iteratorPolicy"):
             if task.get(key):
                 raise NotEmulated(f"task {name}: {key} is not emulated")
         executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
@@ -166,6 +173,12 @@ class LocalLauncher:
         if self.backend.oss:
             params = kfp_backend.typed_parameters(
                 params, component.get("inputDefinitions", {}).get("parameters", {}))
+        try:  # the driver: resolved inputs, then the condition (kfp_conditions)
+            if not kfp_conditions.triggered(name, task, inputs, params, self.backend.oss):
+                self.log(f"{name}: {kfp_conditions.SKIPPED} (triggerPolicy.condition is false)")
+                return TaskResult(name, kfp_conditions.SKIPPED, round(time.time() - start, 1), {}, {})
+        except kfp_conditions.ConditionError as e:
+            raise TaskFailed(f"task {name}: driver failed on triggerPolicy.condition: {e}") from None
 
         produced: Dict[str, Any] = {}
         if "resolver" in executor:
@@ -203,7 +216,7 @@ class LocalLauncher:
                 out[key] = [self.metadata.as_input(a["id"]) for a in listed]
             else:
                 # A resolver that found nothing passes an empty list on, as on Vertex.
-                out[key] = [_without(a, "id") for a in copy.deepcopy(listed)]
+                out[key] = [{k: v for k, v in a.items() if k != "id"} for a in copy.deepcopy(listed)]
         return out
 
     def _import(self, name, component, importer, params, run_id) -> Artifacts:
@@ -351,10 +364,6 @@ class LocalLauncher:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _without(artifact: Dict[str, Any], *keys: str) -> Dict[str, Any]:
-    return {k: v for k, v in artifact.items() if k not in keys}
-
 
 def _read_executor_output(path: str, task: str) -> Dict[str, Any]:
     try:

@@ -26,6 +26,12 @@ def check_spec(spec: Any, backend: Backend) -> None:
         for label, executor in spec["deploymentSpec"]["executors"].items():
             if not {"container", "importer"} & set(executor):
                 raise BackendError(f"executor(label={label!r}): {kfp_backend.RESOLVER_REFUSED}")
+        for name, task in spec["root"]["dag"]["tasks"].items():
+            executor = spec["deploymentSpec"]["executors"].get(
+                spec["components"][task["componentRef"]["name"]].get("executorLabel"), {})
+            if "importer" in executor and (task.get("triggerPolicy") or {}).get("condition"):
+                # argocompiler/dag.go: driver and importer are one pod, no `when` possible
+                raise BackendError(f"task {name}: triggerPolicy.condition on importer task is not supported")
         from kubeflow.runner import KubeflowError, check_task_names  # Argo's rule
         try:
             check_task_names(spec)

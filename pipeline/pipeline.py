@@ -10,6 +10,7 @@ from components.image_example_gen import ImageExampleGen
 from components.label_guard import LabelGuard
 from components.tflite.component import TFLiteExport
 from components.tflite_pusher import TFLitePusher
+from kubeflow import change_gate
 from pipeline import previous_runs
 from pipeline.config import PipelineConfig
 
@@ -27,6 +28,14 @@ def create_components(config: PipelineConfig) -> list:
         extensions=config.extensions, exclude_label_conflicts=config.exclude_label_conflicts,
         max_file_bytes=config.max_file_bytes, min_image_side=config.min_image_side,
         follow_external_symlinks=config.follow_external_symlinks)
+    # On open-source Kubeflow the rest runs only when ChangeCheck finds new
+    # inputs (kubeflow/change_gate.py); elsewhere the gate adds nothing.
+    with change_gate.gate(config, example_gen) as gate:
+        rest = gate.add(_after_example_gen(config, example_gen))
+    return [example_gen, *gate.nodes, *rest]
+
+
+def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> list:
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
@@ -88,7 +97,7 @@ def create_components(config: PipelineConfig) -> list:
         label_names=config.label_names, min_accuracy=config.min_accuracy,
         max_accuracy_drop=config.max_accuracy_drop,
         tflite_models=tflite_export.outputs["tflite_models"])
-    return [example_gen, statistics_gen, schema_gen, example_validator, *baseline_nodes,
+    return [statistics_gen, schema_gen, example_validator, *baseline_nodes,
             label_guard, *cache_nodes, bottleneck_gen, transform, trainer, evaluator,
             tflite_export, pusher,
             *previous_runs.recorders(config, model=trainer.outputs["model"],

@@ -11,6 +11,11 @@ task-name rule, the backend's cache key; see test_kfp_backend.py).
          baseline and the value threshold decides; a TFLite model is pushed, the
          blessed model and the feature cache are recorded in
          <pipeline_root>/_registry/.
+  run-same  the same images again, the same spec: ChangeCheck finds run-1's
+         record (same examples, settings, code, baseline and versions), so
+         its condition is false for every later task: the driver skips those
+         whose inputs are ready and Argo omits the rest. Only ImageExampleGen
+         and ChangeCheck run; nothing is pushed or recorded.
   run-2  one new image per class, the same spec (new images in known classes
          need no recompile), submitted with another pipeline root (its
          artifacts go there; the registry compiled in stays the one read and
@@ -30,7 +35,7 @@ import os
 import numpy as np
 import pytest
 
-from components import previous_artifacts
+from components import change_check, previous_artifacts
 from conftest import copy_subset, eval_split, tflite_probabilities
 
 pytestmark = pytest.mark.slow
@@ -74,7 +79,7 @@ def kfp(tmp_path_factory, emoji_root, imagenet_weights):
     registry = previous_artifacts.registry_uri(config.pipeline_root, config.pipeline_name)
     # What run 1 left for run 2 (read now: run 2 adds its own records).
     recorded = {kind: [json.load(open(p)) for p in previous_artifacts.records(registry, kind)]
-                for kind in previous_artifacts.KINDS}
+                for kind in (*previous_artifacts.KINDS, change_check.RUN_FINGERPRINT)}
     with open(spec) as f:
         doc = yaml.safe_load(f)
     return {"spec": spec, "doc": doc, "config": config, "first": first, "tmp": tmp,
@@ -82,7 +87,15 @@ def kfp(tmp_path_factory, emoji_root, imagenet_weights):
 
 
 @pytest.fixture(scope="module")
-def second_run(kfp, emoji_root):
+def unchanged_run(kfp):
+    """The same images and spec again, as a schedule would start it (before run 2)."""
+    from kubeflow.local_launcher import LocalLauncher
+    return LocalLauncher(kfp["spec"], kfp["config"].pipeline_root, backend="kfp",
+                         max_parallel=2).run("run-same")
+
+
+@pytest.fixture(scope="module")
+def second_run(kfp, emoji_root, unchanged_run):
     import shutil
     from kubeflow.local_launcher import LocalLauncher
     for c in CLASSES:  # one image per class that run 1 did not see
@@ -119,7 +132,8 @@ def test_every_task_of_the_spec_ran(kfp):
         for key, artifacts in task.outputs.items():
             if key != "executor-logs":
                 assert os.path.isdir(artifacts[0]["uri"]), (name, key)
-    # An empty registry: both lookups pass on an artifact that says "none".
+    # An empty registry: ChangeCheck finds no record, both lookups pass on "none".
+    assert first.artifact("change-check", "result")["metadata"]["changed"] == 1.0
     for lookup, key in ((BASELINE_LOOKUP, "model"), (CACHE_LOOKUP, "cache")):
         assert first.artifact(lookup, key)["metadata"]["found"] == 0
     guard = first.artifact(_task_of(doc, "label_guard.Executor"), "label_check")
@@ -130,6 +144,30 @@ def test_every_task_of_the_spec_ran(kfp):
     # No baseline: the Evaluator judged by the value threshold alone.
     blessing = first.artifact(EVALUATOR, "blessing")["metadata"]
     assert "baseline_model_id" not in blessing
+
+
+def test_a_rerun_with_the_same_images_ends_early_and_pushes_nothing(kfp, unchanged_run):
+    from kubeflow.kfp_conditions import OMITTED, SKIPPED
+    config, tasks = kfp["config"], kfp["doc"]["root"]["dag"]["tasks"]
+    states = {n: t.state for n, t in unchanged_run.tasks.items()}
+    assert set(states) == set(tasks)
+    assert {n for n, s in states.items() if s == "SUCCEEDED"} == {"ImageExampleGen", "change-check"}
+    # Skipped by its driver: inputs ready, condition false. Omitted: after a skipped task.
+    ready = {n for n, t in tasks.items() if set(t.get("dependentTasks", [])) <= {"ImageExampleGen", "change-check"}}
+    assert {n for n, s in states.items() if s == SKIPPED} == ready - {"ImageExampleGen", "change-check"}
+    assert {"StatisticsGen", BASELINE_LOOKUP, CACHE_LOOKUP} <= ready
+    assert {n for n, s in states.items() if s == OMITTED} == set(tasks) - ready
+    assert {"Trainer", "TFLitePusher", "record-run-fingerprint"} <= set(tasks) - ready
+    # Why, on ChangeCheck's output (the KFP UI shows an artifact's metadata).
+    result = unchanged_run.artifact("change-check", "result")["metadata"]
+    assert result["changed"] == 0.0 and result["since_run"] == "run-1"
+    assert result["reason"].startswith(f"no new images since run run-1: same {3 * PER_CLASS} images")
+    # Nothing pushed, nothing recorded; no skipped task left a folder.
+    assert sorted(os.listdir(config.serving_dir)) == ["1"]
+    for kind, records in kfp["recorded"].items():
+        assert len(previous_artifacts.records(kfp["registry"], kind)) == len(records) == 1, kind
+    run_dir = os.path.join(config.pipeline_root, config.pipeline_name, "run-same")
+    assert sorted(os.listdir(run_dir)) == ["ImageExampleGen", "change-check"]
 
 
 def test_first_run_records_its_blessed_model_and_feature_cache(kfp):
@@ -175,6 +213,9 @@ def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, sec
     trainer = _task_of(doc, "trainer.executor.GenericExecutor")
     features = _task_of(doc, "bottleneck_gen.Executor")
     model = first.artifact(trainer, "model")
+    # New images after an early exit: a full run.
+    reason = second_run.artifact("change-check", "result")["metadata"]["reason"]
+    assert reason == "images changed since run run-1"
     # The lookups ran again (never cached) and found run 1's records.
     for lookup in (BASELINE_LOOKUP, CACHE_LOOKUP):
         assert second_run.tasks[lookup].state == "SUCCEEDED"
@@ -215,7 +256,7 @@ def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, sec
     pushed = second_run.artifact(_task_of(doc, "tflite_pusher.Executor"), "pushed_model")
     assert pushed["metadata"]["pushed"] == 1.0 and pushed["metadata"]["pushed_version"] == 2
     assert sorted(os.listdir(config.serving_dir)) == ["1", "2"]
-    for kind in previous_artifacts.KINDS:
+    for kind in (*previous_artifacts.KINDS, change_check.RUN_FINGERPRINT):
         assert len(previous_artifacts.records(kfp["registry"], kind)) == 2
     # Run 2's artifacts went under the root it was given; its registry records did
     # not (docs/kubeflow.md: the registry location is compiled in).

@@ -119,7 +119,9 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
                                           "model_blessing": ("Evaluator", "blessing")},
                  "record-feature-cache": {"feature_cache": ("BottleneckGen", "feature_cache")}}
     # Only the lookups and the recorders know the registry (BottleneckGen does not).
-    assert {n for n, t in tasks.items() if "registry" in t["inputs"].get("parameters", {})} == {*lookups, *recorders}
+    early_exit = {"change-check", "record-run-fingerprint"}  # test_kfp_spec_ends_early_...
+    assert {n for n, t in tasks.items()
+            if "registry" in t["inputs"].get("parameters", {})} == {*lookups, *recorders, *early_exit}
     for task in (*lookups, *recorders):  # (caching: test_compiled_caching_is_off_...)
         params = {k: p["runtimeValue"]["constant"] for k, p in tasks[task]["inputs"]["parameters"].items()}
         assert params == {"registry": registry, **({"kind": lookups[task]} if task in lookups else {})}
@@ -132,9 +134,47 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
     assert next(n for n in compiled["nodes"] if n.id == "Evaluator").executor_spec.executor_class \
         is previous_artifacts.EvaluatorExecutor
     for task, inputs in recorders.items():
-        assert {k: _source(a) for k, a in tasks[task]["inputs"]["artifacts"].items()} == inputs
+        assert {k: _source(a) for k, a in tasks[task]["inputs"]["artifacts"].items()
+                if not k.startswith("_")} == inputs  # "_change-check.result": the early exit's
     # An unfinished run's blessing is no baseline: recorded once the Pusher is done (issue 17).
     assert "TFLitePusher" in tasks["record-blessed-model"]["dependentTasks"]
+
+
+def test_kfp_spec_ends_early_when_change_check_finds_nothing_new(compiled, compiled_vertex):
+    """tfx.dsl.Cond around every step after ChangeCheck compiles to a triggerPolicy
+    condition the open-source driver evaluates (kubeflow/kfp_conditions.py)."""
+    from components import change_check, previous_artifacts
+    from kubeflow import kfp_conditions
+    tasks = compiled["doc"]["root"]["dag"]["tasks"]
+    condition = "(inputs.artifacts['_change-check.result'].artifacts[0].metadata['changed'] == 1.0)"
+    ungated = {"ImageExampleGen", "change-check"}
+    for name, task in tasks.items():
+        if name in ungated:
+            assert "triggerPolicy" not in task, name
+            continue
+        assert "change-check" in task["dependentTasks"], name
+        key = "change_check" if name == "record-run-fingerprint" else "_change-check.result"
+        assert task["triggerPolicy"] == {"condition": condition.replace("_change-check.result", key)}
+        assert _source(task["inputs"]["artifacts"][key]) == ("change-check", "result"), name
+        for changed, runs in ((1.0, True), (0.0, False)):
+            artifact = {"name": "7", "uri": "u", "metadata": {"changed": changed}}
+            assert kfp_conditions.triggered(name, task, {key: [artifact]}, {}, oss=True) is runs
+    check = tasks["change-check"]
+    assert _source(check["inputs"]["artifacts"]["examples"]) == ("ImageExampleGen", "examples")
+    params = {k: p["runtimeValue"]["constant"] for k, p in check["inputs"]["parameters"].items()}
+    config = compiled["config"]
+    from pipeline import unchanged
+    assert params == {"registry": f"{ROOT}/_registry/{config.pipeline_name}",
+                      "serving_dir": f"{ROOT}/serving", "settings": unchanged.settings_digest(config)}
+    # The inputs are recorded after the whole run: the last steps of each branch
+    # (record-blessed-model runs after the Pusher).
+    assert {"record-blessed-model", "record-feature-cache", "ExampleValidator"} <= \
+        set(tasks["record-run-fingerprint"]["dependentTasks"])
+    assert change_check.BLESSED_MODEL == previous_artifacts.BLESSED_MODEL
+    # Vertex and the local runner: no gate.
+    vertex = compiled_vertex["doc"]["root"]["dag"]["tasks"]
+    assert not ({"change-check", "record-run-fingerprint"} & set(vertex))
+    assert not [n for n, t in vertex.items() if "triggerPolicy" in t]
 
 
 def test_every_task_name_passes_argos_rule(compiled):

@@ -127,12 +127,47 @@ def test_failed_task_is_named_with_its_log_and_stops_the_run(tmp_path):
     assert not (tmp_path / "root" / "toy" / "run-1" / "use").exists()
 
 
+def _conditional(condition):
+    """`use` runs only if `condition` holds; `after` needs `use` (as TFX adds dependentTasks)."""
+    def edit(spec):
+        tasks = spec["root"]["dag"]["tasks"]
+        tasks["use"]["triggerPolicy"] = {"condition": condition}
+        tasks["after"] = {**tasks["use"], "taskInfo": {"name": "after"}, "dependentTasks": ["use", "make"]}
+        del tasks["after"]["triggerPolicy"]
+    return edit
+
+
+LENGTH = "inputs.artifacts['data'].artifacts[0].metadata['length']"
+
+
+@pytest.mark.parametrize("condition, runs", [(f"({LENGTH} == 5.0)", True), (f"({LENGTH} == 4.0)", False),
+                                             (f"!({LENGTH} > 4.5)", False)])
+def test_a_false_condition_skips_the_task_and_omits_those_after_it(tmp_path, condition, runs):
+    """driver.go Container: the condition sees `make`'s metadata as read back from MLMD
+    (a double); false skips the executor, Argo omits `after`; the run succeeds."""
+    spec, root = _toy_spec(tmp_path, extra_task=_conditional(condition)), tmp_path / "root"
+    run = LocalLauncher(spec, str(root), log=_quiet).run("run-1")
+    states = {n: t.state for n, t in run.tasks.items()}
+    assert states == ({"make": "SUCCEEDED", "use": "SUCCEEDED", "after": "SUCCEEDED"} if runs else
+                      {"make": "SUCCEEDED", "use": "SKIPPED", "after": "OMITTED"})
+    assert os.path.isdir(root / "toy" / "run-1" / "use") is runs  # no outputs provisioned
+    assert (run.artifact("use", "result") is not None) is runs
+
+
+def test_a_condition_the_driver_cannot_evaluate_fails_the_run(tmp_path):
+    spec = _toy_spec(tmp_path, extra_task=_conditional(f"{LENGTH} = 5.0"))
+    with pytest.raises(TaskFailed, match="task use: driver failed on triggerPolicy.condition: Syntax error"):
+        LocalLauncher(spec, str(tmp_path / "r"), log=_quiet).run()
+    spec = _toy_spec(tmp_path, extra_task=_conditional("inputs.artifacts['data'].artifacts[0].metadata['x'] == 1.0"))
+    with pytest.raises(TaskFailed, match="evaluation error: no such key: x"):
+        LocalLauncher(spec, str(tmp_path / "r2"), log=_quiet).run()
+    assert not list((tmp_path / "r2" / "toy").glob("*/use"))  # its executor never started
+
+
 def test_what_is_not_emulated_is_named(tmp_path):
-    def conditional(spec):
-        spec["root"]["dag"]["tasks"]["use"]["triggerPolicy"] = {"condition": "1 == 1"}
-    with pytest.raises(NotEmulated, match="use: triggerPolicy"):
-        LocalLauncher(_toy_spec(tmp_path, extra_task=conditional), str(tmp_path / "r"),
-                      log=_quiet).run()
+    spec = _toy_spec(tmp_path, extra_task=_conditional("1.0 == 1.0"))
+    with pytest.raises(NotEmulated, match="use: triggerPolicy.condition is emulated for the open-source"):
+        LocalLauncher(spec, str(tmp_path / "r"), backend="vertex", log=_quiet).run()
     spec = _toy_spec(tmp_path, make_args=["{{$.pipeline_job_name}}"])
     with pytest.raises(NotEmulated, match=r"placeholder \{\{\$\.pipeline_job_name\}\}"):
         LocalLauncher(spec, str(tmp_path / "r2"), log=_quiet).run()
