@@ -419,3 +419,37 @@ def test_recorded_class_paths_still_import():
     assert tflite_export.Executor is Executor and TFLiteExport.EXECUTOR_SPEC.executor_class is Executor
     assert import_utils.import_class_by_path(
         f"{Executor.__module__}.{Executor.__name__}") is Executor
+
+
+# ------------------------------------------------ the runtime on a tiny model
+
+
+def _tiny_conv_bn_model(seed=0):
+    """Pixels -> conv/BN -> depthwise/BN -> softmax; 16x16 input: converts in a second."""
+    import tf_keras
+    L = tf_keras.layers
+    rng = np.random.default_rng(seed)
+    inputs = tf_keras.Input([16, 16, 3], batch_size=1)
+    x = L.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(x)))
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)))
+    model = tf_keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    for name in ("bn1", "bn2"):
+        model.get_layer(name).set_weights([rng.uniform(0.5, 2, 8).astype(np.float32),
+                                           rng.normal(0, 0.5, 8).astype(np.float32),
+                                           rng.normal(0, 0.1, 8).astype(np.float32),
+                                           rng.uniform(0.5, 2, 8).astype(np.float32)])
+    return model
+
+
+def test_parity_batches_give_the_single_image_outputs():
+    """Classifier.predict runs several images in one resized interpreter: the same
+    outputs as one image at a time, for float and integer models."""
+    model = _tiny_conv_bn_model()
+    x = np.random.default_rng(0).uniform(0, 255, (10, 16, 16, 3)).astype(np.float32)
+    for variant in ("float32", "int8"):
+        classifier = Classifier(convert.convert(model, variant, (lambda: iter(x)) if variant == "int8" else None))
+        single = np.stack([classifier.predict_one(p) for p in x])
+        assert np.array_equal(classifier.predict(x), single) and not classifier._batch_failed
+        assert np.array_equal(classifier.predict(x[:3]), single[:3])
+        assert classifier.predict(x[:0]).shape == (0, 3)
