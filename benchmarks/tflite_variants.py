@@ -263,6 +263,10 @@ def main(argv=None) -> int:
     for n in names:
         backbones.get_spec(n)
     variants = tflite_variants.check_variants(args.variants.split(","))
+    for experiment in [e for e in args.int8_experiments.split(",") if e]:
+        for part in experiment.split("+"):
+            if part not in EXPERIMENTS and not (part.startswith("cal") and part[3:].isdigit() and int(part[3:]) > 0):
+                p.error(f"--int8-experiments: unknown {part!r}; valid: {', '.join(EXPERIMENTS)}, calN")
     roots = [pathlib.Path(d) for d in args.images.split(",") if d] or [pathlib.Path(datasets.emoji_dataset())]
     for root in roots:
         if not root.is_dir():
