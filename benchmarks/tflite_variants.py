@@ -1,15 +1,17 @@
 """TFLite variants per backbone: file size, latency, eval accuracy, parity.
 
     python -m benchmarks.tflite_variants [--backbones mobilenet_v1,efficientnet_lite0,...]
-        [--variants float32,fp16,dynamic,int8] [--train-per-class 40] [--eval-per-class 20]
-        [--runs 100] [--threads 2] [--calibration 200] [--output results.json]
+        [--variants float32,fp16,dynamic,int8] [--images DIR,DIR...] [--train-per-class 40]
+        [--eval-per-class 20] [--runs 100] [--threads 2] [--calibration 100] [--output results.json]
+        [--int8-experiments learned,no-bias-correction,cal300,learned+cal50,...]
 
 For each backbone:
 
 1. Weights: ImageNet when available offline (``weights_fingerprint`` succeeds),
    otherwise random weights, and then only size and latency are reported (accuracy
    and parity of a head on random features mean nothing).
-2. Data (real weights only): the emoji dataset (all classes), the first
+2. Data (real weights only): each ``--images`` folder (``<class>/<image>``; default the
+   demo emoji set), all classes, the first
    ``train-per-class`` images of each class (sorted names) to train the head and to
    calibrate int8 (``calibration`` of them, spread over all classes), the next
    ``eval-per-class`` to evaluate.  Features come from the
@@ -21,7 +23,13 @@ For each backbone:
    interpreter (median of ``runs`` invokes after 5 warm-ups, ``threads`` threads, one
    fixed image; the minimum too, which is less sensitive to other load on the machine);
    eval accuracy; parity (top-1 agreement with the reference).
-4. Prints a Markdown table and writes it, with machine facts, as JSON to --output.
+4. Where TFLiteExport's time goes: the feature step's seconds on the same images
+   (decode + backbone, what BottleneckGen does), the reference (the float model on
+   the eval images, standing in for the SavedModel pass), and per variant the bias
+   correction, the converter (int8: calibration included) and parity (the
+   interpreter over the eval images); ``export_ratio`` is their sum over the
+   feature step's seconds.
+5. Prints Markdown tables and writes them, with machine facts, as JSON to --output.
 """
 
 from __future__ import annotations
@@ -58,8 +66,7 @@ def _decode(files, size):
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.float32)
 
 
-def _dataset(train_per_class: int, eval_per_class: int):
-    root = pathlib.Path(datasets.emoji_dataset())
+def _dataset(root: pathlib.Path, train_per_class: int, eval_per_class: int):
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     train, evals = [], []
     for i, c in enumerate(classes):
@@ -81,7 +88,7 @@ def _latency_ms(classifier: Classifier, pixels: np.ndarray, runs: int):
     return statistics.median(times), min(times)
 
 
-def bench_backbone(name: str, variants, data, args) -> list:
+def bench_backbone(name: str, variants, data, args, dataset: str = "emoji-google") -> list:
     spec = backbones.get_spec(name)
     try:
         backbones.weights_fingerprint(name, "imagenet")
@@ -89,14 +96,18 @@ def bench_backbone(name: str, variants, data, args) -> list:
     except backbones.BackboneWeightsError:
         weights = "random"
     classes, train, evals = data
+    phases = {}
     if weights == "imagenet":
+        extractor = backbones.build_feature_extractor(name, weights)
+        extractor(np.zeros((1, spec.input_size, spec.input_size, 3), np.float32))  # built, traced
+        start = time.perf_counter()
         x_train = _decode([f for f, _ in train], spec.input_size)
         x_eval = _decode([f for f, _ in evals], spec.input_size)
         y_train = np.array([label for _, label in train])
         y_eval = np.array([label for _, label in evals])
-        extractor = backbones.build_feature_extractor(name, weights)
         f_train = np.concatenate([extractor(x_train[i:i + 64]).numpy() for i in range(0, len(x_train), 64)])
         f_eval = np.concatenate([extractor(x_eval[i:i + 64]).numpy() for i in range(0, len(x_eval), 64)])
+        phases["feature_step"] = time.perf_counter() - start
         head, _ = trainer.train_head(
             f_train, y_train, f_eval, y_eval, len(classes),
             PipelineConfig(images="", workdir="", backbone=name, weights=weights,
@@ -112,36 +123,89 @@ def bench_backbone(name: str, variants, data, args) -> list:
     pixel_model = trainer.build_pixel_model(name, weights, head)
     reference = None
     if x_eval is not None:
-        reference = np.concatenate([pixel_model(x_eval[i:i + 1]).numpy() for i in range(len(x_eval))])
+        start = time.perf_counter()
+        reference = np.concatenate([pixel_model(x_eval[i:i + 32]).numpy() for i in range(0, len(x_eval), 32)])
+        phases["reference"] = time.perf_counter() - start
     probe = calibration[0]
     rows = []
     for variant in variants:
         start = time.time()
-        data_bytes = convert.convert(pixel_model, variant, (lambda: iter(calibration)) if variant == "int8" else None)
+        timings = {}
+        data_bytes = convert.convert(pixel_model, variant, (lambda: iter(calibration)) if variant == "int8" else None,
+                                     timings=timings)
         data_bytes = metadata.add_metadata(
             data_bytes, classes, name=f"{name} ({variant})",
             description=metadata.describe(name, variant, classes))
         convert_s = time.time() - start
         classifier = Classifier(data_bytes, num_threads=args.threads)
+        phases[f"{variant}.bias_correction"] = timings.get("bias_correction", 0.0)
+        phases[f"{variant}.converter"] = timings.get("converter", 0.0)
         if args.save_dir:
             folder = pathlib.Path(args.save_dir) / name
             folder.mkdir(parents=True, exist_ok=True)
             (folder / tflite_variants.FILE_NAMES[variant]).write_bytes(data_bytes)
         median_ms, min_ms = _latency_ms(classifier, probe, args.runs)
-        row = {"backbone": name, "weights": weights, "variant": variant, "bytes": len(data_bytes),
+        row = {"backbone": name, "dataset": dataset, "weights": weights, "variant": variant, "bytes": len(data_bytes),
                "convert_seconds": round(convert_s, 1),
                "latency_ms": round(median_ms, 2), "latency_min_ms": round(min_ms, 2),
                "accuracy": None, "reference_accuracy": None, "parity": None, "eval_examples": 0}
         if reference is not None:
+            start = time.perf_counter()
             probs = classifier.predict(x_eval)
-            row.update(accuracy=float((probs.argmax(1) == y_eval).mean()),
-                       reference_accuracy=float((reference.argmax(1) == y_eval).mean()),
-                       parity=float((probs.argmax(1) == reference.argmax(1)).mean()),
-                       max_abs_diff=float(np.abs(probs - reference).max()),
-                       eval_examples=int(len(y_eval)))
+            phases[f"{variant}.parity"] = time.perf_counter() - start
+            row.update(max_abs_diff=float(np.abs(probs - reference).max()), **_agreement(probs, reference, y_eval))
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if reference is not None and "int8" in variants:
+        for experiment in [e for e in args.int8_experiments.split(",") if e]:
+            rows.append(_int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval, reference,
+                                         name, dataset, args))
+    if "feature_step" in phases:
+        export = sum(v for k, v in phases.items() if k != "feature_step")
+        phase_row = {"backbone": name, "dataset": dataset, "phases": {k: round(v, 2) for k, v in phases.items()},
+                     "export_seconds": round(export, 2),
+                     "export_ratio": round(export / phases["feature_step"], 2),
+                     "images": len(train) + len(evals), "calibration_images": len(calibration)}
+        print(json.dumps(phase_row), flush=True)
+        rows.append(phase_row)
     return rows
+
+
+def _agreement(probs, reference, labels) -> dict:
+    top, ref_top = probs.argmax(1), reference.argmax(1)
+    tied = (probs == probs.max(1, keepdims=True)).sum(1) > 1  # uint8 outputs: equal top probabilities
+    return {"accuracy": float((top == labels).mean()), "reference_accuracy": float((ref_top == labels).mean()),
+            "parity": float((top == ref_top).mean()), "flips": int((top != ref_top).sum()),
+            "flips_tied": int(((top != ref_top) & tied).sum()),
+            "mean_abs_diff": float(np.abs(probs - reference).mean()), "eval_examples": int(len(labels))}
+
+
+EXPERIMENTS = {  # int8 conversion options measured against the default (agreement only)
+    "default": {},
+    "learned": {"learned_rounding": True},
+    "no-bias-correction": {"bias_correction": False},
+}
+
+
+def _int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval, reference, name, dataset, args):
+    """``experiment``: an EXPERIMENTS name, or calN (N calibration images), joined by +."""
+    options, cal = {}, calibration
+    for part in experiment.split("+"):
+        if part.startswith("cal") and part[3:].isdigit():
+            n = min(int(part[3:]), len(x_train))
+            cal = x_train[np.linspace(0, len(x_train) - 1, n).round().astype(int)]
+        else:
+            options.update(EXPERIMENTS[part])
+    timings = {}
+    start = time.perf_counter()
+    data = convert.convert(pixel_model, "int8", lambda: iter(cal), timings=timings, **options)
+    seconds = time.perf_counter() - start
+    probs = Classifier(data, num_threads=args.threads).predict(x_eval)
+    row = {"backbone": name, "dataset": dataset, "experiment": experiment, "calibration_images": len(cal),
+           "seconds": round(seconds, 1), **{k: round(v, 2) for k, v in timings.items()},
+           **_agreement(probs, reference, y_eval)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def _fmt(v, pattern):
@@ -149,14 +213,32 @@ def _fmt(v, pattern):
 
 
 def markdown(rows) -> str:
-    lines = ["| backbone | weights | variant | size (MB) | latency ms: median (min) | eval accuracy "
+    lines = ["| backbone | dataset | weights | variant | size (MB) | latency ms: median (min) | eval accuracy "
              "(float ref) | parity (top-1 agreement) |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
+        if "variant" not in r or "bytes" not in r:
+            continue
         lines.append(
-            f"| {r['backbone']} | {r['weights']} | {r['variant']} | {r['bytes'] / 1e6:.2f} | "
+            f"| {r['backbone']} | {r.get('dataset', '')} | {r['weights']} | {r['variant']} | {r['bytes'] / 1e6:.2f} | "
             f"{r['latency_ms']:.1f} ({r.get('latency_min_ms', float('nan')):.1f}) | {_fmt(r['accuracy'], '{:.3f}')} ({_fmt(r['reference_accuracy'], '{:.3f}')}) | "
             f"{_fmt(r['parity'], '{:.3f}')} |")
+    experiments = [r for r in rows if "experiment" in r]
+    if experiments:
+        lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds | accuracy (float) | "
+                  "agreement | flips (tied) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in experiments:
+            lines.append(f"| {r['backbone']} | {r['dataset']} | {r['experiment']} | {r['calibration_images']} | "
+                         f"{r['seconds']:.1f} | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
+                         f"{r['parity']:.3f} | {r['flips']} ({r['flips_tied']}) |")
+    phase_rows = [r for r in rows if "phases" in r]
+    if phase_rows:
+        lines += ["", "| backbone | dataset | images | feature step s | export s (ratio) | phases s |",
+                  "|---|---|---:|---:|---:|---|"]
+        for r in phase_rows:
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "feature_step")
+            lines.append(f"| {r['backbone']} | {r['dataset']} | {r['images']} | {r['phases']['feature_step']:.1f} | "
+                         f"{r['export_seconds']:.1f} ({r['export_ratio']:.2f}) | {detail} |")
     return "\n".join(lines)
 
 
@@ -164,10 +246,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbones", default=",".join(backbones.BACKBONES))
     p.add_argument("--variants", default=",".join(tflite_variants.VARIANTS))
+    p.add_argument("--images", default="", help="comma-separated dataset folders (<class>/<image>); "
+                   "default: the demo emoji set")
     p.add_argument("--train-per-class", type=int, default=40)
     p.add_argument("--eval-per-class", type=int, default=20)
     p.add_argument("--calibration", type=int, default=tflite_variants.DEFAULT_CALIBRATION_IMAGES)
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--int8-experiments", default="",
+                   help="comma-separated extra int8 conversions to measure (agreement only): "
+                   f"{', '.join(EXPERIMENTS)}, calN (N calibration images), combined with +")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     p.add_argument("--save-dir", default=None, help="also write the .tflite files here (<dir>/<backbone>/)")
@@ -176,17 +263,27 @@ def main(argv=None) -> int:
     for n in names:
         backbones.get_spec(n)
     variants = tflite_variants.check_variants(args.variants.split(","))
-    data = _dataset(args.train_per_class, args.eval_per_class)
+    for experiment in [e for e in args.int8_experiments.split(",") if e]:
+        for part in experiment.split("+"):
+            if part not in EXPERIMENTS and not (part.startswith("cal") and part[3:].isdigit() and int(part[3:]) > 0):
+                p.error(f"--int8-experiments: unknown {part!r}; valid: {', '.join(EXPERIMENTS)}, calN")
+    roots = [pathlib.Path(d) for d in args.images.split(",") if d] or [pathlib.Path(datasets.emoji_dataset())]
+    for root in roots:
+        if not root.is_dir():
+            p.error(f"--images: {root} is not a folder")
+    sets = [(root.name, _dataset(root, args.train_per_class, args.eval_per_class)) for root in roots]
     rows = []
-    for name in names:
-        rows += bench_backbone(name, variants, data, args)
+    for dataset, data in sets:
+        for name in names:
+            rows += bench_backbone(name, variants, data, args, dataset)
     table = markdown(rows)
     print(table)
     out = pathlib.Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "rows": rows, "table": table, "settings": vars(args),
-        "classes": data[0], "train_images": len(data[1]), "eval_images": len(data[2]),
+        "datasets": {d: {"classes": data[0], "train_images": len(data[1]), "eval_images": len(data[2])}
+                     for d, data in sets},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__, "python": platform.python_version()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -16,9 +16,23 @@ The model's graph is read through tf_keras' public functional API only
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from components.tflite import rounding
+
+
+@dataclasses.dataclass
+class QuantPlan:
+    """What int8 conversion changes in the frozen backbone: learned kernel integers
+    (conv layer name -> int8 array, the kernel's shape) and BatchNorm offset shifts
+    (BatchNorm name -> float32 [C]).  Depends on the backbone's weights and the images
+    it was measured on, not on the head: cached per weights fingerprint
+    (components/backbones/quant_cache.py)."""
+    integers: Dict[str, np.ndarray]
+    shifts: Dict[str, np.ndarray]
 
 
 def _is_functional(layer) -> bool:
@@ -49,12 +63,8 @@ def conv_bn_pairs(model) -> List[Tuple[Any, Any, Any]]:
 def per_channel_quantized(kernel: np.ndarray, multiplier: np.ndarray, depthwise: bool) -> np.ndarray:
     """``kernel`` after the converter's int8 treatment: BatchNorm multiplier folded in,
     symmetric per-output-channel int8 (scale max|w| / 127), multiplier taken out again."""
-    m = multiplier[None, None, :, None] if depthwise else multiplier[None, None, None, :]
-    folded = kernel.astype(np.float64) * m
-    scale = np.abs(folded).max(axis=(0, 1, 3) if depthwise else (0, 1, 2), keepdims=True) / 127.0
-    scale = np.where(scale == 0, 1.0, scale)
-    q = np.clip(np.round(folded / scale), -127, 127) * scale
-    return np.where(m == 0, kernel, q / np.where(m == 0, 1.0, m)).astype(kernel.dtype)
+    x, _, _ = rounding.folded_scale(kernel, multiplier, depthwise)
+    return rounding.kernel_for(np.clip(np.round(x), -127, 127), kernel, multiplier, depthwise)
 
 
 def _graph_nodes(model) -> List[Any]:
@@ -93,12 +103,27 @@ class bias_corrected:
     kernels are left as they are (the converter rounds them the same way); only the
     biases change.  (Rounding the quantized copy's activations to their 8-bit grids as
     well measured worse: mobilenet_v1 agreement 0.967 against 0.978.)
+
+    With ``learned_rounding`` each kernel's integers are chosen on the way to minimise
+    the layer's output error on the float activations (:mod:`rounding`), and the
+    kernel is set to exactly those values until exit.  ``plan`` (a :class:`QuantPlan`
+    measured before) is applied without a walk; ValueError when it does not fit.
+    ``self.plan`` holds what was applied.
     """
 
-    def __init__(self, model, pixels: np.ndarray):
-        self.model, self.pixels = model, np.asarray(pixels, np.float32)
+    def __init__(self, model, pixels: Optional[np.ndarray], learned_rounding: bool = False,
+                 plan: Optional[QuantPlan] = None):
+        if pixels is None and plan is None:
+            raise ValueError("bias correction needs calibration images or a plan")
+        self.model = model
+        self.pixels = None if pixels is None else np.asarray(pixels, np.float32)
+        self.learned_rounding = learned_rounding
         self._betas: List[Tuple[Any, List[np.ndarray]]] = []
+        self._kernels: List[Tuple[Any, List[np.ndarray]]] = []
         self.corrections: Dict[str, float] = {}
+        # What was applied: reused as is when given (no walk), else measured here.
+        self.plan = plan if plan is not None else QuantPlan({}, {})
+        self._given = plan is not None
 
     def __enter__(self):
         import tensorflow as tf
@@ -107,7 +132,9 @@ class bias_corrected:
         self._bns = {id(bn): conv for _, conv, bn in pairs}
         self._left = len(pairs)
         try:
-            if pairs:
+            if self._given:
+                self._apply_plan(pairs)
+            elif pairs:
                 x = tf.constant(self.pixels)
                 try:
                     self._walk(self.model, [x], [x])
@@ -117,6 +144,40 @@ class bias_corrected:
             self._restore_betas()
             raise
         return self
+
+    def _apply_plan(self, pairs):
+        """Sets the given plan's kernels and BatchNorm offsets; ValueError when it does
+        not fit the model (another backbone, a corrupt entry)."""
+        if set(self.plan.shifts) != {bn.name for _, _, bn in pairs} or \
+                not set(self.plan.integers) <= {conv.name for _, conv, _ in pairs}:
+            raise ValueError("the quantization plan's layers are not the model's")
+        for _, conv, bn in pairs:
+            gamma, beta, mean, var = bn.get_weights()
+            shift = self.plan.shifts[bn.name]
+            if shift.shape != beta.shape or not np.all(np.isfinite(shift)):
+                raise ValueError(f"the quantization plan's offsets for {bn.name} do not fit")
+            if conv.name in self.plan.integers:
+                kernel = self._plan_kernel(conv, bn, gamma / np.sqrt(var + bn.epsilon))
+                self._set_kernel(conv, kernel)
+            self._betas.append((bn, bn.get_weights()))
+            bn.set_weights([gamma, beta - shift.astype(beta.dtype), mean, var])
+            self.corrections[bn.name] = float(np.abs(shift).max()) if shift.size else 0.0
+
+    def _plan_kernel(self, conv, bn, multiplier):
+        import tf_keras
+        depthwise = isinstance(conv, tf_keras.layers.DepthwiseConv2D)
+        kernel = conv.get_weights()[0]
+        integers = self.plan.integers[conv.name]
+        x, _, _ = rounding.folded_scale(kernel, multiplier, depthwise)
+        # A learned rounding is floor or ceiling: anything else is not this kernel's.
+        if integers.shape != kernel.shape or np.any(np.abs(integers - x) >= 1.0 + 1e-6):
+            raise ValueError(f"the quantization plan's integers for {conv.name} do not fit")
+        return rounding.kernel_for(integers, kernel, multiplier, depthwise)
+
+    def _set_kernel(self, conv, kernel):
+        weights = conv.get_weights()
+        self._kernels.append((conv, weights))
+        conv.set_weights([kernel] + weights[1:])
 
     def _walk(self, model, inputs_f, inputs_q):
         """Runs the float and the quantized activations through functional ``model``,
@@ -174,11 +235,18 @@ class bias_corrected:
             gamma, _, _, var = bn.get_weights()
             multiplier = gamma / np.sqrt(var + bn.epsilon)
             depthwise = isinstance(layer, tf_keras.layers.DepthwiseConv2D)
-            layer.set_weights([per_channel_quantized(weights[0], multiplier, depthwise)] + weights[1:])
-            try:
-                return out_f, layer(*args_q, **kw_q)
-            finally:
-                layer.set_weights(weights)
+            integers = rounding.learned_integers(tf.nest.flatten(args_f)[0].numpy(), layer, multiplier,
+                                                 depthwise) if self.learned_rounding else None
+            if integers is None:
+                layer.set_weights([per_channel_quantized(weights[0], multiplier, depthwise)] + weights[1:])
+                try:
+                    return out_f, layer(*args_q, **kw_q)
+                finally:
+                    layer.set_weights(weights)
+            # Kept until exit: the converter rounds this kernel to exactly ``integers``.
+            self.plan.integers[layer.name] = integers
+            self._set_kernel(layer, rounding.kernel_for(integers, weights[0], multiplier, depthwise))
+            return out_f, layer(*args_q, **kw_q)
         if id(layer) in self._bns:
             out_f = layer(*args_f, training=False)
             out_q = layer(*args_q, training=False)
@@ -186,6 +254,7 @@ class bias_corrected:
             gamma, beta, mean, var = layer.get_weights()
             self._betas.append((layer, layer.get_weights()))
             layer.set_weights([gamma, beta - shift.astype(beta.dtype), mean, var])
+            self.plan.shifts[layer.name] = shift.astype(np.float32)
             self.corrections[layer.name] = float(np.abs(shift).max())
             self._left -= 1
             if self._left == 0:
@@ -194,9 +263,9 @@ class bias_corrected:
         return layer(*args_f, **kw_f), layer(*args_q, **kw_q)
 
     def _restore_betas(self):
-        for bn, weights in reversed(self._betas):
-            bn.set_weights(weights)
-        self._betas = []
+        for layer, weights in reversed(self._betas + self._kernels):
+            layer.set_weights(weights)
+        self._betas, self._kernels = [], []
 
     def __exit__(self, *exc):
         self._restore_betas()

@@ -79,7 +79,8 @@ class Executor(base_executor.BaseExecutor):
             pixel_model, variants, bounds, info["label_names"], info["backbone"], out.uri, calib,
             export.eval_batches(_split_files(examples, "eval"),
                                 os.path.join(model.uri, contracts.SERVING_MODEL_DIR), size),
-            version=str(model.id), num_threads=settings.num_threads)
+            version=str(model.id), num_threads=settings.num_threads,
+            plan_cache=convert.PlanCache(info["backbone"], current) if current else None)
         for variant, reason in report.failed.items():
             logging.warning("TFLite %s will not be pushed: %s", variant, reason)
         out.set_int_custom_property("converted", 1)

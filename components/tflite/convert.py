@@ -10,13 +10,17 @@ Examples spread evenly over the split (:func:`calibration_images`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import os
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
+from absl import logging
 
 from components import contracts, native_stderr
-from components.tflite.bias_correction import bias_corrected
+from components.tflite.bias_correction import QuantPlan, bias_corrected
 from components.tflite.variants import check_variants
 
 # Calibration images (at most) on which the int8 variant's bias correction is measured.
@@ -35,26 +39,33 @@ def range_anchor_image(size: int) -> np.ndarray:
 
 
 def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.ndarray]]] = None,
-            bias_correction: bool = True) -> bytes:
+            bias_correction: bool = True, timings: Optional[Dict[str, float]] = None,
+            learned_rounding: bool = False, plan_cache: Optional["PlanCache"] = None) -> bytes:
     """TFLite flatbuffer of the Keras ``model`` (input [1, H, W, 3] float32 0..255).
 
     ``calibration`` (int8 only): a callable returning an iterator of [H, W, 3] float32
     pixel arrays (a few hundred training images); a range anchor is prepended.  Unless
     ``bias_correction`` is False, up to BIAS_CORRECTION_IMAGES of them (spread evenly)
     also measure the int8 weights' bias shift, which is corrected before conversion
-    (:class:`bias_corrected`; the Keras model is unchanged afterwards).
+    (:class:`bias_corrected`; the Keras model is unchanged afterwards).  With
+    ``learned_rounding`` the backbone's kernels are also rounded to minimise each
+    layer's output error (:mod:`rounding`).  ``plan_cache`` holds that plan (the
+    bias shifts, and the integers when learned) per weights fingerprint and images:
+    reused when it fits the model, measured and saved otherwise.
+    ``timings``, when given, receives the seconds of each phase (``bias_correction``,
+    ``converter``: the TFLite converter, calibration included).
     """
     import tensorflow as tf
     check_variants([variant])
     if variant == "int8" and calibration is None:
         raise ValueError("the int8 variant needs calibration images")
-    correction = contextlib.nullcontext()
-    if variant == "int8" and bias_correction:
-        images = [np.asarray(p, np.float32) for p in calibration()]
-        if images:
-            pick = np.linspace(0, len(images) - 1, min(BIAS_CORRECTION_IMAGES, len(images))).round().astype(int)
-            correction = bias_corrected(model, np.stack([images[i] for i in sorted(set(pick))]))
-    with correction:
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if variant == "int8" and bias_correction:
+            _enter_correction(stack, model, calibration, learned_rounding, plan_cache)
+        timings["bias_correction"] = time.perf_counter() - start
+        start = time.perf_counter()
         converter = tf.lite.TFLiteConverter.from_concrete_functions([_inference_function(model)])
         if variant == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -75,7 +86,52 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
         with native_stderr.to_log():  # the converter's C++ warnings
-            return bytes(converter.convert())
+            data = bytes(converter.convert())
+        timings["converter"] = time.perf_counter() - start
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanCache:
+    """Where the backbone's int8 quantization plan is cached, per weights fingerprint
+    and calibration images (components/backbones/quant_cache.py)."""
+    backbone: str
+    fingerprint: str
+
+    def load(self, images: str) -> Optional[QuantPlan]:
+        from components.backbones import quant_cache
+        found = quant_cache.load(self.backbone, self.fingerprint, images)
+        return QuantPlan(*found) if found else None
+
+    def save(self, images: str, plan: QuantPlan) -> None:
+        from components.backbones import quant_cache
+        quant_cache.save(self.backbone, self.fingerprint, images, plan.integers, plan.shifts)
+
+
+def _enter_correction(stack, model, calibration, learned_rounding: bool, cache: Optional[PlanCache]):
+    """Enters the int8 correction of ``model`` on ``stack``, measured on up to
+    BIAS_CORRECTION_IMAGES calibration images, or the cached plan of those images
+    when it fits the model."""
+    images = [np.asarray(p, np.float32) for p in calibration()]
+    if not images:
+        return None
+    pick = np.linspace(0, len(images) - 1, min(BIAS_CORRECTION_IMAGES, len(images))).round().astype(int)
+    pixels = np.stack([images[i] for i in sorted(set(pick))])
+    # The key names the method too: a bias-only plan is not a learned one.
+    digest = hashlib.sha256(pixels.tobytes()).hexdigest() + ("+learned" if learned_rounding else "") if cache else ""
+    plan = cache.load(digest) if cache else None
+    if plan is not None:
+        try:
+            return stack.enter_context(bias_corrected(model, None, plan=plan))
+        except ValueError as e:  # does not fit this model: measured again, overwritten
+            logging.warning("int8 quantization cache entry ignored: %s", e)
+    corrected = stack.enter_context(bias_corrected(model, pixels, learned_rounding=learned_rounding))
+    if cache is not None and corrected.plan.shifts:
+        try:
+            cache.save(digest, corrected.plan)
+        except OSError as e:  # a read-only cache costs time, not correctness
+            logging.warning("int8 quantization cache not written: %s", e)
+    return corrected
 
 
 def _inference_function(model):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,12 +26,14 @@ EvalBatch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels [B, H, W, 3], re
 def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, float],
                     label_names: Sequence[str], backbone: str, out_dir: str,
                     calibration_bytes: Sequence[bytes], eval_batches: Iterable[EvalBatch],
-                    version: str = "", num_threads: int = 2) -> parity.ParityReport:
+                    version: str = "", num_threads: int = 2,
+                    plan_cache: Optional[convert.PlanCache] = None) -> parity.ParityReport:
     """Converts, writes and measures the variants; returns the parity report.
 
     ``eval_batches`` yields (pixels [B, H, W, 3] 0..255, reference probabilities
     [B, C], labels [B]).  Writes ``FILE_NAMES[v]``, ``labels.txt`` and ``parity.json``
-    into ``out_dir`` (any tf.io.gfile path).
+    into ``out_dir`` (any tf.io.gfile path).  ``plan_cache``: where the int8
+    variant's backbone quantization plan is cached (:func:`convert.convert`).
     """
     import tensorflow as tf
     from components.image_decode import decode_batch
@@ -51,7 +53,8 @@ def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, f
         try:
             if variant == "int8" and not calibration_bytes:
                 raise ValueError("no training images to calibrate on")
-            data = convert.convert(pixel_model, variant, calibration if variant == "int8" else None)
+            data = convert.convert(pixel_model, variant, calibration if variant == "int8" else None,
+                                   plan_cache=plan_cache)
             data = metadata.add_metadata(data, label_names, name=f"{backbone} retrained ({variant})",
                                          description=metadata.describe(backbone, variant, label_names),
                                          version=version)

@@ -167,6 +167,17 @@ def test_float_variants_match_the_saved_model_closely(exported):
     assert report.variant("fp16").measured.mean_max_abs_diff < 0.0017
 
 
+def test_int8_agreement_on_the_fixture(exported):
+    """Observed on this fixture (2026-11-30, bias correction, plan cache on): int8
+    agreement 1.0 (60/60), accuracy equal to float32's, mean of the per-image largest
+    probability difference 0.0119.  Margins: one flip in 60, 50 % on the difference."""
+    _, report = exported
+    int8, float32 = report.variant("int8"), report.variant("float32")
+    assert int8.agreement >= 59 / 60
+    assert abs(int8.accuracy - float32.accuracy) <= 1 / 60 + 1e-9
+    assert int8.measured.mean_max_abs_diff < 0.018
+
+
 def test_unblessed_model_is_not_converted(model_and_examples):
     model, examples, _, _, root = model_and_examples
     out = _run_export(model, examples, root / "unblessed", ["float32"], blessed=0)
@@ -419,3 +430,99 @@ def test_recorded_class_paths_still_import():
     assert tflite_export.Executor is Executor and TFLiteExport.EXECUTOR_SPEC.executor_class is Executor
     assert import_utils.import_class_by_path(
         f"{Executor.__module__}.{Executor.__name__}") is Executor
+
+
+# ------------------------------------------------ int8 quantization plan cache
+
+
+def _tiny_conv_bn_model(seed=0):
+    """Pixels -> conv/BN -> depthwise/BN -> softmax; 16x16 input: converts in a second."""
+    import tf_keras
+    L = tf_keras.layers
+    rng = np.random.default_rng(seed)
+    inputs = tf_keras.Input([16, 16, 3], batch_size=1)
+    x = L.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(x)))
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)))
+    model = tf_keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    for name in ("bn1", "bn2"):
+        model.get_layer(name).set_weights([rng.uniform(0.5, 2, 8).astype(np.float32),
+                                           rng.normal(0, 0.5, 8).astype(np.float32),
+                                           rng.normal(0, 0.1, 8).astype(np.float32),
+                                           rng.uniform(0.5, 2, 8).astype(np.float32)])
+    return model
+
+
+def test_int8_quantization_plan_is_cached_per_weights_fingerprint(tmp_path, monkeypatch):
+    """The plan (learned rounding + bias correction) is measured once per weights
+    fingerprint and calibration images, then reused; another fingerprint, a corrupt
+    entry or one that does not fit the model is measured again (same model bytes)."""
+    import hashlib
+
+    from components.backbones import quant_cache
+    monkeypatch.setenv("TFX_RETRAIN_CACHE", str(tmp_path))
+    model = _tiny_conv_bn_model()
+    images = np.random.default_rng(1).uniform(0, 255, (12, 16, 16, 3)).astype(np.float32)
+    folder = tmp_path / "weights" / "quantization"
+
+    def export(fingerprint):
+        return convert.convert(model, "int8", lambda: iter(images), learned_rounding=True,
+                               plan_cache=convert.PlanCache("tiny", fingerprint))
+    first = export("fp-a")
+    (entry,) = folder.iterdir()
+    stamp = (entry.stat().st_ino, entry.stat().st_mtime_ns)
+    assert export("fp-a") == first
+    assert (entry.stat().st_ino, entry.stat().st_mtime_ns) == stamp  # reused, not rewritten
+    assert convert.convert(model, "int8", lambda: iter(images), learned_rounding=True) == first
+    export("fp-b")
+    assert len(list(folder.iterdir())) == 2  # other weights: measured again, own entry
+    # all 12 images (fewer than BIAS_CORRECTION_IMAGES), learned rounding
+    digest = hashlib.sha256(images.tobytes()).hexdigest() + "+learned"
+    for spoil in (lambda: entry.write_bytes(b"garbage\n"),
+                  lambda: quant_cache.save("tiny", "fp-a", digest, {}, {"bn1": np.zeros(8, np.float32)})):
+        spoil()
+        assert export("fp-a") == first
+        integers, shifts = quant_cache.load("tiny", "fp-a", digest)  # rewritten whole
+        assert set(integers) == {"c1", "dw"} and set(shifts) == {"bn1", "bn2"}
+    # Bias correction alone (the default) has its own entry: shifts, no integers.
+    plain = convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a"))
+    assert quant_cache.load("tiny", "fp-a", digest[:-len("+learned")]) is not None
+    assert len(list(folder.iterdir())) == 3
+    assert convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a")) == plain
+
+
+def test_parity_batches_give_the_single_image_outputs():
+    """Classifier.predict runs several images in one resized interpreter: the same
+    outputs as one image at a time, for float and integer models."""
+    model = _tiny_conv_bn_model()
+    x = np.random.default_rng(0).uniform(0, 255, (10, 16, 16, 3)).astype(np.float32)
+    for variant in ("float32", "int8"):
+        classifier = Classifier(convert.convert(model, variant, (lambda: iter(x)) if variant == "int8" else None))
+        single = np.stack([classifier.predict_one(p) for p in x])
+        assert np.array_equal(classifier.predict(x), single) and not classifier._batch_failed
+        assert np.array_equal(classifier.predict(x[:3]), single[:3])
+        assert classifier.predict(x[:0]).shape == (0, 3)
+
+
+def test_learned_rounding_integers_are_what_the_converter_writes():
+    """The converter rounds the kernel set during conversion to exactly the learned
+    integers (its scale unchanged), and they differ from nearest rounding."""
+    from components.tflite import rounding
+    model = _tiny_conv_bn_model()
+    dw = model.get_layer("dw")
+    kernel = dw.get_weights()[0]
+    kernel[0, 0], kernel[0, 1] = 12.5, -12.45  # large taps that nearly cancel, as in conv_dw_1
+    dw.set_weights([kernel])
+    x = np.random.default_rng(0).uniform(0, 255, (10, 16, 16, 3)).astype(np.float32)
+    data = convert.convert(model, "int8", lambda: iter(x), learned_rounding=True)
+    with bias_correction.bias_corrected(model, x, learned_rounding=True) as corrected:
+        learned = corrected.plan.integers["dw"]
+    interpreter = tf.lite.Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    (written,) = [interpreter.get_tensor(t["index"]) for t in interpreter.get_tensor_details()
+                  if t["dtype"] == np.int8 and list(t["shape"]) == [1, 3, 3, 8]]
+    assert np.array_equal(written[0], learned[..., 0])
+    gamma, _, _, var = model.get_layer("bn2").get_weights()
+    folded, _, _ = rounding.folded_scale(kernel, gamma / np.sqrt(var + 1e-3), True)
+    assert (learned != np.clip(np.round(folded), -127, 127)).any()
+    assert np.array_equal(dw.get_weights()[0], kernel)  # the model is unchanged afterwards
