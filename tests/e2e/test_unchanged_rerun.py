@@ -182,4 +182,4 @@ def test_other_backbone_with_two_workers_recomputes_every_feature_and_runs_whole
         assert probs.argmax() == reference.argmax()
         diffs.append(np.abs(probs - reference).max())
     print(f"lite0 float32 TFLite vs SavedModel: max abs diff {max(diffs):.2e}")
-    assert max(diffs) < 1e-4
+    assert max(diffs) < 1e-4  # observed 9.2e-07 (2026-11-30); float32 parity allows the same 1e-4
