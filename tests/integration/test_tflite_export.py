@@ -302,64 +302,90 @@ def tf_keras_tiny_model():
 
 
 # ------------------------------------------------------------------ the Pusher
+# The real export above, copied, with its parity.json edited: the Pusher reads
+# only parity.json to decide, so an edited verdict is the one it acts on.
+# evaluation.summarize stands in for a TFMA run here (about 10 s): it is tested on
+# a real TFMA output in test_evaluation_summary.py, and the e2e runs check a real
+# pushed metrics.json's evaluation (test_end_to_end.py, test_history.py).
 
 
-def _pusher_run(tmp_path, monkeypatch, tflite_uri, blessed=1):
-    monkeypatch.setattr(evaluation, "summarize", lambda uri, labels: {"accuracy": 0.9})
-    model = _artifact(standard_artifacts.Model, tmp_path / "model")
+def _edited_export(exported, dest, fail):
+    """A copy of the real export whose parity.json says each `fail` variant
+    (variant -> reason) missed its bound; its files stay as converted."""
+    import shutil
+    shutil.copytree(exported[0].uri, dest)
+    d = json.loads((dest / "parity.json").read_text())
+    for v, reason in fail.items():
+        d["variants"][v].update(passed=False, reason=reason)
+    d["passed"] = [v for v in d["passed"] if v not in fail]
+    d["failed"] = {v: e["reason"] for v, e in d["variants"].items() if not e["passed"]}
+    (dest / "parity.json").write_text(json.dumps(d, indent=2, sort_keys=True))
+    return dest
+
+
+def _pusher_run(tmp_path, monkeypatch, tflite_uri, labels, model_uri, blessed=1):
+    """(PushedModel, the summarize calls): the Pusher's executor on `tflite_uri`."""
+    calls = []
+    monkeypatch.setattr(evaluation, "summarize",
+                        lambda uri, names: calls.append((uri, names)) or {"accuracy": 0.9})
+    evaluation_uri = tmp_path / "evaluation"
+    model = _artifact(standard_artifacts.Model, model_uri)
     pushed = _artifact(standard_artifacts.PushedModel, tmp_path / "pushed")
     os.makedirs(pushed.uri, exist_ok=True)
     tflite_pusher.Executor().Do(
-        {"model": [model], "evaluation": [_artifact(standard_artifacts.ModelEvaluation, tmp_path / "ev")],
+        {"model": [model], "evaluation": [_artifact(standard_artifacts.ModelEvaluation, evaluation_uri)],
          "model_blessing": [_artifact(standard_artifacts.ModelBlessing, tmp_path / "bl", blessed=blessed)],
          "tflite_models": [_artifact(TFLiteModels, tflite_uri)]},
         {"pushed_model": [pushed]},
-        {"serving_dir": str(tmp_path / "serving"), "label_names": json.dumps(["a", "b"]),
+        {"serving_dir": str(tmp_path / "serving"), "label_names": json.dumps(labels),
          "gate": json.dumps({"min_accuracy": 0.5, "max_accuracy_drop": 0.01})})
-    return pushed
+    return pushed, calls
 
 
-def _fake_export(uri, passed, failed):
-    """A TFLiteModels folder as the export leaves it: `passed` variants' files, and
-    `failed` ones (variant -> reason) measured below their bound."""
-    os.makedirs(uri, exist_ok=True)
-    conversion = parity.Conversion(bytes=10, convert_seconds=0.1, input_type="float32",
-                                   output_type="float32", input_quantization=(0.0, 0))
-    entries = []
-    for v in passed:
-        (uri / FILE_NAMES[v]).write_bytes(b"tflite " + v.encode())
-        entries.append(parity.VariantParity(v, FILE_NAMES[v], 0.99, True, None, conversion,
-                                            parity.Agreement(20, 1.0, 0.9, 20, 0.0, 0.0)))
-    for v, reason in failed.items():
-        entries.append(parity.VariantParity(v, FILE_NAMES[v], 0.97, False, reason, conversion,
-                                            parity.Agreement(20, 0.5, 0.4, 10, 0.6, 0.3)))
-    (uri / "labels.txt").write_text("a\nb\n")
-    ParityReport(variants=tuple(entries), passed=tuple(passed), backbone="mobilenet_v1", label_names=("a", "b"),
-                 calibration_examples=50, eval_examples=20, reference_accuracy=0.9).write(str(uri))
-
-
-def test_pusher_pushes_only_variants_that_met_their_bound(tmp_path, monkeypatch):
-    reason = "top-1 agreement with the SavedModel 0.5000 (10/20) is below the bound 0.9700"
-    _fake_export(tmp_path / "tflite", ["float32", "fp16"], {"int8": reason})
-    pushed = _pusher_run(tmp_path, monkeypatch, tmp_path / "tflite")
+def test_pusher_pushes_the_real_variants_that_met_their_bound(exported, model_and_examples,
+                                                              tmp_path, monkeypatch):
+    model, _, labels = model_and_examples[:3]
+    report = exported[1]
+    reason = "top-1 agreement with the SavedModel 0.5000 (30/60) is below the bound 0.9700"
+    tflite = _edited_export(exported, tmp_path / "tflite", {"int8": reason})
+    pushed, calls = _pusher_run(tmp_path, monkeypatch, tflite, labels, model.uri)
     version = tmp_path / "serving" / "1"
     assert sorted(os.listdir(version)) == ["_SUCCESS", "labels.txt", "metrics.json", "model.tflite",
-                                           "model_fp16.tflite", "parity.json"]
+                                           "model_dynamic.tflite", "model_fp16.tflite", "parity.json"]
+    for v in ("float32", "fp16", "dynamic"):  # the converted files, byte for byte, and they run
+        data = (version / FILE_NAMES[v]).read_bytes()
+        assert data == (tflite / FILE_NAMES[v]).read_bytes()
+        assert Classifier.from_bytes_with_metadata(data).num_classes == len(labels)
+    assert (version / "parity.json").read_text() == (tflite / "parity.json").read_text()
+    assert (version / "labels.txt").read_text().split() == labels
     metrics = json.loads((version / "metrics.json").read_text())
-    assert metrics["tflite"]["pushed"] == {"float32": "model.tflite", "fp16": "model_fp16.tflite"}
+    assert metrics["variants"] == ["float32", "fp16", "dynamic"]
+    assert metrics["tflite"]["pushed"] == {v: FILE_NAMES[v] for v in ("float32", "fp16", "dynamic")}
     assert metrics["tflite"]["not_pushed"] == {"int8": reason}
-    assert metrics["tflite"]["parity"]["int8"]["agreement"] == 0.5
+    assert metrics["tflite"]["parity"]["int8"]["agreement"] == report.variant("int8").agreement
+    assert calls == [(str(tmp_path / "evaluation"), labels)]  # the run's evaluation, its labels
+    assert metrics["evaluation"] == {"accuracy": 0.9}
+    assert metrics["model_uri"] == model.uri and metrics["version"] == 1
     assert pushed.get_int_custom_property("pushed") == 1
+    assert pushed.get_int_custom_property("pushed_version") == 1
+    assert json.loads(pushed.get_string_custom_property("pushed_variants")) == ["float32", "fp16", "dynamic"]
     assert json.loads(pushed.get_string_custom_property("not_pushed_variants")) == {"int8": reason}
 
 
-def test_pusher_pushes_nothing_when_no_variant_passes(tmp_path, monkeypatch):
-    _fake_export(tmp_path / "tflite", [], {"int8": "bad int8", "float32": "bad float"})
-    pushed = _pusher_run(tmp_path, monkeypatch, tmp_path / "tflite")
+def test_pusher_pushes_nothing_when_no_real_variant_passes(exported, model_and_examples, tmp_path,
+                                                           monkeypatch):
+    model, _, labels = model_and_examples[:3]
+    fail = {v: f"{v} below its bound" for v in VARIANTS}
+    tflite = _edited_export(exported, tmp_path / "tflite", fail)
+    pushed, calls = _pusher_run(tmp_path, monkeypatch, tflite, labels, model.uri)
+    assert calls == []  # nothing to publish: the evaluation is not even read
     assert pushed.get_int_custom_property("pushed") == 0
-    assert "no TFLite variant met its parity bound" in pushed.get_string_custom_property("not_pushed_reason")
-    assert "int8: bad int8" in pushed.get_string_custom_property("not_pushed_reason")
+    reason = pushed.get_string_custom_property("not_pushed_reason")
+    assert reason.startswith("no TFLite variant met its parity bound: ")
+    assert all(f"{v}: {v} below its bound" in reason for v in VARIANTS)
+    assert json.loads(pushed.get_string_custom_property("not_pushed_variants")) == fail
     assert contracts.list_versions(str(tmp_path / "serving")) == []
+    assert not (tmp_path / "serving").exists()
 
 
 def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone():
