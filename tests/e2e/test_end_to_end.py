@@ -225,32 +225,6 @@ def test_broken_candidate_refused_by_baseline_comparison(runs):
     assert c["states"]["Transform"] == "CACHED" and c["states"]["Evaluator"] == "COMPLETE"
 
 
-def _last_evaluator(workdir):
-    """(exec properties, {input key: [artifact]}, {output key: [artifact]}) of the
-    workdir's last Evaluator execution, read from MLMD as TFX artifacts."""
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-    from tfx.types import artifact_utils
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(workdir / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    types = {t.id: t for t in store.get_execution_types()}
-    execution = max((e for e in store.get_executions() if types[e.type_id].name.endswith(".Evaluator")),
-                    key=lambda e: e.id)
-    props = {k: v.string_value for k, v in execution.custom_properties.items() if v.HasField("string_value")}
-    events = store.get_events_by_execution_ids([execution.id])
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    artifact_types = {t.id: t for t in store.get_artifact_types()}
-    sides = ({}, {})
-    for e in events:
-        a = artifacts[e.artifact_id]
-        side = sides[0] if e.type == metadata_store_pb2.Event.INPUT else sides[1]
-        side.setdefault(e.path.steps[0].key, []).append(
-            artifact_utils.deserialize_artifact(artifact_types[a.type_id], a))
-    return props, sides[0], sides[1]
-
-
 def test_evaluation_on_cached_features_equals_evaluation_on_images(runs, tmp_path):
     """Run C's Evaluator read BottleneckGen's eval features through the head-only
     signature (candidate C and baseline B both have it, same backbone and weights).
@@ -259,7 +233,8 @@ def test_evaluation_on_cached_features_equals_evaluation_on_images(runs, tmp_pat
     the same accuracies, thresholds and verdict."""
     from tfx.types import artifact_utils, standard_artifacts
     from components import evaluation, evaluator
-    props, inputs, outputs = _last_evaluator(runs["workdir"])
+    from benchmarks.evaluator_paths import last_evaluator_io
+    props, inputs, outputs = last_evaluator_io(runs["workdir"])
     (on_features,) = outputs["evaluation"]
     assert on_features.get_string_custom_property(evaluator.EVAL_INPUT) == "features"
     assert set(inputs) >= {"examples", "features", "model", "baseline_model"}
