@@ -374,6 +374,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.set_int_custom_property("cache_hits", int(counters.get("cache_hits", 0)))
         out.set_int_custom_property("computed", int(counters.get("computed", 0)))
         out.set_int_custom_property("reused_cache", int(reuse))
+        out.set_string_custom_property("namespace", namespace)  # what the Evaluator's features path checks
         cache_out.set_string_custom_property("namespace", namespace)
 
 

@@ -26,6 +26,13 @@ NON_INPUT_KEYS = (LABEL_KEY, LABEL_NAME_KEY, RELATIVE_PATH_KEY, HEIGHT_KEY, WIDT
 # Bottleneck Examples (BottleneckGen) and the Transform graph's output.
 FEATURES_KEY = "features"              # float32[feature_dim]: the backbone's vector
 
+# ------------------------------------------- the Trainer's SavedModel signatures
+SERVING_SIGNATURE = "serving_default"  # serialized raw Examples (image bytes) -> probabilities
+# BottleneckGen's serialized tf.Examples (FEATURES_KEY) -> the same outputs, the head
+# alone: what the Evaluator runs on cached features (components/evaluator.py).
+FEATURES_SIGNATURE = "serving_features"
+PROBABILITIES_KEY = "probabilities"    # both signatures' output the Evaluator reads
+
 # --------------------------------------------------------- files in artifacts
 SERVING_MODEL_DIR = "Format-Serving"   # TFX's SavedModel folder in a Model artifact
 LABELS_FILE = "labels.txt"             # label vocabulary, one per line, index = line
@@ -34,6 +41,9 @@ INGESTION_REPORT_FILE = "ingestion_report.jsonl"  # every file, used or skipped,
 # ImageExampleGen's examples per split: file <prefix>_<split>.txt beside the
 # splits and the Examples artifact's custom property <prefix>_<split>.
 SPLIT_COUNT_PREFIX = "split_count"
+HEAD_DIR = "head"                      # in a Model artifact: the Trainer's head alone
+HEAD_FILE = "head.h5"                  # under HEAD_DIR: the Keras head
+HEAD_INFO_FILE = "head.json"           # under HEAD_DIR: what the head was trained on
 PARITY_FILE = "parity.json"            # TFLite variants' agreement with the SavedModel
 METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
 COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version

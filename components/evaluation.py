@@ -7,7 +7,7 @@ The gate on the candidate's eval accuracy:
     baseline; TFX's Evaluator then drops change thresholds (rubber stamp) and
     only the value threshold decides.
 
-The Evaluator (components/previous_artifacts.EvaluatorExecutor) records the gate
+The Evaluator (components/evaluator.EvaluatorExecutor) records the gate
 it applied as ``contracts.GATE_FILE`` in its ``evaluation`` output (write_gate):
 TFMA's own eval config loses the change threshold when there is no baseline.
 """

@@ -42,7 +42,7 @@ outputs; TFX's entry point writes one artifact per output key): it is an empty
 artifact with ``found = 0``. Readers' executors are decorated with
 :func:`as_resolved`, which drops it (and follows a FeatureCache pointer) before
 their ``Do`` runs, so LabelGuard, BottleneckGen and TFX's Evaluator
-(:class:`EvaluatorExecutor`) see what a Resolver would pass: the Evaluator has
+(components/evaluator.py) see what a Resolver would pass: the Evaluator has
 no baseline, drops change thresholds and applies the value threshold alone,
 instead of failing to load a SavedModel from an empty folder. Which nodes a run
 gets (resolvers or these steps) is decided in pipeline/previous_runs.py alone.
@@ -61,8 +61,6 @@ from typing import Any, Callable, Dict, List, Optional
 import tensorflow as tf
 from absl import logging
 from tfx import types
-from tfx.components import Evaluator as StockEvaluator
-from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
@@ -297,25 +295,6 @@ class RecordFeatureCacheExecutor(base_executor.BaseExecutor):
         record(exec_properties["registry"], FEATURE_CACHE, {"uri": cache.uri, "namespace": namespace})
 
 
-@as_resolved("baseline_model")
-class EvaluatorExecutor(evaluator_executor.Executor):
-    """TFX's Evaluator, but a lookup's "nothing found" baseline counts as none.
-
-    The stock executor decides ``has_baseline`` by the channel being non-empty
-    and would try to load a SavedModel from the empty artifact. Afterwards it
-    records the gate it applied (components.evaluation.write_gate).
-    """
-
-    def Do(self, input_dict, output_dict, exec_properties):
-        # as_resolved already dropped a "nothing found" baseline.
-        result = super().Do(input_dict, output_dict, exec_properties)
-        if exec_properties.get("eval_config") and output_dict.get("evaluation"):
-            from components import evaluation
-            evaluation.write_gate(artifact_utils.get_single_uri(output_dict["evaluation"]),
-                                  exec_properties["eval_config"], bool(input_dict.get("baseline_model")))
-        return result
-
-
 # ----------------------------------------------------------------- components
 
 _LOOKUP_PARAMETERS = {"kind": ExecutionParameter(type=str), "registry": ExecutionParameter(type=str)}
@@ -393,7 +372,10 @@ class RecordFeatureCache(base_component.BaseComponent):
         super().__init__(spec=RecordFeatureCacheSpec(feature_cache=feature_cache, registry=registry))
 
 
-class Evaluator(StockEvaluator):
-    """TFX's Evaluator with :class:`EvaluatorExecutor`; same parameters, same id (``Evaluator``)."""
-
-    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(EvaluatorExecutor)
+def __getattr__(name: str):
+    """The Evaluator moved to components/evaluator.py; pipelines compiled before
+    still name ``components.previous_artifacts.EvaluatorExecutor``."""
+    if name in ("Evaluator", "EvaluatorExecutor"):
+        from components import evaluator
+        return getattr(evaluator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -215,6 +215,11 @@ class TFLiteExportSettings(Settings):
 class PushSettings(Settings):
     """TFLitePusher's execution properties (components/tflite_pusher.py)."""
     JSON_PROPERTIES = ("label_names", "gate")
+    # A spec compiled before the field existed: no candidate is ever "identical".
+    ADDED_LATER = {"candidate_config": ""}
     serving_dir: str
     label_names: Tuple[str, ...]
     gate: GateSettings  # JSON in field order, as always written
+    # Digest of the run's settings and code (pipeline/pipeline.py); with the
+    # Trainer's training fingerprint it tells a candidate identical to the served one.
+    candidate_config: str

@@ -20,7 +20,10 @@ on one object-store serving dir could pick the same number: scheduled runs use
 max_concurrency=1 (kubeflow/cli.py).
 
 metrics.json is also the version's manifest: the run id, the model artifact,
-the evaluation and the variants, written before the rename. A process killed
+the evaluation, the variants and the candidate's identity (training data,
+settings, code: candidate_identity), written before the rename. A blessed
+candidate whose identity equals the latest version's is not pushed: "candidate
+identical to the served model (version N)". A process killed
 after the rename but before MLMD records the push leaves a complete version
 that its run's record lacks: pipeline/run_record.py reads the manifest back
 (serving_manifests) so `retrain runs` and reports still show the push.
@@ -28,13 +31,14 @@ that its run's record lacks: pipeline/run_record.py reads the manifest back
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -44,7 +48,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import evaluation, kill_hook
+from components import evaluation, kill_hook, model_info
 from components.contracts import (COMPLETE_MARKER, LABELS_FILE, METRICS_FILE, PARITY_FILE,
                                   PUSHER_NODE, STAGING_PREFIX, join, list_versions,
                                   numbered_versions)
@@ -54,6 +58,9 @@ from components.tflite.component import TFLiteModels
 from components.tflite.parity import ParityReport
 from components.tflite.variants import FILE_NAMES
 
+# metrics.json's record of what made the pushed model (candidate_identity).
+IDENTITY_KEY = "candidate_identity"
+
 
 class TFLitePusherSpec(ComponentSpec):
     PARAMETERS = {
@@ -62,6 +69,8 @@ class TFLitePusherSpec(ComponentSpec):
         "serving_dir": ExecutionParameter(type=str),
         "label_names": ExecutionParameter(type=str),
         "gate": ExecutionParameter(type=str),
+        # Added later: a spec compiled before has none (PushSettings.ADDED_LATER).
+        "candidate_config": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -188,6 +197,34 @@ def _publish_in_place(serving_dir: str, files: Dict[str, str], metrics: Dict[str
     return version
 
 
+def candidate_identity(model_uri: str, settings: PushSettings) -> Optional[str]:
+    """sha256 of what made the candidate: the Trainer's training data and settings
+    (head.json's ``training``), the run's settings and code (``candidate_config``)
+    and the labels. None when any part is unknown (older code): never "identical"."""
+    training = (model_info.read_head_info(model_uri) or {}).get("training")
+    if not settings.candidate_config or not isinstance(training, dict) or \
+            not model_info.text_field(training, "data") or not model_info.text_field(training, "settings"):
+        return None
+    text = json.dumps({"training": {k: training[k] for k in ("data", "settings")},
+                       "config": settings.candidate_config, "labels": list(settings.label_names)},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def served_identity(serving_dir: str) -> Optional[Tuple[int, Optional[str]]]:
+    """(the latest complete version, the candidate identity its manifest recorded), or None."""
+    versions = list_versions(serving_dir)
+    if not versions:
+        return None
+    try:
+        with tf.io.gfile.GFile(join(serving_dir, str(versions[-1]), METRICS_FILE)) as f:
+            manifest = json.loads(f.read(1 << 20))
+    except (ValueError, tf.errors.OpError):
+        return versions[-1], None
+    identity = manifest.get(IDENTITY_KEY) if isinstance(manifest, dict) else None
+    return versions[-1], identity if isinstance(identity, str) and identity else None
+
+
 class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties):
@@ -202,6 +239,17 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict["model"])
         eval_uri = artifact_utils.get_single_uri(input_dict["evaluation"])
         settings = PushSettings.from_exec_properties(exec_properties)
+        identity = candidate_identity(model.uri, settings)
+        served = served_identity(settings.serving_dir) if identity else None
+        if served is not None and served[1] == identity:
+            # Same training data, settings and code as the served version (a --force
+            # rerun, a scheduled run with nothing new): phones need no new download.
+            reason = f"candidate identical to the served model (version {served[0]})"
+            logging.info("Nothing pushed: %s", reason)
+            pushed.set_int_custom_property("pushed", 0)
+            pushed.set_int_custom_property("identical_to_version", served[0])
+            pushed.set_string_custom_property("not_pushed_reason", reason)
+            return
         tflite = artifact_utils.get_single_uri(input_dict["tflite_models"])
         parity = ParityReport.read(tflite)
         not_pushed = parity.failed
@@ -225,6 +273,7 @@ class Executor(base_executor.BaseExecutor):
             "variants": list(parity.passed),
             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tflite": parity.pushed_record(),
+            IDENTITY_KEY: identity,
         }
         serving_dir = settings.serving_dir
         files = {FILE_NAMES[v]: os.path.join(tflite, FILE_NAMES[v]) for v in parity.passed}
@@ -250,10 +299,12 @@ class TFLitePusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
                  evaluation: types.BaseChannel, serving_dir: str, label_names,
-                 min_accuracy: float, max_accuracy_drop: float, tflite_models: types.BaseChannel):
+                 min_accuracy: float, max_accuracy_drop: float, tflite_models: types.BaseChannel,
+                 candidate_config: str = ""):
         settings = PushSettings(serving_dir=serving_dir, label_names=tuple(label_names),
                                 gate=GateSettings(min_accuracy=float(min_accuracy),
-                                                  max_accuracy_drop=float(max_accuracy_drop)))
+                                                  max_accuracy_drop=float(max_accuracy_drop)),
+                                candidate_config=candidate_config)
         super().__init__(spec=TFLitePusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation,
             tflite_models=tflite_models, **settings.to_exec_properties(),

@@ -11,18 +11,25 @@ Exports, under the Model artifact:
                     tf.Examples with raw image bytes (feature ``image``) and
                     returns ``probabilities`` [N, C], ``classes`` [N, C] (the
                     label names, in probability order) and ``predicted_class``.
+                    ``serving_features`` (FEATURES_SIGNATURE): the same outputs
+                    from BottleneckGen's serialized tf.Examples (``features``
+                    [D]), the head alone: the Evaluator's path on cached
+                    features (components/evaluator.py).
   head/head.h5      the trained head alone (Keras, features [N, D] -> [N, C]).
   head/head.json    what it was trained on: backbone, weights (and their
-                    fingerprint), feature_dim, label_names (line i = output i).
+                    fingerprint), feature_dim, label_names (line i = output i),
+                    feature_namespace (BottleneckGen's: backbone, weights
+                    fingerprint, preprocessing; None for random weights).
   training/history.json and TensorBoard logs (in the model-run artifact).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -31,13 +38,12 @@ import tf_keras
 from absl import logging
 
 from components import backbones, progress_counts
-from components.contracts import (FEATURES_KEY, LABEL_KEY, LABEL_SPACE_FILE, NON_INPUT_KEYS,
-                                  TRAINING_DIR, TRAINING_HISTORY_FILE)
+from components.contracts import (FEATURES_KEY, FEATURES_SIGNATURE, HEAD_DIR, HEAD_FILE,
+                                  HEAD_INFO_FILE, LABEL_KEY, LABEL_SPACE_FILE,
+                                  NON_INPUT_KEYS, SERVING_SIGNATURE, TRAINING_DIR,
+                                  TRAINING_HISTORY_FILE)
 from components.settings import TrainerSettings
 
-HEAD_DIR = "head"
-HEAD_FILE = "head.h5"
-HEAD_INFO_FILE = "head.json"
 PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
 
@@ -61,6 +67,18 @@ def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransform
         feats.append(batch[FEATURES_KEY].numpy())
         labels.append(np.reshape(batch[LABEL_KEY].numpy(), [-1]))
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def training_data_fingerprint(splits: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> str:
+    """sha256 of what the head is trained and validated on: per split, every
+    (label, feature vector) row, in any order (Beam's output order varies)."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        x, y = splits[split]
+        rows = sorted(hashlib.sha256(np.int64(label).tobytes() + np.ascontiguousarray(row, "<f4").tobytes())
+                      .digest() for row, label in zip(x, y))
+        digest.update(f"{split}:{len(rows)}\n".encode() + b"".join(rows))
+    return digest.hexdigest()
 
 
 def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_keras.Model:
@@ -125,11 +143,22 @@ class ServingModule(tf.Module):
         self._raw_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
                           if k not in NON_INPUT_KEYS}
 
+        self._features_spec = {FEATURES_KEY: tf.io.FixedLenFeature([int(head.input_shape[-1])],
+                                                                   tf.float32)}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
                  autograph=False)
     def serve(self, examples):
         raw = tf.io.parse_example(examples, self._raw_spec)
-        features = self.tft_layer(raw)[FEATURES_KEY]
+        return self._outputs(self.tft_layer(raw)[FEATURES_KEY])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
+                 autograph=False)
+    def serve_features(self, examples):
+        """BottleneckGen's tf.Examples (the backbone already applied) -> the same outputs."""
+        return self._outputs(tf.io.parse_example(examples, self._features_spec)[FEATURES_KEY])
+
+    def _outputs(self, features):
         probabilities = self._head(features)
         batch = tf.shape(probabilities)[0]
         return {
@@ -141,7 +170,8 @@ class ServingModule(tf.Module):
 
 def export_serving(path: str, tf_transform_output, head, label_names: List[str]) -> None:
     module = ServingModule(tf_transform_output, head, label_names)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.serve,
+                                                  FEATURES_SIGNATURE: module.serve_features})
 
 
 def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model) -> tf_keras.Model:
@@ -153,9 +183,22 @@ def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model) -> tf_k
     return tf_keras.Model(pixels, head(extractor(pixels)), name=f"{backbone}_classifier")
 
 
+def feature_namespace(backbone: str, weights: str):
+    """BottleneckGen's cache namespace for (backbone, weights): the Evaluator feeds this
+    model's FEATURES_SIGNATURE only features of the same namespace. None when the
+    weights are random or unavailable (the Evaluator then uses the images)."""
+    from components import bottleneck_gen  # Beam: only in the Trainer's process
+    try:
+        return bottleneck_gen.cache_namespace(backbone, weights) or None
+    except backbones.BackboneWeightsError:
+        return None
+
+
 def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
-              label_names: List[str]) -> str:
-    """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir."""
+              label_names: List[str], training: Optional[Dict[str, str]] = None) -> str:
+    """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir.
+    `training`: {"data": training_data_fingerprint, "settings": TrainerSettings JSON},
+    what the Pusher compares with the served version's (components/tflite_pusher.py)."""
     out = head_dir(model_uri)
     tf.io.gfile.makedirs(out)
     with tempfile.TemporaryDirectory(prefix="head-") as tmp:  # h5py writes local files only
@@ -167,7 +210,9 @@ def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
     except backbones.BackboneWeightsError:
         fingerprint = None
     info = {"backbone": backbone, "weights": weights, "weights_fingerprint": fingerprint,
-            "feature_dim": int(head.input_shape[-1]), "label_names": list(label_names)}
+            "feature_dim": int(head.input_shape[-1]), "label_names": list(label_names),
+            "feature_namespace": feature_namespace(backbone, weights) if fingerprint else None,
+            "training": dict(training) if training else None}
     with tf.io.gfile.GFile(os.path.join(out, HEAD_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return out
@@ -196,6 +241,8 @@ def run_fn(fn_args) -> None:
 
     x_train, y_train = load_features(fn_args.train_files, tf_transform_output)
     x_eval, y_eval = load_features(fn_args.eval_files, tf_transform_output)
+    training = {"data": training_data_fingerprint({"train": (x_train, y_train), "eval": (x_eval, y_eval)}),
+                "settings": settings.to_json()}
     if y_train.size and int(y_train.max()) >= len(label_names):
         raise ValueError(f"label {int(y_train.max())} outside the vocabulary {label_names}")
     if settings.corrupt_train_labels:
@@ -219,4 +266,4 @@ def run_fn(fn_args) -> None:
     with tf.io.gfile.GFile(os.path.join(model_uri, LABEL_SPACE_FILE), "w") as f:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
-    save_head(model_uri, head, settings.backbone, settings.weights, label_names)
+    save_head(model_uri, head, settings.backbone, settings.weights, label_names, training)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
-from components import evaluation, previous_artifacts
+from components import evaluation
 from components.bottleneck_gen import BottleneckGen
+from components.evaluator import Evaluator
 from components.image_example_gen import ImageExampleGen
 from components.label_guard import LabelGuard
 from components.tflite.component import TFLiteExport
 from components.tflite_pusher import TFLitePusher
 from kubeflow import change_gate
-from pipeline import previous_runs
+from pipeline import previous_runs, unchanged
 from pipeline.config import PipelineConfig
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
@@ -75,10 +76,11 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_settings().to_config())
-    # TFX's Evaluator that records its gate (gate.json) and reads a registry
-    # lookup's "nothing found" baseline as none.
-    evaluator = previous_artifacts.Evaluator(
-        examples=example_gen.outputs["examples"],
+    # TFX's Evaluator that records its gate (gate.json), reads a registry lookup's
+    # "nothing found" baseline as none, and evaluates on the cached features when
+    # both models can (components/evaluator.py), else on the images.
+    evaluator = Evaluator(
+        examples=example_gen.outputs["examples"], features=bottleneck_gen.outputs["bottlenecks"],
         model=trainer.outputs["model"],
         baseline_model=baseline,
         example_splits=["eval"],
@@ -96,7 +98,10 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
         evaluation=evaluator.outputs["evaluation"], serving_dir=config.serving_dir,
         label_names=config.label_names, min_accuracy=config.min_accuracy,
         max_accuracy_drop=config.max_accuracy_drop,
-        tflite_models=tflite_export.outputs["tflite_models"])
+        tflite_models=tflite_export.outputs["tflite_models"],
+        # Settings and code: with the training data, the Pusher refuses a candidate
+        # identical to the served version (a --force rerun, a scheduled run).
+        candidate_config=unchanged.settings_digest(config) + ":" + unchanged.code_digest())
     return [statistics_gen, schema_gen, example_validator, *baseline_nodes,
             label_guard, *cache_nodes, bottleneck_gen, transform, trainer, evaluator,
             tflite_export, pusher,

@@ -33,6 +33,18 @@ def lite0_weights():
     return backbones.fetch_weights("efficientnet_lite0")
 
 
+def tfx_artifact(cls, uri, **custom):
+    """A TFX artifact of type `cls` at `uri` with custom properties (str or int values)."""
+    a = cls()
+    a.uri = str(uri)
+    for k, v in custom.items():
+        if isinstance(v, str):
+            a.set_string_custom_property(k, v)
+        else:
+            a.set_int_custom_property(k, v)
+    return a
+
+
 def head_settings(**changes):
     """The run's default head-training settings (PipelineConfig), with `changes`."""
     import dataclasses

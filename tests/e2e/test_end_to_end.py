@@ -223,3 +223,63 @@ def test_broken_candidate_refused_by_baseline_comparison(runs):
     # Features were reused from cache; C's head is the same as A's (same settings,
     # so the Trainer is a cache hit too), but it was judged anew against B.
     assert c["states"]["Transform"] == "CACHED" and c["states"]["Evaluator"] == "COMPLETE"
+
+
+def test_evaluation_on_cached_features_equals_evaluation_on_images(runs, tmp_path):
+    """Run C's Evaluator read BottleneckGen's eval features through the head-only
+    signature (candidate C and baseline B both have it, same backbone and weights).
+    TFMA over the same models on the eval images (today's path before issue 15, the
+    fallback) gives the same gate: the same per-class counts for both models, hence
+    the same accuracies, thresholds and verdict."""
+    from tfx.types import artifact_utils, standard_artifacts
+    from components import evaluation, evaluator
+    from benchmarks.evaluator_paths import last_evaluator_io
+    props, inputs, outputs = last_evaluator_io(runs["workdir"])
+    (on_features,) = outputs["evaluation"]
+    assert on_features.get_string_custom_property(evaluator.EVAL_INPUT) == "features"
+    assert set(inputs) >= {"examples", "features", "model", "baseline_model"}
+    out = {}
+    for key, cls in (("evaluation", standard_artifacts.ModelEvaluation),
+                     ("blessing", standard_artifacts.ModelBlessing)):
+        out[key] = [cls()]
+        out[key][0].uri = str(tmp_path / key)
+        (tmp_path / key).mkdir()
+    images_only = {k: v for k, v in inputs.items() if k != "features"}  # the fallback
+    evaluator.EvaluatorExecutor().Do(images_only, out, props)
+    assert out["evaluation"][0].get_string_custom_property(evaluator.EVAL_INPUT) == "images"
+    got = {uri: evaluation.summarize(uri, CLASSES) for uri in (on_features.uri, str(tmp_path / "evaluation"))}
+    features, images = got.values()
+    # Observed 2026-11-30: identical matrices and accuracies (TFMA sees the same argmax
+    # for every example); the tolerance on the accuracies is the float formatting alone.
+    assert features["confusion_matrix"] == images["confusion_matrix"]
+    assert features["per_class"] == images["per_class"]  # baseline_* included
+    assert features["example_count"] == images["example_count"] == runs["c"]["examples"]["eval"]
+    for key in ("accuracy", "baseline_accuracy"):
+        assert features[key] == pytest.approx(images[key], abs=1e-9)
+    assert features["validation_ok"] == images["validation_ok"] is False
+    assert len(features["failures"]) == len(images["failures"])
+    assert json.loads((tmp_path / "evaluation" / "gate.json").read_text()) == \
+        json.loads(open(os.path.join(on_features.uri, "gate.json")).read())
+    assert artifact_utils.get_single_instance(out["blessing"]).get_int_custom_property("blessed") == 0
+    # The probabilities themselves, per eval image: the two signatures of candidate C.
+    import tensorflow as tf
+    (model,) = inputs["model"]
+    loaded = tf.saved_model.load(os.path.join(model.uri, "Format-Serving"))
+    (bottlenecks,) = inputs["features"]
+    rows = {}
+    for rec in tf.data.TFRecordDataset(glob.glob(os.path.join(bottlenecks.uri, "Split-eval", "*")),
+                                       compression_type="GZIP"):
+        f = tf.train.Example.FromString(rec.numpy()).features.feature
+        assert f["view"].int64_list.value[0] == 0  # the plain view only
+        rows[f["content_sha256"].bytes_list.value[0]] = rec.numpy()
+    raw = []
+    for rec in tf.data.TFRecordDataset(glob.glob(os.path.join(inputs["examples"][0].uri, "Split-eval", "*")),
+                                       compression_type="GZIP"):
+        raw.append((tf.train.Example.FromString(rec.numpy()).features.feature["content_sha256"]
+                    .bytes_list.value[0], rec.numpy()))
+    assert {sha for sha, _ in raw} == set(rows)
+    by_images = loaded.signatures["serving_default"](examples=tf.constant([r for _, r in raw]))
+    by_features = loaded.signatures["serving_features"](examples=tf.constant([rows[s] for s, _ in raw]))
+    diff = np.abs(by_images["probabilities"].numpy() - by_features["probabilities"].numpy()).max()
+    print("max |p(images) - p(features)|:", diff)
+    assert diff <= 1e-5  # float noise: batching and kernel order (observed below 1e-6)

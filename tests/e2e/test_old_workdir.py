@@ -95,15 +95,29 @@ def test_a_new_run_compares_with_the_old_baseline_and_reuses_its_features(old_wo
     # on today's eval split) means the resolver found it.
     assert summary["baseline_accuracy"] is not None
     assert _computed_features(old_workdir["workdir"]) == [PER_CLASS * 3, 3]
+    # The old blessed model has no head-only signature: the Evaluator ran the images (issue 15).
+    assert _eval_inputs(old_workdir["workdir"]) == [
+        ("images", "the baseline model has no serving_features signature")]
 
 
-def _computed_features(workdir):
-    """BottleneckGen's `computed` count per run, oldest first (MLMD, read directly)."""
+def _artifacts(workdir):
+    """Every artifact in the workdir's MLMD store, oldest first (read directly)."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = str(workdir / "metadata.sqlite")
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    counts = [a for a in store.get_artifacts() if "computed" in a.custom_properties]
-    return [int(a.custom_properties["computed"].int_value) for a in sorted(counts, key=lambda a: a.id)]
+    return sorted(metadata_store.MetadataStore(config).get_artifacts(), key=lambda a: a.id)
+
+
+def _computed_features(workdir):
+    """BottleneckGen's `computed` count per run, oldest first."""
+    return [int(a.custom_properties["computed"].int_value) for a in _artifacts(workdir)
+            if "computed" in a.custom_properties]
+
+
+def _eval_inputs(workdir):
+    """(eval_input, reason) of each evaluation that records them (code since issue 15)."""
+    return [(a.custom_properties["eval_input"].string_value,
+             a.custom_properties["eval_input_reason"].string_value)
+            for a in _artifacts(workdir) if "eval_input" in a.custom_properties]

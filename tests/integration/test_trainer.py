@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import backbones, preprocessing, trainer
+from components import backbones, feature_records, preprocessing, trainer
 from conftest import head_settings
 
 
@@ -76,6 +76,19 @@ def test_serving_signature_takes_raw_image_examples(trained, tmp_path):
     np.testing.assert_allclose(probs, expected, atol=1e-4)  # carries the Transform graph
     assert [c.decode() for c in out["classes"].numpy()[0]] == labels
     assert [c.decode() for c in out["predicted_class"].numpy()] == [labels[i] for i in probs.argmax(1)]
+    # The head-only signature the Evaluator uses on BottleneckGen's features: the same
+    # outputs from the feature vectors (the backbone's, as BottleneckGen stores them).
+    loaded = tf.saved_model.load(str(tmp_path / "serving"))
+    assert set(loaded.signatures) == {"serving_default", "serving_features"}
+    vectors = backbones.build_feature_extractor("mobilenet_v1", "imagenet")(
+        preprocessing.decode_and_resize(tf.constant([r["image"] for r in raw]), 224)).numpy()
+    rows = [feature_records.bottleneck_example({"label": 0, "sha": "0" * 64, "view": 0},
+                                                v.astype("<f4").tobytes()) for v in vectors]
+    head_out = loaded.signatures["serving_features"](examples=tf.constant(rows))
+    assert set(head_out) == set(out)
+    # Observed max |difference| 0 (same process, same backbone graph); 1e-5 allows other kernels.
+    np.testing.assert_allclose(head_out["probabilities"].numpy(), probs, atol=1e-5)
+    assert head_out["predicted_class"].numpy().tolist() == out["predicted_class"].numpy().tolist()
 
 
 def test_head_is_saved_and_pixel_model_matches_saved_model(trained, tmp_path):
@@ -89,6 +102,10 @@ def test_head_is_saved_and_pixel_model_matches_saved_model(trained, tmp_path):
     assert info["backbone"] == "mobilenet_v1" and info["weights"] == "imagenet"
     assert info["label_names"] == labels and info["feature_dim"] == 1024
     assert info["weights_fingerprint"] == backbones.weights_fingerprint("mobilenet_v1", "imagenet")
+    # BottleneckGen's namespace for these weights: the Evaluator's features path checks it.
+    from components import bottleneck_gen
+    assert info["feature_namespace"] == bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet")
+    assert info["feature_namespace"].startswith("mobilenet_v1|" + info["weights_fingerprint"] + "|")
     model = trainer.build_pixel_model("mobilenet_v1", "imagenet", loaded)
     assert model.input_shape == (1, 224, 224, 3)
     got = np.concatenate([model(pixels[i:i + 1]).numpy() for i in range(len(raw))])

@@ -17,16 +17,9 @@ from components import previous_artifacts as pa
 from pipeline.config import PipelineConfig
 from pipeline.report import sections
 from pipeline.run_record import RunRecord, read_gate
+from conftest import tfx_artifact as _artifact
 
 LABELS = ["a", "b", "c"]
-
-
-def _artifact(cls, uri, **custom):
-    a = cls()
-    a.uri = str(uri)
-    for k, v in custom.items():
-        a.set_int_custom_property(k, v)
-    return a
 
 
 def _eval_config(min_accuracy, max_accuracy_drop):

@@ -13,17 +13,7 @@ from tfx.types import standard_artifacts
 
 from components import contracts
 from components import previous_artifacts as pa
-
-
-def _artifact(cls, uri, **custom):
-    a = cls()
-    a.uri = str(uri)
-    for k, v in custom.items():
-        if isinstance(v, str):
-            a.set_string_custom_property(k, v)
-        else:
-            a.set_int_custom_property(k, v)
-    return a
+from conftest import tfx_artifact as _artifact
 
 
 def _model_dir(path, text="v1"):

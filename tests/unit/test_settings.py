@@ -42,6 +42,7 @@ def test_previous_formats_load():
     assert tflite.variants == ("float32", "int8") and tflite.parity_bounds["int8"] == 0.97
     push = PushSettings.from_exec_properties(OLD_PUSH)
     assert push.gate == GateSettings(min_accuracy=0.5, max_accuracy_drop=0.01)
+    assert push.candidate_config == ""  # a spec compiled before: never "identical to the served model"
 
 
 def test_written_exactly_as_before():
@@ -54,7 +55,9 @@ def test_written_exactly_as_before():
     assert {k: ingest.pop(k) for k in IngestSettings.ADDED_LATER} == IngestSettings.ADDED_LATER
     assert json.dumps(ingest, sort_keys=True) == OLD_INGEST
     assert TFLiteExportSettings.from_exec_properties(OLD_TFLITE).to_exec_properties() == OLD_TFLITE
-    assert PushSettings.from_exec_properties(OLD_PUSH).to_exec_properties() == OLD_PUSH
+    push = PushSettings.from_exec_properties(OLD_PUSH).to_exec_properties()
+    assert {k: push.pop(k) for k in PushSettings.ADDED_LATER} == PushSettings.ADDED_LATER
+    assert push == OLD_PUSH
 
 
 @pytest.mark.parametrize("change,expected", [

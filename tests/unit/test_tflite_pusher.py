@@ -88,7 +88,8 @@ def test_pusher_settings_are_written_as_before():
         tflite_models=types.Channel(type=TFLiteModels))
     assert pusher.exec_properties == {
         "serving_dir": "s3://b/serving", "label_names": '["a", "b"]',
-        "gate": '{"min_accuracy": 0.5, "max_accuracy_drop": 0.01}'}
+        "gate": '{"min_accuracy": 0.5, "max_accuracy_drop": 0.01}',
+        "candidate_config": ""}  # added later (PushSettings.ADDED_LATER): a spec without it still runs
 
 
 def test_only_staging_without_a_live_owner_is_removed(tmp_path):
