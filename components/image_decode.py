@@ -16,15 +16,19 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     GIFs give their first frame. Transparency is composited on white, the same
     rule image_io applies to the files it re-encodes.
     """
-    def gif():
-        rgb = tf.io.decode_gif(image_bytes)[0]
+    def opaque(rgb):
         return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
 
     def other():
         return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
 
-    is_gif = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF")
-    rgba = tf.cond(is_gif, gif, other)
+    # GIF and JPEG decoders refuse channels=4 ("JPEG does not support 4 channels"):
+    # they have no alpha, so they are decoded as RGB and made opaque.
+    magic = tf.strings.substr(image_bytes, 0, 3)
+    rgba = tf.case([(tf.equal(magic, b"GIF"), lambda: opaque(tf.io.decode_gif(image_bytes)[0])),
+                    (tf.equal(magic, b"\xff\xd8\xff"),
+                     lambda: opaque(tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")))],
+                   default=other, exclusive=True)
     rgba = tf.cast(tf.ensure_shape(rgba, [None, None, 4]), tf.float32)
     alpha = rgba[..., 3:] / 255.0
     return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)

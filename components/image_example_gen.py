@@ -38,7 +38,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
-from components import contracts, image_io, progress_counts
+from components import contracts, image_decode, image_io, progress_counts
 from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
 from components.settings import IngestSettings
 
@@ -121,8 +121,9 @@ class _DecodeFn(beam.DoFn):
 
 
 def _tf_decodes(data: bytes) -> bool:
+    """Whether the decoding every later step shares (image_decode) reads these bytes."""
     try:
-        tf.io.decode_image(data, channels=4, expand_animations=False)
+        image_decode.decode_rgb(tf.constant(data))
         return True
     except (tf.errors.InvalidArgumentError, tf.errors.OpError):
         return False
