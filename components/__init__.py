@@ -16,6 +16,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 # '<package>.<Class>', and imports that path inside the pod to rebuild the type.
 _ARTIFACT_TYPES = {
     "LabelCheck": "components.label_guard",
+    "DataAuditReport": "components.data_audit",
     "TFLiteModels": "components.tflite.component",
 }
 

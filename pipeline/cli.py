@@ -4,6 +4,7 @@
   retrain fetch-weights [--backbone NAME]
   retrain fetch-data [--dest DIR]
   retrain predict | report | runs | bless       (pipeline/predict.py, pipeline/ops_cli.py)
+  retrain audit                                 (pipeline/audit_cli.py)
   retrain compile | submit | schedule           (kubeflow/cli.py)
 
 Exit codes: 0 the pipeline ran to the end (blessed or not), 2 bad input or
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Subcommands defined next to what they drive; each module's register() adds
 # its parsers and returns {command: handler(args) -> exit code}.
-_EXTENSIONS = ("pipeline.predict", "pipeline.ops_cli", "kubeflow.cli")
+_EXTENSIONS = ("pipeline.predict", "pipeline.ops_cli", "pipeline.audit_cli", "kubeflow.cli")
 
 
 def _register_extensions(parser: argparse.ArgumentParser) -> dict:
