@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import io
 import pathlib
 import time
@@ -109,8 +110,19 @@ def features(encoded, backbone: str = "mobilenet_v1", batch: int = 32) -> np.nda
     return np.concatenate(out).astype(np.float32)
 
 
+def _distinct(images):
+    """Identical files kept once, as ImageExampleGen keeps them."""
+    seen, out = set(), []
+    for c, n, d in images:
+        if hashlib.sha256(d).digest() not in seen:
+            seen.add(hashlib.sha256(d).digest())
+            out.append((c, n, d))
+    return out
+
+
 def evaluate(name: str, images, copies: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
+    images = _distinct(images)
     classes = sorted({c for c, _, _ in images})
     label = np.array([classes.index(c) for c, _, _ in images])
     paths = [f"{c}/{n}" for c, n, _ in images]
@@ -139,9 +151,11 @@ def evaluate(name: str, images, copies: int, seed: int = 0) -> dict:
     unit = audit_math.normalize(vectors)
     copy_sims = [float(unit[i] @ unit[n + t]) for t, i in enumerate(sources)]
     _, nn_sims, _ = audit_math.neighbours_and_pairs(unit[:n], 1, 2.0)
+    transform_of = [transforms[t % len(transforms)] for t in range(copies)]
     result = {"dataset": name, "images": len(encoded), "classes": len(classes),
               "moved": len(moved), "planted_copies": copies, "feature_seconds": round(feature_s, 2),
-              "copy_similarities": [round(s, 4) for s in copy_sims],
+              "copy_similarities": [{"scale": t[0], "jpeg_quality": t[1], "similarity": round(s, 4)}
+                                    for t, s in zip(transform_of, copy_sims)],
               "nearest_other_image_similarity": {
                   q: round(float(np.quantile(nn_sims[:, 0], float(q))), 4)
                   for q in ("0.5", "0.9", "0.99", "0.999", "1.0")},
@@ -164,7 +178,9 @@ def evaluate(name: str, images, copies: int, seed: int = 0) -> dict:
             "threshold": audit.duplicate_threshold, "planted_found": hits,
             "recall": round(hits / copies, 3) if copies else None,
             "pairs_reported": len(found_pairs),
-            "precision": round(hits / len(found_pairs), 3) if found_pairs else None}
+            "precision": round(hits / len(found_pairs), 3) if found_pairs else None,
+            "unplanted_examples": [list(p.paths) for p in audit.near_duplicates
+                                   if frozenset(p.paths) not in planted][:10]}
     return result
 
 

@@ -30,12 +30,18 @@ def read_audit(uri: Optional[str]) -> Optional[Dict[str, Any]]:
     """The audit.json object under a DataAudit artifact's `uri` (None: no audit)."""
     if not uri:
         return None
-    import tensorflow as tf  # local, gs:// or s3://
     path = contracts.join(uri, contracts.AUDIT_FILE)
-    if not tf.io.gfile.exists(path):
+    if "://" in path:  # gs://, s3://: TensorFlow's file systems
+        import tensorflow as tf
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read(MAX_AUDIT_BYTES + 1)
+    elif not os.path.isfile(path):
         return None
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read(MAX_AUDIT_BYTES + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(MAX_AUDIT_BYTES + 1)
     if len(data) > MAX_AUDIT_BYTES:
         raise AuditUnreadable(f"{path} is larger than {MAX_AUDIT_BYTES} bytes")
     try:

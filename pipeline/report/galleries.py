@@ -94,8 +94,11 @@ def misclassified(record: RunRecord) -> Optional[List[Misclassified]]:
     if not record.uris.model or not record.uris.bottlenecks or not record.uris.examples:
         return None
     import numpy as np
+    import tensorflow as tf
 
     from components import data_audit, trainer
+    if not tf.io.gfile.exists(os.path.join(trainer.head_dir(record.uris.model), trainer.HEAD_INFO_FILE)):
+        return None  # a model from before the head was saved on its own
     head, info = trainer.load_head(record.uris.model)
     x, y, shas = data_audit.read_vectors(record.uris.bottlenecks, "eval")
     if not len(y):
@@ -148,7 +151,7 @@ def section_audit(record: RunRecord) -> str:
 def section_misclassified(record: RunRecord) -> str:
     found = misclassified(record)
     if found is None:
-        return '<p class="na">No trained model in this run.</p>'
+        return '<p class="na">No trained model (or no saved head) in this run.</p>'
     if not found:
         return "<p>Every eval image is classified right.</p>"
     shown = _per_class(found)
