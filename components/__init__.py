@@ -17,6 +17,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 _ARTIFACT_TYPES = {
     "LabelCheck": "components.label_guard",
     "ChangeCheck": "components.change_check",
+    "DataAuditReport": "components.data_audit",
     "TFLiteModels": "components.tflite.component",
 }
 

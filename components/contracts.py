@@ -49,6 +49,7 @@ METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
 COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version
 GATE_FILE = "gate.json"                # the Evaluator's thresholds, in its `evaluation` output
 LABEL_CHECK_FILE = "label_check.json"  # LabelGuard's verdict, in its `label_check` output
+AUDIT_FILE = "audit.json"              # DataAudit's findings, in its `data_audit` output
 TRAINING_DIR = "training"              # in the Trainer's model_run output: logs and history
 TRAINING_HISTORY_FILE = "history.json" # loss and metrics per epoch, under TRAINING_DIR
 BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing's folder
@@ -62,6 +63,7 @@ WORKDIR_LOCK_FILE = ".retrain.lock"    # held (flock) by the `retrain run` using
 TFLITE_MODELS_TYPE = "components.TFLiteModels"
 LABEL_CHECK_TYPE = "components.LabelCheck"
 CHANGE_CHECK_TYPE = "components.ChangeCheck"
+DATA_AUDIT_TYPE = "components.DataAuditReport"
 
 # ------------------------------------------------------------- environment
 # Log file for C++ libraries' fd-2 lines (components/native_stderr.py); set by

@@ -138,6 +138,9 @@ class TransformSettings(Settings):
     weights: str
 
 
+CLASS_WEIGHTS = ("none", "balanced")  # TrainerSettings.class_weights, `--class-weights`
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerSettings(Settings):
     """The Trainer's custom_config (components/trainer.py run_fn)."""
@@ -150,8 +153,21 @@ class TrainerSettings(Settings):
     patience: int
     seed: int
     corrupt_train_labels: bool
+    class_weights: str = CLASS_WEIGHTS[0]  # "balanced": loss weighted by total / (C x class count)
+
+    # Written only when not the default: the Trainer's cache key stays as before.
+    ADDED_LATER = {"class_weights": CLASS_WEIGHTS[0]}
+
+    def to_config(self) -> Dict[str, Any]:
+        config = super().to_config()
+        if self.class_weights == CLASS_WEIGHTS[0]:
+            del config["class_weights"]
+        return config
 
     def __post_init__(self):
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise SettingsError(f"TrainerSettings: class_weights must be one of "
+                                f"{', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
             raise SettingsError(f"TrainerSettings: epochs and batch_size must be >= 1 and "
                                 f"patience >= 0, got {self.epochs}, {self.batch_size}, {self.patience}")

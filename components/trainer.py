@@ -106,6 +106,12 @@ class _EpochProgress(tf_keras.callbacks.Callback):
         self._counter.add()
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> Dict[int, float]:
+    """class -> images / (classes x its images) (sklearn's "balanced"); absent classes 1.0."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {c: float(len(labels) / (num_classes * n)) if n else 1.0 for c, n in enumerate(counts)}
+
+
 def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
                log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
     """Fits the head with early stopping on eval loss; returns (head, history)."""
@@ -124,6 +130,8 @@ def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: Tra
     history = head.fit(
         x_train, y_train, validation_data=(x_eval, y_eval),
         epochs=settings.epochs, batch_size=settings.batch_size,
+        class_weight=balanced_class_weights(y_train, num_classes)
+        if settings.class_weights == "balanced" else None,
         shuffle=True, callbacks=callbacks, verbose=0)
     return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 

@@ -4,6 +4,7 @@
   retrain fetch-weights [--backbone NAME]
   retrain fetch-data [--dest DIR]
   retrain predict | report | runs | bless       (pipeline/predict.py, pipeline/ops_cli.py)
+  retrain audit                                 (pipeline/audit_cli.py)
   retrain compile | submit | schedule           (kubeflow/cli.py)
 
 Exit codes: 0 the pipeline ran to the end (blessed or not), 2 bad input or
@@ -27,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # PipelineConfig fields `retrain run` takes as flags (pipeline/config_flags.py).
 RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "eval_percent",
-             "min_images_per_class", "epochs", "seed", "allow_label_change",
+             "min_images_per_class", "epochs", "seed", "class_weights", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
              "max_file_bytes", "min_image_side", "follow_external_symlinks", "enable_cache")
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Subcommands defined next to what they drive; each module's register() adds
 # its parsers and returns {command: handler(args) -> exit code}.
-_EXTENSIONS = ("pipeline.predict", "pipeline.ops_cli", "kubeflow.cli")
+_EXTENSIONS = ("pipeline.predict", "pipeline.ops_cli", "pipeline.audit_cli", "kubeflow.cli")
 
 
 def _register_extensions(parser: argparse.ArgumentParser) -> dict:

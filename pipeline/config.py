@@ -8,7 +8,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from components import contracts, image_io
-from components.settings import TrainerSettings, TransformSettings
+from components.settings import CLASS_WEIGHTS, TrainerSettings, TransformSettings
 from components.tflite import variants as _variants
 
 LOOKUPS = ("resolver", "registry")
@@ -95,6 +95,9 @@ class PipelineConfig:
     learning_rate: float = 1e-3  # Adam's default step size
     patience: int = 5
     seed: int = 42              # fixed: the same data trains the same head
+    # "balanced": each class's loss weighted by total / (classes x its images), for
+    # imbalanced folders (recorded in the Trainer's settings; "none" leaves them as they were).
+    class_weights: str = "none"
     # Fault injection for testing the gate: train on shuffled labels.
     corrupt_train_labels: bool = False
     # The Evaluator's gate: bless when eval accuracy >= min_accuracy (better than
@@ -159,7 +162,8 @@ class PipelineConfig:
         return TrainerSettings(
             backbone=self.backbone, weights=self.weights, label_names=tuple(self.label_names),
             epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            patience=self.patience, seed=self.seed, corrupt_train_labels=self.corrupt_train_labels)
+            patience=self.patience, seed=self.seed, corrupt_train_labels=self.corrupt_train_labels,
+            class_weights=self.class_weights)
 
     def validate(self) -> Optional[str]:
         """One-line description of the first invalid setting, or None."""
@@ -179,6 +183,8 @@ class PipelineConfig:
             return f"max_class_share_change must be in (0, 1], got {self.max_class_share_change}"
         if self.feature_batch_size < 1 or self.augment_views < 0:
             return "feature_batch_size must be >= 1 and augment_views >= 0"
+        if self.class_weights not in CLASS_WEIGHTS:
+            return f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}"
         if self.lookup not in LOOKUPS:
             return f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}"
         if self.min_images_per_class < 1:

@@ -38,6 +38,8 @@ FLAGS: Dict[str, Flag] = {f.field: f for f in (
     Flag("--min-images-per-class", "min_images_per_class", "fewest images a class may have"),
     Flag("--epochs", "epochs", "most epochs of head training (early stopping may end it sooner)"),
     Flag("--seed", "seed", "random seed of head training"),
+    Flag("--class-weights", "class_weights",
+         "none, or balanced: weigh each class's loss by images / (classes x the class's images)"),
     Flag("--allow-label-change", "allow_label_change",
          "accept classes that differ from the blessed model's (deliberate change)"),
     Flag("--max-class-share-change", "max_class_share_change",

@@ -6,6 +6,7 @@ from tfx import v1 as tfx
 
 from components import evaluation
 from components.bottleneck_gen import BottleneckGen
+from components.data_audit import DataAudit
 from components.evaluator import Evaluator
 from components.image_example_gen import ImageExampleGen
 from components.label_guard import LabelGuard
@@ -105,6 +106,7 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
     return [statistics_gen, schema_gen, example_validator, *baseline_nodes,
             label_guard, *cache_nodes, bottleneck_gen, transform, trainer, evaluator,
             tflite_export, pusher,
+            DataAudit(bottlenecks=bottleneck_gen.outputs["bottlenecks"], examples=example_gen.outputs["examples"]),
             *previous_runs.recorders(config, model=trainer.outputs["model"],
                                      model_blessing=evaluator.outputs["blessing"],
                                      feature_cache=bottleneck_gen.outputs["feature_cache"],

@@ -101,6 +101,8 @@ class ArtifactUris:
     evaluation: Optional[str] = None
     blessing: Optional[str] = None
     tflite_models: Optional[str] = None
+    bottlenecks: Optional[str] = None  # BottleneckGen's vectors
+    data_audit: Optional[str] = None  # DataAudit's audit.json (components/data_audit.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +236,8 @@ class _Reader:
                 ("examples", examples), ("statistics", stats),
                 ("label_check", self.artifact("label_check")), ("model", model),
                 ("model_run", self.artifact("model_run")), ("evaluation", evaluation),
-                ("blessing", blessing), ("tflite_models", self.artifact("tflite_models")))})
+                ("blessing", blessing), ("tflite_models", self.artifact("tflite_models")),
+                ("bottlenecks", self.artifact("bottlenecks")), ("data_audit", self.artifact("data_audit")))})
         return RunRecord(
             run_id=self.run_ctx.name, created_ms=self.run_ctx.create_time_since_epoch,
             pipeline_name=self.config.pipeline_name, steps=tuple(self.steps),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
-from pipeline import run_record
+from pipeline import audit_cli, run_record
 from pipeline.run_record import RunRecord
 
 MAX_LISTED_SKIPS = 100  # the full list is in the ingestion report
@@ -31,6 +31,7 @@ def summarize(record: RunRecord) -> Dict[str, Any]:
         "not_pushed_reason": push.reason,
         "seconds": record.seconds, "states": record.states,
         "label_names": list(record.label_names),
+        "audit": audit_cli.summary_audit(record.uris.data_audit),
     }
 
 

@@ -10,14 +10,16 @@ from typing import Callable, Dict, Optional
 
 from components import contracts
 from pipeline.config import PipelineConfig
-from pipeline.report import sections, sources
+from pipeline.report import galleries, sections, sources
 from pipeline.report.html import e, log, num
 from pipeline.run_record import RunRecord
 
-SECTIONS = ("verdict", "data", "training", "evaluation", "tflite", "backbone", "timing")
+SECTIONS = ("verdict", "data", "audit", "training", "evaluation", "misclassified", "tflite",
+            "backbone", "timing")
 TITLES = {
-    "verdict": "Verdict", "data": "Data", "training": "Training",
-    "evaluation": "Evaluation", "tflite": "TFLite models", "backbone": "Backbone",
+    "verdict": "Verdict", "data": "Data", "audit": "Data audit", "training": "Training",
+    "evaluation": "Evaluation", "misclassified": "Misclassified eval images",
+    "tflite": "TFLite models", "backbone": "Backbone",
     "timing": "Steps and timing",
 }
 
@@ -37,7 +39,7 @@ table.skipped{font-size:.85em}code{font-size:.92em;word-break:break-all}
 .note{color:#666;font-size:.88em}.error{color:#b3261e;background:#fdecea;padding:.5em}
 figure{margin:.6em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#666}nav a{margin-right:1em;color:#2458b3}
-"""
+""" + galleries.CSS
 
 
 def section_builders(record: RunRecord, config: PipelineConfig,
@@ -63,8 +65,10 @@ def section_builders(record: RunRecord, config: PipelineConfig,
     return {
         "verdict": lambda: sections.section_verdict(record, sources.served_models(config.serving_dir)),
         "data": data,
+        "audit": lambda: galleries.section_audit(record),
         "training": lambda: sections.section_training(sources.training_log(record)),
         "evaluation": lambda: sections.section_evaluation(record, counts),
+        "misclassified": lambda: galleries.section_misclassified(record),
         "tflite": lambda: sections.section_tflite(
             sources.tflite_files(sources.tflite_folders(record), measure_latency)),
         "backbone": backbone,

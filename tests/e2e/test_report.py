@@ -124,6 +124,52 @@ def test_report_of_a_run_from_before_gate_json(built, tmp_path):
     assert "&ge; 1.0000" in page and "no baseline: not applied (max drop 0.0100)" in page
 
 
+def _audit_cli(*args):
+    """`retrain audit <args>` in this process (pipeline/audit_cli.py, as cli.py registers it)."""
+    import contextlib
+    import io
+
+    from pipeline import audit_cli
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = audit_cli.main(["audit", *map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_data_audit_in_the_summary_the_report_and_retrain_audit(built):
+    """DataAudit ran in every run: paths under the images root, scores in [0, 1],
+    the 5 % floor; the run summary's `audit` is what `retrain audit --json` prints;
+    the report shows the suspects and the misclassified eval images (R2 was trained
+    on shuffled labels, so it has some) with embedded thumbnails."""
+    s, path = built
+    r4 = s["r4"]
+    audit = r4["audit"]
+    assert audit["images"] == sum(r4["examples"].values()) == 45
+    suspects = audit["suspected_mislabels"]
+    assert len(suspects) >= 3  # ceil(5 % of 45)
+    for x in suspects:
+        assert os.path.isfile(os.path.join(s["config"].images, x["path"])), x
+        assert x["path"].split("/")[0] == x["label"] != x["suggested_label"] in CLASSES
+        assert 0.0 <= x["score"] <= 1.0
+    assert [x["score"] for x in suspects] == sorted((x["score"] for x in suspects), reverse=True)
+    assert audit["small_classes"] == {c: 15 for c in CLASSES}  # 15 < 20 images each
+    code, out, err = _audit_cli("--workdir", s["workdir"], "--json")
+    assert code == 0, err
+    assert json.loads(out) == audit
+    code, out, err = _audit_cli("--workdir", s["workdir"], "--run-id", s["r2"]["run_id"])
+    assert code == 0 and "suspected mislabels:" in out and "near-duplicates:" in out, err
+    assert suspects[0]["path"] in _audit_cli("--workdir", s["workdir"])[1]
+    code, out, err = _audit_cli("--workdir", s["workdir"], "--run-id", "nope")
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "nope" in err
+    page = _html(path)
+    r2_audit = s["r2"]["audit"]
+    assert f'<code>{r2_audit["suspected_mislabels"][0]["path"]}</code>' in page
+    assert page.count('class="thumb" src="data:image/jpeg;base64,') >= 4
+    misclassified = page.split('<section id="misclassified">')[1].split("</section>")[0]
+    assert "eval image(s) misclassified" in misclassified and "<h3>true class " in misclassified
+    assert os.path.getsize(path) < 5 << 20
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -172,6 +218,7 @@ class WebDriver:
 def test_report_renders_in_headless_chromium(built, tmp_path):
     assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
         "headless Chromium is missing: `make system-deps` installs chromium and chromium-driver"
+    from pipeline import report
     _, path = built
     driver = WebDriver()
     try:
@@ -182,6 +229,9 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
             return {ready: document.readyState, complete: img.complete, width: img.naturalWidth,
                     shown: r.width > 100 && r.height > 100,
                     sections: document.querySelectorAll('section').length,
+                    thumbs: ['audit', 'misclassified'].map(id => Array.from(
+                        document.querySelectorAll('#' + id + ' img.thumb')).filter(
+                        i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 20).length),
                     broken: Array.from(document.images).filter(i => !i.naturalWidth).length};"""})
         logs = driver.session_call("POST", "/se/log", {"type": "browser"})
         png = driver.session_call("GET", "/screenshot")
@@ -189,7 +239,8 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
         driver.close()
     assert state["ready"] == "complete"
     assert state["complete"] and state["width"] > 100 and state["shown"], state
-    assert state["broken"] == 0 and state["sections"] == 7
+    assert state["broken"] == 0 and state["sections"] == len(report.SECTIONS)
+    assert min(state["thumbs"]) >= 2, state  # both galleries show decoded thumbnails
     errors = [entry for entry in logs if entry.get("level") in ("SEVERE", "WARNING")]
     assert not errors, errors
     assert len(png) > 1000

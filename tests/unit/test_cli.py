@@ -158,6 +158,7 @@ def test_missing_manifest(tmp_path, capsys):
     (["--calibration-images", "0"], "calibration_images"),
     (["--beam-workers", "0"], "--beam-workers must be >= 1"),
     (["--augment-views", "-1"], "augment_views"),
+    (["--class-weights", "heavy"], "class_weights must be one of none, balanced, got 'heavy'"),
 ])
 def test_bad_tflite_and_feature_settings(tmp_path, capsys, flags, expected):
     images = _folder(tmp_path / "images", {"a": 10, "b": 10})
@@ -204,10 +205,12 @@ def test_run_flags_reach_the_config():
     from pipeline import config_flags
     args = _subparser("run").parse_args([
         "--images", "i", "--workdir", "w", "--tflite-variants", "fp16, int8,", "--epochs", "7",
-        "--parity-bound", "int8=0.9", "--beam-workers", "2", "--allow-label-change"])
+        "--parity-bound", "int8=0.9", "--beam-workers", "2", "--allow-label-change",
+        "--class-weights", "balanced"])
     values = config_flags.values(args, cli.RUN_FLAGS)
     assert values["tflite_variants"] == ("fp16", "int8") and values["epochs"] == 7
     assert values["parity_bounds"] == {"int8": 0.9} and values["allow_label_change"] is True
+    assert values["class_weights"] == "balanced"
     assert "--direct_num_workers=2" in values["beam_args"] and "beam_workers" not in values
 
 

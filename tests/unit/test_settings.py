@@ -110,3 +110,16 @@ def test_round_trip_and_frozen():
                             extensions=image_io.DEFAULT_EXTENSIONS, exclude_label_conflicts=False,
                             max_file_bytes=1_000, min_image_side=2, follow_external_symlinks=True)
     assert IngestSettings.from_json(ingest.to_json()) == ingest
+
+
+def test_class_weights_balanced_is_recorded_and_none_keeps_the_old_keys():
+    config = PipelineConfig(images="/images", workdir="/w", label_names=("a", "b"),
+                            class_weights="balanced")
+    written = config.trainer_settings().to_config()
+    assert written == {**OLD_TRAINER, "class_weights": "balanced"}
+    assert TrainerSettings.from_config(written).class_weights == "balanced"
+    assert TrainerSettings.from_config(OLD_TRAINER).class_weights == "none"
+    assert dataclasses.replace(config, class_weights="heavy").validate() == \
+        "class_weights must be one of none, balanced, got 'heavy'"
+    with pytest.raises(SettingsError, match="class_weights must be one of none, balanced"):
+        TrainerSettings.from_config({**OLD_TRAINER, "class_weights": "heavy"})

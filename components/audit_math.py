@@ -1,0 +1,244 @@
+"""The data audit's arithmetic on backbone vectors: numpy only, no TensorFlow.
+
+Given one plain vector per image (BottleneckGen's view 0), its label, split and
+path, `audit()` finds
+
+  * suspected mislabels: out-of-fold label disagreement, score = the share of
+    the evidence against the image's own label, in [0, 1]:
+      - "knn": each image's K nearest neighbours (cosine, itself excluded) vote,
+        weighted by similarity;
+      - "logreg": k-fold multinomial logistic regression on the L2-normalised
+        vectors (out-of-fold probabilities);
+      - "knn+logreg" (DEFAULT_METHOD): the mean of the two. Measured by
+        benchmarks/audit_quality.py on planted flips, it found more than either
+        alone on both datasets (docs/operations.md, "Data audit").
+  * near-duplicates: pairs of different images whose cosine similarity is at
+    least DUPLICATE_THRESHOLD, leakage (train vs eval) and cross-label pairs
+    first. The threshold is calibrated in the benchmark: resized JPEG copies of
+    photo-like images score above it, different Fashion-MNIST images below;
+    small flat icons (emoji) often score under it when shrunk, and design
+    variants of one emoji above it (a limit of backbone features);
+  * small classes: fewer than MIN_CLASS_IMAGES images (retrain.py's warning).
+
+Similarities come from blocked matrix products (BLOCK rows at a time): memory
+is O(BLOCK x N), never N x N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_METHOD = "knn+logreg"
+METHODS = ("knn", "logreg", "knn+logreg")
+NEIGHBOURS = 10
+FOLDS = 5
+BLOCK = 512
+DUPLICATE_THRESHOLD = 0.95
+MIN_CLASS_IMAGES = 20          # retrain.py warned below this many images per class
+MIN_SUSPECT_SHARE = 0.05       # list at least the top 5 % of the images ...
+SUSPECT_SCORE = 0.5            # ... or every image scoring at least this, whichever is longer
+MAX_DUPLICATE_PAIRS = 1000     # audit.json stays bounded on a folder full of copies
+
+
+@dataclasses.dataclass(frozen=True)
+class Suspect:
+    path: str
+    label: str
+    suggested_label: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DuplicatePair:
+    paths: Tuple[str, str]
+    similarity: float
+    same_label: bool
+    splits: Tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    suspected_mislabels: Tuple[Suspect, ...]
+    near_duplicates: Tuple[DuplicatePair, ...]
+    small_classes: Dict[str, int]          # class -> images, below min_class_images
+    images: int
+    method: str
+    duplicate_threshold: float
+    min_class_images: int
+    duplicate_pairs_found: int             # before the MAX_DUPLICATE_PAIRS cut
+
+    def to_json(self) -> dict:
+        return {
+            "suspected_mislabels": [dataclasses.asdict(s) for s in self.suspected_mislabels],
+            "near_duplicates": [{"paths": list(p.paths), "similarity": p.similarity,
+                                 "same_label": p.same_label, "splits": list(p.splits)}
+                                for p in self.near_duplicates],
+            "small_classes": dict(self.small_classes), "images": self.images,
+            "method": self.method, "duplicate_threshold": self.duplicate_threshold,
+            "min_class_images": self.min_class_images,
+            "duplicate_pairs_found": self.duplicate_pairs_found,
+        }
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int = BLOCK
+                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices [N, k], similarities [N, k]) of each row's k nearest other rows,
+    most similar first, and the pairs (i < j, similarity) at or above `threshold`
+    as an [M, 3] array. One BLOCK x N product at a time."""
+    n = unit.shape[0]
+    k = max(0, min(k, n - 1))
+    idx = np.zeros((n, k), dtype=np.int64)
+    sims = np.zeros((n, k), dtype=np.float32)
+    pairs: List[np.ndarray] = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        s = unit[start:stop] @ unit.T                       # [b, N]
+        rows = np.arange(stop - start)
+        s[rows, rows + start] = -np.inf                      # never one's own neighbour
+        if k:
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            top_s = np.take_along_axis(s, top, axis=1)
+            order = np.argsort(-top_s, axis=1, kind="stable")
+            idx[start:stop] = np.take_along_axis(top, order, axis=1)
+            sims[start:stop] = np.take_along_axis(top_s, order, axis=1)
+        i, j = np.nonzero(s >= threshold)
+        i = i + start
+        keep = i < j
+        if keep.any():
+            pairs.append(np.stack([i[keep], j[keep], s[i[keep] - start, j[keep]]], axis=1))
+    found = np.concatenate(pairs) if pairs else np.zeros((0, 3))
+    return idx, sims, found
+
+
+def knn_votes(idx: np.ndarray, sims: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """[N, C]: each image's neighbours' similarity-weighted vote per class, as shares
+    (rows sum to 1; a row without positive similarities is all zero)."""
+    n = labels.shape[0]
+    votes = np.zeros((n, classes), dtype=np.float64)
+    weights = np.clip(sims, 0.0, None).astype(np.float64)
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    np.add.at(votes, (rows, labels[idx].reshape(-1)), weights.reshape(-1))
+    return votes / np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
+
+
+def score_against_label(dist: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(score [N] in [0, 1], suggested class [N]) from per-class shares [N, C]: the
+    share not on the image's own label, and the other class with the largest share.
+    A row with no evidence (all zero) scores 0."""
+    rows = np.arange(len(labels))
+    own = dist[rows, labels]
+    score = np.where(dist.sum(axis=1) > 0, 1.0 - own, 0.0)
+    others = dist.copy()
+    others[rows, labels] = -1.0
+    return np.clip(score, 0.0, 1.0), np.argmax(others, axis=1)
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 150,
+                 lr: float = 0.5, l2: float = 1e-3) -> Tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression by full-batch gradient descent with momentum
+    (x: standardised rows). Enough for a ranking; no optimiser dependency."""
+    w = np.zeros((x.shape[1], classes), dtype=np.float32)
+    b = np.zeros(classes, dtype=np.float32)
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    onehot = np.eye(classes, dtype=np.float32)[y]
+    for _ in range(steps):
+        p = _softmax(x @ w + b)
+        g = (p - onehot) / len(y)
+        gw, gb = x.T @ g + l2 * w, g.sum(axis=0)
+        vw, vb = 0.9 * vw - lr * gw, 0.9 * vb - lr * gb
+        w, b = w + vw, b + vb
+    return w, b
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def oof_probabilities(unit: np.ndarray, labels: np.ndarray, classes: int, folds: int = FOLDS,
+                      seed: int = 0) -> np.ndarray:
+    """[N, C] out-of-fold class probabilities of a softmax regression (k folds)."""
+    n = unit.shape[0]
+    x = (unit - unit.mean(axis=0)) * np.float32(np.sqrt(unit.shape[1]))  # unit-variance-ish
+    fold = np.random.default_rng(seed).permutation(n) % max(2, min(folds, n))
+    probs = np.zeros((n, classes), dtype=np.float64)
+    for f in np.unique(fold):
+        test = fold == f
+        w, b = _fit_softmax(x[~test], labels[~test], classes)
+        probs[test] = _softmax(x[test] @ w + b)
+    return probs
+
+
+def mislabel_scores(method: str, unit: np.ndarray, idx: np.ndarray, sims: np.ndarray,
+                    labels: np.ndarray, classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(score, suggested class) by `method`. "knn+logreg" averages the two
+    distributions: they err on different images, and the average found more
+    planted flips than either on both benchmark datasets."""
+    if method == "knn":
+        dist = knn_votes(idx, sims, labels, classes)
+    elif method == "logreg":
+        dist = oof_probabilities(unit, labels, classes)
+    else:
+        dist = (knn_votes(idx, sims, labels, classes) + oof_probabilities(unit, labels, classes)) / 2
+    return score_against_label(dist, labels)
+
+
+def suspect_count(scores: np.ndarray) -> int:
+    """At least the top 5 % of the images, or all scoring >= 0.5, whichever is longer."""
+    return int(max(np.ceil(MIN_SUSPECT_SHARE * len(scores)), np.sum(scores >= SUSPECT_SCORE)))
+
+
+def audit(vectors: np.ndarray, labels: Sequence[int], splits: Sequence[str],
+          paths: Sequence[str], label_names: Sequence[str], method: str = DEFAULT_METHOD,
+          duplicate_threshold: float = DUPLICATE_THRESHOLD,
+          min_class_images: int = MIN_CLASS_IMAGES, block: int = BLOCK) -> Audit:
+    """The audit of N images: vectors [N, D], label indices into label_names."""
+    if method not in METHODS:
+        raise ValueError(f"audit method must be one of {METHODS}, got {method!r}")
+    y = np.asarray(labels, dtype=np.int64)
+    n = len(y)
+    if not (len(vectors) == len(splits) == len(paths) == n):
+        raise ValueError("vectors, labels, splits and paths differ in length")
+    if n and (y.min() < 0 or y.max() >= len(label_names)):
+        raise ValueError(f"a label index is outside the {len(label_names)} label names")
+    classes = len(label_names)
+    counts = np.bincount(y, minlength=classes) if n else np.zeros(classes, dtype=np.int64)
+    small = {label_names[c]: int(counts[c]) for c in range(classes) if counts[c] < min_class_images}
+    if n < 2:
+        return Audit((), (), small, n, method, duplicate_threshold, min_class_images, 0)
+    unit = normalize(np.asarray(vectors).reshape(n, -1))
+    idx, sims, pairs = neighbours_and_pairs(unit, NEIGHBOURS, duplicate_threshold, block)
+    score, suggested = mislabel_scores(method, unit, idx, sims, y, classes)
+    order = np.lexsort((np.asarray(paths), -score))  # most suspicious first, then by path
+    suspects = tuple(Suspect(paths[i], label_names[y[i]], label_names[suggested[i]],
+                             round(float(score[i]), 4))
+                     for i in order[:suspect_count(score)])
+    return Audit(suspects, _ranked_pairs(pairs, y, splits, paths, label_names) if len(pairs) else (),
+                 small, n, method, duplicate_threshold, min_class_images, len(pairs))
+
+
+def _ranked_pairs(pairs: np.ndarray, y: np.ndarray, splits: Sequence[str], paths: Sequence[str],
+                  label_names: Sequence[str]) -> Tuple[DuplicatePair, ...]:
+    """Leakage (train vs eval) first, then cross-label, then by similarity."""
+    del label_names
+    rows = []
+    for i, j, s in pairs:
+        i, j = int(i), int(j)
+        a, b = sorted([i, j], key=lambda t: paths[t])
+        leak, same = splits[a] != splits[b], bool(y[a] == y[b])
+        rows.append(((not leak, same, -float(s), paths[a], paths[b]),
+                     DuplicatePair((paths[a], paths[b]), round(min(float(s), 1.0), 4), same,
+                                   (splits[a], splits[b]))))
+    rows.sort(key=lambda r: r[0])
+    return tuple(p for _, p in rows[:MAX_DUPLICATE_PAIRS])

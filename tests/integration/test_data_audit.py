@@ -1,0 +1,83 @@
+"""DataAudit's executor on hand-written Examples and bottlenecks (no backbone run):
+paths come from ImageExampleGen's records, augmented views are left out, planted
+flips and a leaked copy are found, and `retrain audit` reads a corrupt file in one line."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import audit_math, contracts, data_audit, feature_records
+from components.image_example_gen import _example
+
+LABELS = ["cat", "dog", "owl"]
+
+
+def _write(path, records):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for r in records:
+            w.write(r)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Examples + bottlenecks of 3 classes x 30 images; 3 flipped labels; a copy of
+    train image cat/3 filed as owl/copy.jpg in eval; 2 augmented views per train image."""
+    root = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(0)
+    centres = np.abs(rng.standard_normal((3, 128))) * 2
+    rows = []  # (split, label index, path, vector)
+    for c, name in enumerate(LABELS):
+        for i in range(30):
+            vec = np.abs(centres[c] + 1.5 * rng.standard_normal(128))
+            rows.append(("eval" if i % 4 == 0 else "train", c, f"{name}/{i}.png", vec))
+    flipped = {"dog/5.png": 0, "owl/7.png": 1, "cat/9.png": 2}
+    rows = [(s, flipped.get(p, c), p, v) for s, c, p, v in rows]
+    source = next(r for r in rows if r[2] == "cat/3.png")
+    assert source[0] == "train"
+    rows.append(("eval", 2, "owl/copy.jpg", source[3] * 0.97 + 0.02 * rng.random(128)))
+    examples, bottlenecks = root / "examples", root / "bottlenecks"
+    for split in ("train", "eval"):
+        mine = [r for r in rows if r[0] == split]
+        shas = [f"{hash(r[2]) & 0xFFFFFFFF:064x}" for r in mine]
+        _write(str(examples / f"Split-{split}" / "data.gz"), [_example({
+            "image": b"png", "label": c, "label_name": LABELS[c], "relpath": p, "height": 8,
+            "width": 8, "sha256": sha}).SerializeToString() for (_, c, p, _), sha in zip(mine, shas)])
+        views = 2 if split == "train" else 0
+        _write(str(bottlenecks / f"Split-{split}" / "bottlenecks.gz"), [
+            feature_records.bottleneck_example(
+                {"label": c, "sha": sha, "view": view},
+                (v if view == 0 else rng.random(128)).astype("<f4").tobytes())
+            for (_, c, _, v), sha in zip(mine, shas) for view in range(views + 1)])
+    return examples, bottlenecks, flipped
+
+
+def test_audit_finds_flips_and_ranks_the_leaked_copy_first(artifacts, tmp_path):
+    examples, bottlenecks, flipped = artifacts
+    result = data_audit.run_audit(str(bottlenecks), str(examples), ["train", "eval"], LABELS, 20)
+    assert result["images"] == 91  # views > 0 left out
+    top = [s["path"] for s in result["suspected_mislabels"][:6]]
+    assert len(set(top) & set(flipped)) >= 2
+    assert all(0 <= s["score"] <= 1 for s in result["suspected_mislabels"])
+    assert len(result["suspected_mislabels"]) >= int(np.ceil(0.05 * 91))
+    first = result["near_duplicates"][0]
+    assert first["paths"] == ["cat/3.png", "owl/copy.jpg"] and first["splits"] == ["train", "eval"]
+    assert first["same_label"] is False and first["similarity"] >= audit_math.DUPLICATE_THRESHOLD
+    assert result["small_classes"] == {} and result["label_names"] == LABELS
+    data_audit.write_audit(str(tmp_path), result)
+    assert json.loads((tmp_path / contracts.AUDIT_FILE).read_text()) == result
+
+
+def test_read_audit_refuses_a_corrupt_file_in_one_line(tmp_path):
+    from pipeline import audit_cli
+    assert audit_cli.read_audit(str(tmp_path)) is None  # no audit.json: none
+    (tmp_path / contracts.AUDIT_FILE).write_text("{not json")
+    with pytest.raises(audit_cli.AuditUnreadable, match="audit.json is not JSON"):
+        audit_cli.read_audit(str(tmp_path))
+    (tmp_path / contracts.AUDIT_FILE).write_text('{"suspected_mislabels": []}')
+    with pytest.raises(audit_cli.AuditUnreadable, match="lacks one of"):
+        audit_cli.read_audit(str(tmp_path))
+    assert audit_cli.summary_audit(str(tmp_path)) is None  # the run summary goes on without it
