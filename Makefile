@@ -41,8 +41,12 @@ demo: assets
 	$(VENV)/bin/retrain run --images "$$($(VENV)/bin/retrain fetch-data)" --workdir workdir
 
 # Every tier: tests/unit (no weights, no pipeline run), tests/integration, tests/e2e.
+# Two pytest-xdist workers, each given whole modules (--dist loadfile), so a
+# module's pipeline-run fixture runs once; e2e is collected first, so the longest
+# modules start first. TEST_WORKERS=1 runs them in one process.
+TEST_WORKERS ?= 2
 test: assets
-	$(VENV)/bin/python -m pytest -q --durations=15 tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
 
 # The edit-test loop: the unit tier needs no weights and no dataset.
 test-unit: $(STAMP)
