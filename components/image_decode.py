@@ -25,10 +25,10 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     # GIF and JPEG decoders refuse channels=4 ("JPEG does not support 4 channels"):
     # they have no alpha, so they are decoded as RGB and made opaque.
     magic = tf.strings.substr(image_bytes, 0, 3)
-    rgba = tf.case([(tf.equal(magic, b"GIF"), lambda: opaque(tf.io.decode_gif(image_bytes)[0])),
-                    (tf.equal(magic, b"\xff\xd8\xff"),
-                     lambda: opaque(tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")))],
-                   default=other, exclusive=True)
+    rgba = tf.cond(tf.equal(magic, b"GIF"), lambda: opaque(tf.io.decode_gif(image_bytes)[0]),
+                   lambda: tf.cond(tf.equal(magic, b"\xff\xd8\xff"), lambda: opaque(
+                       tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")),
+                       other))
     rgba = tf.cast(tf.ensure_shape(rgba, [None, None, 4]), tf.float32)
     alpha = rgba[..., 3:] / 255.0
     return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)

@@ -129,6 +129,7 @@ class RunRecord:
     trainer_settings: Dict[str, Any] = dataclasses.field(default_factory=dict)  # its custom_config
     outcome: Optional[str] = None  # recorded by the local runner when the run ended
     live: bool = False  # a live process holds the workdir for this run
+    ended_early: Optional[str] = None  # ChangeCheck's reason, when its gate skipped the rest
 
     @property
     def states(self) -> Dict[str, str]:
@@ -229,8 +230,8 @@ class _Reader:
         blessing = self.artifact("blessing", last=True)
         # The Trainer's model (registry lookups output a "model" too: the baseline's copy).
         model = self.artifact("model", "Trainer") or self.artifact("model", last=True)
-        evaluation = self.artifact("evaluation")
-        stats = self.artifact("statistics")
+        evaluation, stats = self.artifact("evaluation"), self.artifact("statistics")
+        check = self.artifact("result", contracts.CHANGE_CHECK)  # the registry path's gate
         uris = ArtifactUris(**{
             field: (a.uri if a is not None else None) for field, a in (
                 ("examples", examples), ("statistics", stats),
@@ -256,6 +257,7 @@ class _Reader:
                               and blessing.state != blessing.LIVE),
             trainer_settings=_json(self.exec_property("Trainer", "custom_config"), dict, {}),
             outcome=prop(self.run_ctx, contracts.RUN_OUTCOME_PROPERTY),
+            ended_early=prop(check, "reason") if check is not None and prop(check, "changed", 1) == 0 else None,
             live=workdir_lock.live_run_id(self.config.workdir) == self.run_ctx.name)
 
     def _push(self, read_files: bool) -> Optional[Push]:

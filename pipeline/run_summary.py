@@ -28,10 +28,12 @@ def summarize(record: RunRecord) -> Dict[str, Any]:
         "per_class": {name: _class_metrics(m, has_baseline)
                       for name, m in ev.per_class.items()} if ev else {},
         "pushed_variants": list(push.variants), "not_pushed": dict(push.not_pushed),
-        "not_pushed_reason": push.reason,
+        "not_pushed_reason": push.reason or record.ended_early,
         "seconds": record.seconds, "states": record.states,
         "label_names": list(record.label_names),
         "audit": audit_cli.summary_audit(record.uris.data_audit),
+        # The registry path's ChangeCheck stopped the run (kubeflow/change_gate.py).
+        **({"unchanged": True} if record.ended_early else {}),
     }
 
 

@@ -209,7 +209,7 @@ def test_beam_worker_processes_read_s3(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_pipeline_on_s3(s3, imagenet_weights, tmp_path):
+def test_local_pipeline_on_s3(s3, imagenet_weights, emoji_root, tmp_path):
     """pipeline/local_runner.py run end to end: images, pipeline root and serving
     dir on s3://, registry lookups (as on Kubeflow); only MLMD's SQLite is local."""
     work = tmp_path / "work"
@@ -231,10 +231,25 @@ def test_local_pipeline_on_s3(s3, imagenet_weights, tmp_path):
     report = os.path.basename(summary["report"])
     assert "could not be built" not in (work / "reports" / report).read_text()
     assert f"e2e/root/reports/{report}" in _keys(s3["client"], "e2e/root/reports/")
-    # A second run finds the first one's blessed model and feature cache in the registry.
+    # The same images again: ChangeCheck (registry lookups, kubeflow/change_gate.py)
+    # ends the run after ImageExampleGen; nothing is trained or pushed, and it says why.
+    same, seconds_same = _child(s3, "pipeline", spec, tmp_path / "run-same.log", timeout=900)
+    assert set(same["states"]) == {"ImageExampleGen", "change-check"}, same["states"]
+    assert same["unchanged"] and same["pushed_version"] is None, same
+    assert same["not_pushed_reason"].startswith("no new images since run "), same
+    assert _keys(s3["client"], "e2e/serving/") == serving
+    # One new image per class: a full run that finds the first one's blessed model and
+    # feature cache in the registry (the 24 earlier images' features are reused).
+    more = copy_subset(emoji_root, tmp_path / "more", CLASSES, per_class=13)
+    new = [f for f in sorted(more.glob("*/*"))
+           if f"images/{f.parent.name}/{f.name}" not in _keys(s3["client"], "images/")]
+    assert len(new) == 2
+    for f in new:
+        s3["client"].upload_file(str(f), BUCKET, f"images/{f.parent.name}/{f.name}")
     summary2, seconds2 = _child(s3, "pipeline", spec, tmp_path / "run2.log", timeout=900)
     assert summary2["baseline_accuracy"] is not None and summary2["cache_hits"] == 24, summary2
-    print(f"pipeline children: {seconds:.1f} s, {seconds2:.1f} s")
+    assert summary2["examples"]["train"] + summary2["examples"]["eval"] == 26
+    print(f"pipeline children: {seconds:.1f} s, {seconds_same:.1f} s, {seconds2:.1f} s")
 
 
 # ------------------------------------------------------ child process modes

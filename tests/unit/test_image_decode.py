@@ -63,3 +63,14 @@ def test_batch_of_mixed_formats():
     # after resizing: JPEG loss only (observed mean 0.5 levels; a wrong channel
     # order or a blank decode is tens of levels).
     assert np.abs(out[0] - out[1]).mean() < 2.0
+
+
+def test_decoding_needs_no_analysis_pass_in_transform():
+    """TFX runs Transform in place (no Beam pass over the images) only when tf.Transform
+    finds no input feeding an analyzer; a tf.case here made it report 'image'."""
+    import tensorflow_transform as tft
+
+    def preprocessing_fn(inputs):
+        return {"x": image_decode.decode_and_resize(inputs["image"], 8)}
+    spec = {"image": tf.TensorSpec([None], tf.string)}
+    assert tft.get_analyze_input_columns(preprocessing_fn, spec) == []
