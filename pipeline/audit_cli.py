@@ -128,10 +128,7 @@ def format_audit(run_id: str, audit: Dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="retrain")
-    handlers = register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return handlers[args.command](args)
+    return ops_cli.standalone(register, argv)
 
 
 if __name__ == "__main__":

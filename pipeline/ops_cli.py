@@ -175,12 +175,16 @@ def _bless_registry(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """These commands alone, as `retrain` parses them (for tests and `python -m`)."""
+def standalone(register_commands, argv=None) -> int:
+    """A module's commands alone, as `retrain` parses them (for tests and `python -m`)."""
     parser = argparse.ArgumentParser(prog="retrain")
-    handlers = register(parser.add_subparsers(dest="command", required=True))
+    handlers = register_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return handlers[args.command](args)
+
+
+def main(argv=None) -> int:
+    return standalone(register, argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ Imports no TensorFlow: a rerun that ends early takes about a second.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -160,6 +161,7 @@ def settings_digest(config: PipelineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)  # the source does not change under a running process
 def code_digest() -> str:
     digest = hashlib.sha256()
     for dist in LIBRARIES:
