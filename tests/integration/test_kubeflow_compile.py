@@ -316,6 +316,25 @@ def test_cli_compile_for_dataflow(tmp_path, capsys):
     assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
 
 
+def test_cli_compile_takes_the_local_class_weights_and_per_class_gate_flags(tmp_path, capsys):
+    """--class-weights and --max-class-recall-drop reach the spec as `retrain run` passes them."""
+    out_file = tmp_path / "pipeline.yaml"
+    code, _, err = _retrain(capsys, "compile", "--output", out_file, "--image", IMAGE,
+                            "--pipeline-root", ROOT, "--labels", "dog,cat",
+                            "--class-weights", "balanced", "--max-class-recall-drop", "0.05")
+    assert code == 0, err
+    tasks = yaml.safe_load(out_file.read_text())["root"]["dag"]["tasks"]
+
+    def constant(task, name):
+        return tasks[task]["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+    assert json.loads(constant("Trainer", "custom_config"))["class_weights"] == "balanced"
+    import tensorflow_model_analysis as tfma
+    from google.protobuf import json_format
+    from components import evaluation
+    config = json_format.Parse(constant("Evaluator", "eval_config"), tfma.EvalConfig())
+    assert evaluation.gate_thresholds(config)["max_class_recall_drop"] == 0.05
+
+
 def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, capsys, monkeypatch):
     checked = []
     real = runner.check_resolvers
