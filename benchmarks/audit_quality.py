@@ -128,7 +128,8 @@ TRANSFORMS = [(0.75, 85), (0.5, 90), (1.5, 75), (0.9, 60), (0.6, 80)]  # (scale,
 
 def plant_copies(encoded, sources):
     """Resized JPEG copies of encoded[i] for i in sources, cycling through TRANSFORMS."""
-    return [resized_copy(encoded[i], *TRANSFORMS[t % len(TRANSFORMS)]) for t, i in enumerate(sources)]
+    return [resized_copy(encoded[i], *TRANSFORMS[t % len(TRANSFORMS)])
+            for t, i in enumerate(sources)]
 
 
 def _pixel_rms(sig_a, sig_b) -> tuple:
@@ -146,35 +147,34 @@ def calibration(originals, copies: int, seed: int = 1) -> dict:
     encoded = list(originals) + plant_copies(originals, sources)
     unit = audit_math.normalize(features(encoded))
     sigs = [pixel_signature.signature(b) for b in encoded]
-    pixels = audit_math.Pixels.of(sigs)
-    rows = []
-    for t, i in enumerate(sources):
-        rows.append({"transform": TRANSFORMS[t % len(TRANSFORMS)], "cosine": round(float(unit[i] @ unit[n + t]), 3),
-                     "pixel_rms": _pixel_rms(sigs[i], sigs[n + t])})
-    closest = []  # different originals above the candidate cosine: (max of rms / bound, pair)
+    px = audit_math.Pixels.of(sigs[:n])
+    rows = [{"transform": TRANSFORMS[t % len(TRANSFORMS)],
+             "cosine": round(float(unit[i] @ unit[n + t]), 3),
+             "pixel_rms": _pixel_rms(sigs[i], sigs[n + t])} for t, i in enumerate(sources)]
+    closest = []  # pairs of different originals above the candidate cosine
+    grey_sq, colour_sq = (px.grey ** 2).sum(1), (px.colour ** 2).sum(1)
     for start in range(0, n, audit_math.BLOCK):
-        s = unit[start:start + audit_math.BLOCK] @ unit[:n].T
-        grey = pixel_signature.rms_block(pixels.grey[start:start + audit_math.BLOCK], pixels.grey[:n],
-                                         (pixels.grey[:n] ** 2).sum(1))
-        colour = pixel_signature.rms_block(pixels.colour[start:start + audit_math.BLOCK],
-                                           pixels.colour[:n], (pixels.colour[:n] ** 2).sum(1))
+        stop = min(start + audit_math.BLOCK, n)
+        s = unit[start:stop] @ unit[:n].T
+        grey = pixel_signature.rms_block(px.grey[start:stop], px.grey, grey_sq)
+        colour = pixel_signature.rms_block(px.colour[start:stop], px.colour, colour_sq)
         i, j = np.nonzero(s >= audit_math.CANDIDATE_THRESHOLD)
-        keep = i + start < j
-        for a, b in zip(i[keep], j[keep]):
-            ratio = max(grey[a, b] / audit_math.PIXEL_GREY_RMS, colour[a, b] / audit_math.PIXEL_COLOUR_RMS)
-            closest.append((float(ratio), int(a + start), int(b), float(s[a, b]), float(grey[a, b]),
-                            float(colour[a, b])))
-    closest.sort()
-    found = [r for r in rows if r["cosine"] >= audit_math.CANDIDATE_THRESHOLD
-             and r["pixel_rms"][0] <= audit_math.PIXEL_GREY_RMS and r["pixel_rms"][1] <= audit_math.PIXEL_COLOUR_RMS]
-    return {"copies": len(rows), "copies_passing_rule": len(found),
+        for a, b in zip(i[i + start < j], j[i + start < j]):
+            closest.append((max(grey[a, b] / audit_math.PIXEL_GREY_RMS,
+                                colour[a, b] / audit_math.PIXEL_COLOUR_RMS),
+                            {"indices": [int(a + start), int(b)],
+                             "cosine": round(float(s[a, b]), 3),
+                             "grey_rms": round(float(grey[a, b]), 2),
+                             "colour_rms": round(float(colour[a, b]), 2)}))
+    closest.sort(key=lambda c: c[0])
+    passing = [r for r in rows if audit_math.pixel_rule(r["cosine"], *r["pixel_rms"])]
+    return {"copies": len(rows), "copies_passing_rule": len(passing),
             "copy_cosine_min": min(r["cosine"] for r in rows),
             "copy_grey_rms_max": max(r["pixel_rms"][0] for r in rows),
             "copy_colour_rms_max": max(r["pixel_rms"][1] for r in rows),
             "different_pairs_above_candidate_cosine": len(closest),
-            "different_pairs_passing_rule": sum(1 for c in closest if c[0] <= 1.0),
-            "closest_different": [{"indices": [a, b], "cosine": round(c, 3), "grey_rms": round(g, 2),
-                                   "colour_rms": round(co, 2)} for _, a, b, c, g, co in closest[:5]]}
+            "different_pairs_passing_rule": sum(1 for ratio, _ in closest if ratio <= 1.0),
+            "closest_different": [pair for _, pair in closest[:5]]}
 
 
 def evaluate(name: str, images, copies: int, seed: int = 0, calibration_copies: int = 0) -> dict:
@@ -216,7 +216,8 @@ def evaluate(name: str, images, copies: int, seed: int = 0, calibration_copies: 
               "signature_seconds": round(signature_s, 3),
               "copy_similarities": [{"scale": t[0], "jpeg_quality": t[1], "similarity": round(s, 4),
                                      "pixel_rms": _pixel_rms(signatures[i], signatures[n + k])}
-                                    for k, (t, s, i) in enumerate(zip(transform_of, copy_sims, sources))],
+                                    for k, (t, s, i) in enumerate(
+                                        zip(transform_of, copy_sims, sources))],
               "nearest_other_image_similarity": {
                   q: round(float(np.quantile(nn_sims[:, 0], float(q))), 4)
                   for q in ("0.5", "0.9", "0.99", "0.999", "1.0")},
@@ -266,7 +267,8 @@ def timing(n: int, dim: int = 1024, classes: int = 10) -> dict:
     for method in audit_math.METHODS:
         tracemalloc.start()
         start = time.perf_counter()
-        audit_math.audit(vectors, labels, splits, paths, names, method=method, signatures=signatures)
+        audit_math.audit(vectors, labels, splits, paths, names, method=method,
+                         signatures=signatures)
         out[method] = {"seconds": round(time.perf_counter() - start, 2),
                        "peak_mib": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
         tracemalloc.stop()
@@ -280,7 +282,8 @@ def signature_cost(repeat: int = 5) -> dict:
     from the stored bytes: a 12 MP JPEG (decoded at a reduced scale) and a 3 MP PNG."""
     rng = np.random.default_rng(0)
     out = {}
-    for name, (w, h), fmt in (("jpeg_4000x3000", (4000, 3000), "JPEG"), ("png_2000x1500", (2000, 1500), "PNG")):
+    for name, (w, h), fmt in (("jpeg_4000x3000", (4000, 3000), "JPEG"),
+                              ("png_2000x1500", (2000, 1500), "PNG")):
         base = rng.integers(0, 256, (h // 50, w // 50, 3), dtype=np.uint8)
         img = Image.fromarray(base).resize((w, h), Image.BICUBIC)  # smooth, photo-like
         buf = io.BytesIO()

@@ -123,6 +123,12 @@ class Pixels:
         return cls(grey, colour, has)
 
 
+def pixel_rule(cosine, grey_rms, colour_rms):
+    """Whether two images with pixel signatures are copies of one picture (elementwise)."""
+    return ((np.asarray(cosine) >= CANDIDATE_THRESHOLD) & (np.asarray(grey_rms) <= PIXEL_GREY_RMS)
+            & (np.asarray(colour_rms) <= PIXEL_COLOUR_RMS))
+
+
 def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int = BLOCK,
                          pixels: Optional[Pixels] = None
                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,8 +162,7 @@ def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int 
             grey = pixel_signature.rms_block(pixels.grey[start:stop], pixels.grey, grey_sq)
             colour = pixel_signature.rms_block(pixels.colour[start:stop], pixels.colour, colour_sq)
             both = pixels.has[start:stop, None] & pixels.has[None, :]
-            checked = (s >= CANDIDATE_THRESHOLD) & (grey <= PIXEL_GREY_RMS) & (colour <= PIXEL_COLOUR_RMS)
-            dup = np.where(both, checked, dup)
+            dup = np.where(both, pixel_rule(s, grey, colour), dup)
             grey[~both] = colour[~both] = np.nan
         i, j = np.nonzero(dup)
         i = i + start

@@ -4,8 +4,9 @@ Runs after BottleneckGen on its ``bottlenecks`` (train + eval; the plain view
 only when augmented views exist) and on ImageExampleGen's ``examples``, which
 map each image's content hash to its path under the images root (as in the
 ingestion report) and hold its pixels, from which a 16 x 16 thumbnail
-(components/pixel_signature.py) confirms near-duplicate pairs. The arithmetic is numpy (components/audit_math.py); the
-vectors are already computed, so the audit costs seconds.
+(components/pixel_signature.py) confirms near-duplicate pairs. The arithmetic
+is numpy (components/audit_math.py); the vectors are already computed, so the
+audit costs seconds.
 
 Output ``data_audit`` (type components.DataAuditReport) holds ``audit.json``:
 audit_math.Audit.to_json() plus ``label_names``.

@@ -1,6 +1,7 @@
 """DataAudit's executor on hand-written Examples and bottlenecks (no backbone run):
 paths and pixels come from ImageExampleGen's records, augmented views are left out,
-planted flips and a leaked copy are found, a lookalike vector with other pixels is not, and `retrain audit` reads a corrupt file in one line."""
+planted flips and a leaked copy are found, a lookalike vector with other pixels is
+not, and `retrain audit` reads a corrupt file in one line."""
 
 import io
 import json
