@@ -12,12 +12,15 @@ path, `audit()` finds
       - "knn+logreg" (DEFAULT_METHOD): the mean of the two. Measured by
         benchmarks/audit_quality.py on planted flips, it found more than either
         alone on both datasets (docs/operations.md, "Data audit").
-  * near-duplicates: pairs of different images whose cosine similarity is at
-    least DUPLICATE_THRESHOLD, leakage (train vs eval) and cross-label pairs
-    first. The threshold is calibrated in the benchmark: resized JPEG copies of
-    photo-like images score above it, different Fashion-MNIST images below;
-    small flat icons (emoji) often score under it when shrunk, and design
-    variants of one emoji above it (a limit of backbone features);
+  * near-duplicates: pairs of different images, leakage (train vs eval) and
+    cross-label pairs first. Two images with pixel signatures
+    (components/pixel_signature.py) pair when their cosine similarity is at
+    least CANDIDATE_THRESHOLD and their 16 x 16 grey and 8 x 8 colour
+    thumbnails differ by at most PIXEL_GREY_RMS and PIXEL_COLOUR_RMS: the
+    cosine alone confuses shrunk copies of small images (0.78-0.96) with
+    design variants (clock faces > 0.95). An image without a signature (its
+    pixels could not be read) pairs on cosine >= DUPLICATE_THRESHOLD alone.
+    All four numbers are calibrated by benchmarks/audit_quality.py;
   * small classes: fewer than MIN_CLASS_IMAGES images (retrain.py's warning).
 
 Similarities come from blocked matrix products (BLOCK rows at a time): memory
@@ -27,16 +30,21 @@ is O(BLOCK x N), never N x N.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from components import pixel_signature
 
 DEFAULT_METHOD = "knn+logreg"
 METHODS = ("knn", "logreg", "knn+logreg")
 NEIGHBOURS = 10
 FOLDS = 5
 BLOCK = 512
-DUPLICATE_THRESHOLD = 0.95
+DUPLICATE_THRESHOLD = 0.95     # cosine alone, for pairs without both pixel signatures
+CANDIDATE_THRESHOLD = 0.75     # cosine, for pairs the pixel check confirms
+PIXEL_GREY_RMS = 8.0           # 16 x 16 grey thumbnails' RMS difference (0..255), at most
+PIXEL_COLOUR_RMS = 8.0         # 8 x 8 colour thumbnails' RMS difference (0..255), at most
 MIN_CLASS_IMAGES = 20          # retrain.py warned below this many images per class
 MIN_SUSPECT_SHARE = 0.05       # list at least the top 5 % of the images ...
 SUSPECT_SCORE = 0.5            # ... or every image scoring at least this, whichever is longer
@@ -57,6 +65,7 @@ class DuplicatePair:
     similarity: float
     same_label: bool
     splits: Tuple[str, str]
+    pixel_rms: Optional[Tuple[float, float]] = None  # (grey, colour); None: cosine alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,17 +78,23 @@ class Audit:
     duplicate_threshold: float
     min_class_images: int
     duplicate_pairs_found: int             # before the MAX_DUPLICATE_PAIRS cut
+    images_with_pixels: int = 0            # images the pixel check could use
 
     def to_json(self) -> dict:
         return {
             "suspected_mislabels": [dataclasses.asdict(s) for s in self.suspected_mislabels],
             "near_duplicates": [{"paths": list(p.paths), "similarity": p.similarity,
-                                 "same_label": p.same_label, "splits": list(p.splits)}
+                                 "same_label": p.same_label, "splits": list(p.splits),
+                                 "pixel_rms": list(p.pixel_rms) if p.pixel_rms else None}
                                 for p in self.near_duplicates],
             "small_classes": dict(self.small_classes), "images": self.images,
             "method": self.method, "duplicate_threshold": self.duplicate_threshold,
             "min_class_images": self.min_class_images,
             "duplicate_pairs_found": self.duplicate_pairs_found,
+            "duplicate_rule": {"candidate_threshold": CANDIDATE_THRESHOLD,
+                               "pixel_grey_rms": PIXEL_GREY_RMS,
+                               "pixel_colour_rms": PIXEL_COLOUR_RMS,
+                               "images_with_pixels": self.images_with_pixels},
         }
 
 
@@ -90,16 +105,46 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int = BLOCK
+@dataclasses.dataclass(frozen=True)
+class Pixels:
+    """The pixel check's inputs: thumbnails of every image (zeros where `has` is False)."""
+    grey: np.ndarray     # [N, 256] float32
+    colour: np.ndarray   # [N, 192] float32
+    has: np.ndarray      # [N] bool: a signature could be read
+
+    @classmethod
+    def of(cls, signatures: Sequence[Optional[np.ndarray]]) -> "Pixels":
+        has = np.array([sig is not None for sig in signatures], dtype=bool)
+        rows = np.zeros((len(signatures), pixel_signature.DIM), dtype=np.uint8)
+        for i, sig in enumerate(signatures):
+            if sig is not None:
+                rows[i] = sig
+        grey, colour = pixel_signature.views(rows)
+        return cls(grey, colour, has)
+
+
+def pixel_rule(cosine, grey_rms, colour_rms):
+    """Whether two images with pixel signatures are copies of one picture (elementwise)."""
+    return ((np.asarray(cosine) >= CANDIDATE_THRESHOLD) & (np.asarray(grey_rms) <= PIXEL_GREY_RMS)
+            & (np.asarray(colour_rms) <= PIXEL_COLOUR_RMS))
+
+
+def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int = BLOCK,
+                         pixels: Optional[Pixels] = None
                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices [N, k], similarities [N, k]) of each row's k nearest other rows,
-    most similar first, and the pairs (i < j, similarity) at or above `threshold`
-    as an [M, 3] array. One BLOCK x N product at a time."""
+    most similar first, and the near-duplicate pairs as an [M, 5] array of
+    (i < j, similarity, grey RMS, colour RMS): pairs at or above `threshold`,
+    except that two images with `pixels` pair by the pixel check instead
+    (cosine >= CANDIDATE_THRESHOLD and both thumbnail differences within
+    bounds); RMS is NaN for a pair by cosine alone. One BLOCK x N product at a time."""
     n = unit.shape[0]
     k = max(0, min(k, n - 1))
     idx = np.zeros((n, k), dtype=np.int64)
     sims = np.zeros((n, k), dtype=np.float32)
     pairs: List[np.ndarray] = []
+    if pixels is not None:
+        grey_sq, colour_sq = (pixels.grey ** 2).sum(axis=1), (pixels.colour ** 2).sum(axis=1)
     for start in range(0, n, block):
         stop = min(start + block, n)
         s = unit[start:stop] @ unit.T                       # [b, N]
@@ -111,12 +156,22 @@ def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int 
             order = np.argsort(-top_s, axis=1, kind="stable")
             idx[start:stop] = np.take_along_axis(top, order, axis=1)
             sims[start:stop] = np.take_along_axis(top_s, order, axis=1)
-        i, j = np.nonzero(s >= threshold)
+        dup = s >= threshold
+        grey = colour = np.full_like(s, np.nan)
+        if pixels is not None:
+            grey = pixel_signature.rms_block(pixels.grey[start:stop], pixels.grey, grey_sq)
+            colour = pixel_signature.rms_block(pixels.colour[start:stop], pixels.colour, colour_sq)
+            both = pixels.has[start:stop, None] & pixels.has[None, :]
+            dup = np.where(both, pixel_rule(s, grey, colour), dup)
+            grey[~both] = colour[~both] = np.nan
+        i, j = np.nonzero(dup)
         i = i + start
         keep = i < j
-        if keep.any():
-            pairs.append(np.stack([i[keep], j[keep], s[i[keep] - start, j[keep]]], axis=1))
-    found = np.concatenate(pairs) if pairs else np.zeros((0, 3))
+        i, j = i[keep], j[keep]
+        if len(i):
+            pairs.append(np.stack([i, j, s[i - start, j], grey[i - start, j], colour[i - start, j]],
+                                  axis=1))
+    found = np.concatenate(pairs) if pairs else np.zeros((0, 5))
     return idx, sims, found
 
 
@@ -202,30 +257,38 @@ def suspect_count(scores: np.ndarray) -> int:
 def audit(vectors: np.ndarray, labels: Sequence[int], splits: Sequence[str],
           paths: Sequence[str], label_names: Sequence[str], method: str = DEFAULT_METHOD,
           duplicate_threshold: float = DUPLICATE_THRESHOLD,
-          min_class_images: int = MIN_CLASS_IMAGES, block: int = BLOCK) -> Audit:
-    """The audit of N images: vectors [N, D], label indices into label_names."""
+          min_class_images: int = MIN_CLASS_IMAGES, block: int = BLOCK,
+          signatures: Optional[Sequence[Optional[np.ndarray]]] = None) -> Audit:
+    """The audit of N images: vectors [N, D], label indices into label_names;
+    signatures: each image's pixel_signature.signature() (None: unreadable), or
+    None for none at all (near-duplicates by cosine alone)."""
     if method not in METHODS:
         raise ValueError(f"audit method must be one of {METHODS}, got {method!r}")
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     if not (len(vectors) == len(splits) == len(paths) == n):
         raise ValueError("vectors, labels, splits and paths differ in length")
+    if signatures is not None and len(signatures) != n:
+        raise ValueError("signatures and labels differ in length")
+    pixels = Pixels.of(signatures) if signatures is not None else None
+    with_pixels = int(pixels.has.sum()) if pixels is not None else 0
     if n and (y.min() < 0 or y.max() >= len(label_names)):
         raise ValueError(f"a label index is outside the {len(label_names)} label names")
     classes = len(label_names)
     counts = np.bincount(y, minlength=classes) if n else np.zeros(classes, dtype=np.int64)
     small = {label_names[c]: int(counts[c]) for c in range(classes) if counts[c] < min_class_images}
     if n < 2:
-        return Audit((), (), small, n, method, duplicate_threshold, min_class_images, 0)
+        return Audit((), (), small, n, method, duplicate_threshold, min_class_images, 0,
+                     with_pixels)
     unit = normalize(np.asarray(vectors).reshape(n, -1))
-    idx, sims, pairs = neighbours_and_pairs(unit, NEIGHBOURS, duplicate_threshold, block)
+    idx, sims, pairs = neighbours_and_pairs(unit, NEIGHBOURS, duplicate_threshold, block, pixels)
     score, suggested = mislabel_scores(method, unit, idx, sims, y, classes)
     order = np.lexsort((np.asarray(paths), -score))  # most suspicious first, then by path
     suspects = tuple(Suspect(paths[i], label_names[y[i]], label_names[suggested[i]],
                              round(float(score[i]), 4))
                      for i in order[:suspect_count(score)])
     return Audit(suspects, _ranked_pairs(pairs, y, splits, paths, label_names) if len(pairs) else (),
-                 small, n, method, duplicate_threshold, min_class_images, len(pairs))
+                 small, n, method, duplicate_threshold, min_class_images, len(pairs), with_pixels)
 
 
 def _ranked_pairs(pairs: np.ndarray, y: np.ndarray, splits: Sequence[str], paths: Sequence[str],
@@ -233,12 +296,13 @@ def _ranked_pairs(pairs: np.ndarray, y: np.ndarray, splits: Sequence[str], paths
     """Leakage (train vs eval) first, then cross-label, then by similarity."""
     del label_names
     rows = []
-    for i, j, s in pairs:
+    for i, j, s, grey, colour in pairs:
         i, j = int(i), int(j)
+        rms = None if np.isnan(grey) else (round(float(grey), 2), round(float(colour), 2))
         a, b = sorted([i, j], key=lambda t: paths[t])
         leak, same = splits[a] != splits[b], bool(y[a] == y[b])
         rows.append(((not leak, same, -float(s), paths[a], paths[b]),
                      DuplicatePair((paths[a], paths[b]), round(min(float(s), 1.0), 4), same,
-                                   (splits[a], splits[b]))))
+                                   (splits[a], splits[b]), rms)))
     rows.sort(key=lambda r: r[0])
     return tuple(p for _, p in rows[:MAX_DUPLICATE_PAIRS])

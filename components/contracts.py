@@ -50,6 +50,9 @@ COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version
 GATE_FILE = "gate.json"                # the Evaluator's thresholds, in its `evaluation` output
 LABEL_CHECK_FILE = "label_check.json"  # LabelGuard's verdict, in its `label_check` output
 AUDIT_FILE = "audit.json"              # DataAudit's findings, in its `data_audit` output
+# How the Evaluator's per-class recall gate (--max-class-recall-drop) words a refusal
+# (components/evaluation.py); `retrain runs` and the report pick these lines out.
+CLASS_RECALL_FAILURE_PREFIX = "recall of class "
 TRAINING_DIR = "training"              # in the Trainer's model_run output: logs and history
 TRAINING_HISTORY_FILE = "history.json" # loss and metrics per epoch, under TRAINING_DIR
 BLESSED_FILE = "BLESSED"               # TFX's marker in a blessed ModelBlessing's folder

@@ -3,8 +3,10 @@
 Runs after BottleneckGen on its ``bottlenecks`` (train + eval; the plain view
 only when augmented views exist) and on ImageExampleGen's ``examples``, which
 map each image's content hash to its path under the images root (as in the
-ingestion report). The arithmetic is numpy (components/audit_math.py); the
-vectors are already computed, so the audit costs seconds.
+ingestion report) and hold its pixels, from which a 16 x 16 thumbnail
+(components/pixel_signature.py) confirms near-duplicate pairs. The arithmetic
+is numpy (components/audit_math.py); the vectors are already computed, so the
+audit costs seconds.
 
 Output ``data_audit`` (type components.DataAuditReport) holds ``audit.json``:
 audit_math.Audit.to_json() plus ``label_names``.
@@ -12,9 +14,11 @@ audit_math.Audit.to_json() plus ``label_names``.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -24,9 +28,10 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import audit_math, contracts, image_example_gen
+from components import audit_math, contracts, image_example_gen, pixel_signature
 
 READ_BATCH = 1024
+SIGNATURE_THREADS = min(4, os.cpu_count() or 1)
 
 
 class DataAuditReport(Artifact):
@@ -42,28 +47,57 @@ class DataAuditSpec(ComponentSpec):
     OUTPUTS = {"data_audit": ChannelParameter(type=DataAuditReport)}
 
 
-def _records(uri: str, split: str) -> tf.data.Dataset:
+def split_records(uri: str, split: str) -> tf.data.Dataset:
     files = tf.io.gfile.glob(os.path.join(uri, f"Split-{split}", "*"))
     return tf.data.TFRecordDataset(sorted(files), compression_type="GZIP").batch(READ_BATCH)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    path: str                                # under the images root
+    signature: Optional[np.ndarray]          # pixel_signature.signature(); None: unreadable
+
+
+def _example_fields(examples_uri: str, splits: List[str], keys: Tuple[str, ...]):
+    """Yields each Example's `keys` (bytes features) as a tuple, over `splits`."""
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in keys}
+    for split in splits:
+        for batch in split_records(examples_uri, split):
+            parsed = tf.io.parse_example(batch, spec)
+            yield from zip(*(parsed[k].numpy() for k in keys))
+
+
 def read_paths(examples_uri: str, splits: List[str]) -> Dict[str, str]:
     """content sha256 -> path under the images root, from ImageExampleGen's Examples."""
-    spec = {contracts.CONTENT_SHA256_KEY: tf.io.FixedLenFeature([], tf.string),
-            contracts.RELATIVE_PATH_KEY: tf.io.FixedLenFeature([], tf.string)}
-    found: Dict[str, str] = {}
-    for split in splits:
-        for batch in _records(examples_uri, split):
-            parsed = tf.io.parse_example(batch, spec)
-            for sha, path in zip(parsed[contracts.CONTENT_SHA256_KEY].numpy(),
-                                 parsed[contracts.RELATIVE_PATH_KEY].numpy()):
-                found[sha.decode()] = path.decode("utf-8", "replace")
+    return {sha.decode(): path.decode("utf-8", "replace") for sha, path in _example_fields(
+        examples_uri, splits, (contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY))}
+
+
+def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
+    """content sha256 -> path and pixel signature, from the canonical image bytes
+    ImageExampleGen stored. Signatures are computed READ_BATCH images at a time on
+    a few threads (Pillow decodes without the GIL): 18 ms for a 12 MP JPEG here,
+    a fifth of the ingestion's own decode of it (benchmarks/audit_quality.py)."""
+    keys = (contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY, contracts.IMAGE_KEY)
+    found: Dict[str, ImageInfo] = {}
+    batch: List[Tuple[bytes, bytes, bytes]] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=SIGNATURE_THREADS) as pool:
+        def flush():
+            for (sha, path, _), sig in zip(batch, pool.map(pixel_signature.signature,
+                                                            [b[2] for b in batch])):
+                found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
+            batch.clear()
+        for row in _example_fields(examples_uri, splits, keys):
+            batch.append(row)
+            if len(batch) >= READ_BATCH:
+                flush()
+        flush()
     return found
 
 
 def read_vectors(bottlenecks_uri: str, split: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """(features [N, D], labels [N], content hashes) of a split's plain view (view 0)."""
-    first = next(iter(_records(bottlenecks_uri, split).unbatch().take(1)), None)
+    first = next(iter(split_records(bottlenecks_uri, split).unbatch().take(1)), None)
     if first is None:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), []
     dim = len(tf.train.Example.FromString(first.numpy())
@@ -73,7 +107,7 @@ def read_vectors(bottlenecks_uri: str, split: str) -> Tuple[np.ndarray, np.ndarr
             contracts.CONTENT_SHA256_KEY: tf.io.FixedLenFeature([], tf.string),
             "view": tf.io.FixedLenFeature([], tf.int64, default_value=0)}
     feats, labels, shas = [], [], []
-    for batch in _records(bottlenecks_uri, split):
+    for batch in split_records(bottlenecks_uri, split):
         parsed = tf.io.parse_example(batch, spec)
         plain = parsed["view"].numpy() == 0
         feats.append(parsed[contracts.FEATURES_KEY].numpy()[plain])
@@ -85,8 +119,8 @@ def read_vectors(bottlenecks_uri: str, split: str) -> Tuple[np.ndarray, np.ndarr
 def run_audit(bottlenecks_uri: str, examples_uri: str, splits: List[str],
               label_names: List[str], min_class_images: int) -> dict:
     """The audit.json object of one run's bottlenecks."""
-    paths = read_paths(examples_uri, splits)
-    vectors, labels, split_of, rel = [], [], [], []
+    images = read_images(examples_uri, splits)
+    vectors, labels, split_of, rel, signatures = [], [], [], [], []
     for split in splits:
         x, y, shas = read_vectors(bottlenecks_uri, split)
         if not len(y):
@@ -94,10 +128,13 @@ def run_audit(bottlenecks_uri: str, examples_uri: str, splits: List[str],
         vectors.append(x)
         labels.append(y)
         split_of += [split] * len(y)
-        rel += [paths.get(sha, f"sha256:{sha}") for sha in shas]  # foreign Examples: the hash
+        info = [images.get(sha) for sha in shas]
+        rel += [i.path if i else f"sha256:{sha}" for i, sha in zip(info, shas)]  # foreign: the hash
+        signatures += [i.signature if i else None for i in info]
     x = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
     y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    audit = audit_math.audit(x, y, split_of, rel, label_names, min_class_images=min_class_images)
+    audit = audit_math.audit(x, y, split_of, rel, label_names, min_class_images=min_class_images,
+                             signatures=signatures)
     return {**audit.to_json(), "label_names": list(label_names)}
 
 

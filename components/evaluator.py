@@ -91,6 +91,33 @@ def features_eval_config(eval_config_json: str) -> str:
     return proto_utils.proto_to_json(config)
 
 
+def eval_class_ids(examples: List[types.Artifact]) -> List[int]:
+    """The labels present in the eval split of `examples` (ImageExampleGen's images or
+    BottleneckGen's features: both carry contracts.LABEL_KEY)."""
+    import tensorflow as tf
+
+    from components import data_audit
+    spec = {contracts.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    found = set()
+    for batch in data_audit.split_records(examples[0].uri, EVAL_SPLIT):
+        found.update(int(v) for v in tf.io.parse_example(batch, spec)[contracts.LABEL_KEY].numpy())
+    return sorted(found)
+
+
+def gate_present_classes(eval_config_json: str, examples: List[types.Artifact]) -> str:
+    """The eval config with the per-class recall gate (if on) limited to the classes
+    that have eval examples (components/evaluation.keep_class_recall_classes)."""
+    import tensorflow_model_analysis as tfma
+
+    from components import evaluation
+    config = tfma.EvalConfig()
+    proto_utils.json_to_proto(eval_config_json, config)
+    if not any(evaluation.is_class_recall(m) for spec in config.metrics_specs for m in spec.metrics):
+        return eval_config_json  # gate off: the config as given
+    evaluation.keep_class_recall_classes(config, eval_class_ids(examples))
+    return proto_utils.proto_to_json(config)
+
+
 @as_resolved("baseline_model")
 class EvaluatorExecutor(evaluator_executor.Executor):
     """TFX's Evaluator, but a lookup's "nothing found" baseline counts as none,
@@ -114,6 +141,9 @@ class EvaluatorExecutor(evaluator_executor.Executor):
         if chosen.features:
             input_dict["examples"] = features
             exec_properties["eval_config"] = features_eval_config(exec_properties["eval_config"])
+        if exec_properties.get("eval_config") and input_dict.get("examples"):
+            exec_properties["eval_config"] = gate_present_classes(
+                exec_properties["eval_config"], input_dict["examples"])
         result = super().Do(input_dict, output_dict, exec_properties)
         if output_dict.get("evaluation"):
             evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])

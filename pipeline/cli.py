@@ -27,7 +27,8 @@ from pipeline import beam_flags, config_flags  # TF-free; pipeline/__init__.py h
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # PipelineConfig fields `retrain run` takes as flags (pipeline/config_flags.py).
-RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "eval_percent",
+RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "max_class_recall_drop",
+             "eval_percent",
              "min_images_per_class", "epochs", "seed", "class_weights", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",

@@ -104,6 +104,9 @@ class PipelineConfig:
     # a coin on two classes) and >= the blessed baseline's minus max_accuracy_drop.
     min_accuracy: float = 0.5
     max_accuracy_drop: float = 0.01
+    # Opt-in per-class gate: refuse a candidate whose recall on any class drops by
+    # more than this against the baseline (components/evaluation.py); None: off.
+    max_class_recall_drop: Optional[float] = None
     # TFLite (components/tflite/variants.py): variants converted and, when they
     # meet their parity bound, pushed; parity_bounds overrides per variant the
     # minimum top-1 agreement with the SavedModel (variants.DEFAULT_PARITY_BOUNDS);
@@ -177,6 +180,8 @@ class PipelineConfig:
             return f"min_accuracy must be between 0 and 1, got {self.min_accuracy}"
         if self.max_accuracy_drop < 0:
             return f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"
+        if self.max_class_recall_drop is not None and not 0.0 <= self.max_class_recall_drop <= 1.0:
+            return f"max_class_recall_drop must be between 0 and 1, got {self.max_class_recall_drop}"
         if self.epochs < 1 or self.batch_size < 1:
             return "epochs and batch_size must be >= 1"
         if not 0.0 < self.max_class_share_change <= 1.0:

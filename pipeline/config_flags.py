@@ -38,6 +38,8 @@ FLAGS: Dict[str, Flag] = {f.field: f for f in (
     Flag("--min-images-per-class", "min_images_per_class", "fewest images a class may have"),
     Flag("--epochs", "epochs", "most epochs of head training (early stopping may end it sooner)"),
     Flag("--seed", "seed", "random seed of head training"),
+    Flag("--max-class-recall-drop", "max_class_recall_drop",
+         "refuse a candidate whose recall on any class drops by more than this against the baseline"),
     Flag("--class-weights", "class_weights",
          "none, or balanced: weigh each class's loss by images / (classes x the class's images)"),
     Flag("--allow-label-change", "allow_label_change",
@@ -78,11 +80,19 @@ def default(field: str) -> Any:
 
 
 def _kind(field: str) -> Any:
-    return int if field == BEAM_WORKERS else _TYPES[field]
+    """The flag's type: Optional[X] (a setting that is off when None) parses as X."""
+    if field == BEAM_WORKERS:
+        return int
+    kind = _TYPES[field]
+    if typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
 
 
 def _shown(field: str) -> str:
     value, kind = default(field), _kind(field)
+    if value is None:
+        return "off"
     if kind is bool:
         return "on" if value else "off"
     if field == "parity_bounds":  # overrides of the per-variant defaults
@@ -135,7 +145,7 @@ def values(args: argparse.Namespace, fields: Iterable[str]) -> Dict[str, Any]:
             out[field] = parse_parity_bounds(value)
         elif isinstance(default(field), tuple):
             out[field] = tuple(v.strip() for v in value.split(",") if v.strip())
-        elif _kind(field) is float:
+        elif _kind(field) is float and value is not None:
             out[field] = finite(FLAGS[field].flag, value)
         else:
             out[field] = value

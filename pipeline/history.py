@@ -134,6 +134,8 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - one unreadable run must not hide the others
         error = f"{type(e).__name__}: {e}"
         r = RunRecord.from_store(store, run_ctx, config, read_files=False)
+    class_failures = [f for f in (r.evaluation.failures if r.evaluation else ())
+                      if f.startswith(contracts.CLASS_RECALL_FAILURE_PREFIX)]
     return {
         "kind": "run", "id": r.run_id, "time": _iso(r.created_ms), "time_ms": r.created_ms,
         "status": r.status, "examples": dict(r.examples), "accuracy": r.accuracy,
@@ -141,6 +143,8 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         "pushed_version": r.pushed_version, "model_id": r.model_id,
         "push_recorded": r.push.recorded if r.pushed_version is not None else None,
         "blessing_id": r.blessing_id, "revoked": r.blessing_revoked, "baseline": False,
+        # The per-class gate's refusal ("recall of class 'pug' dropped ..."): the note.
+        **({"reason": "; ".join(class_failures)} if class_failures else {}),
         **({"error": error} if error else {}),
     }
 

@@ -86,7 +86,8 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
         baseline_model=baseline,
         example_splits=["eval"],
         eval_config=evaluation.make_eval_config(
-            config.label_names, config.min_accuracy, config.max_accuracy_drop))
+            config.label_names, config.min_accuracy, config.max_accuracy_drop,
+            config.max_class_recall_drop))
     # TFLite variants of a blessed model, built from raw pixels (backbone + the
     # Trainer's head), int8-calibrated on train images, with their top-1 agreement
     # with the SavedModel on the eval split (the parity gate the Pusher applies).

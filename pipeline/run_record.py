@@ -65,6 +65,7 @@ class Gate:
     max_accuracy_drop: Optional[float]
     baseline_compared: Optional[bool]  # None: not recorded (runs before gate.json)
     source: str
+    max_class_recall_drop: Optional[float] = None  # the opt-in per-class gate; None: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,10 +391,10 @@ def _read_gate_file(evaluation_uri: str) -> Optional[Gate]:
         numbers = [data[k] for k in ("min_accuracy", "max_accuracy_drop")]
         if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
             raise ValueError("thresholds are not numbers")
-        compared = data.get("baseline_compared")
-        return Gate(float(numbers[0]), float(numbers[1]),
-                    compared if isinstance(compared, bool) else None,
-                    f"the Evaluator's record ({contracts.GATE_FILE})")
+        compared, per_class = data.get("baseline_compared"), data.get("max_class_recall_drop")
+        return Gate(float(numbers[0]), float(numbers[1]), compared if isinstance(compared, bool)
+                    else None, f"the Evaluator's record ({contracts.GATE_FILE})",
+                    None if per_class is None else float(per_class))  # malformed: ValueError
     except (ValueError, KeyError, TypeError) as e:
         log.warning("%s is unreadable (%s): thresholds from the eval config instead", path, e)
         return None

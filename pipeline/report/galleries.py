@@ -133,7 +133,7 @@ def section_audit(record: RunRecord) -> str:
         if suspects else '<p class="na">none</p>')
     leaks = sum(1 for p in audit["near_duplicates"] if len(set(p["splits"])) > 1)
     parts.append(f"<h3>Near-duplicates ({len(audit['near_duplicates'])} pairs, {leaks} across "
-                 f"train/eval; cosine similarity &ge; {num(audit.get('duplicate_threshold'), 2)})</h3>")
+                 f"train/eval; {_duplicate_rule(audit)})</h3>")
     parts.append(table(["images", "paths", "similarity", "splits", "labels"], [
         [" ".join(_thumb(thumbs.get(p), p) for p in pair["paths"]),
          "<br>".join(f"<code>{e(p)}</code>" for p in pair["paths"]), num(pair["similarity"], 3),
@@ -146,6 +146,17 @@ def section_audit(record: RunRecord) -> str:
                  + (", ".join(f"{e(k)} ({e(v)})" for k, v in sorted(small.items())) or "none")
                  + "</p>")
     return "".join(parts)
+
+
+def _duplicate_rule(audit: dict) -> str:
+    """How the pairs were found; an audit.json from before the pixel check has no rule."""
+    cosine = f"cosine similarity &ge; {num(audit.get('duplicate_threshold'), 2)}"
+    rule = audit.get("duplicate_rule")
+    if not isinstance(rule, dict) or not rule.get("images_with_pixels"):
+        return cosine
+    return (f"cosine &ge; {num(rule.get('candidate_threshold'), 2)} and thumbnails alike: "
+            f"16&times;16 grey RMS &le; {num(rule.get('pixel_grey_rms'), 1)}, 8&times;8 colour RMS "
+            f"&le; {num(rule.get('pixel_colour_rms'), 1)}; images without pixels: {cosine}")
 
 
 def section_misclassified(record: RunRecord) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
+from components import contracts
 from pipeline.config import PipelineConfig
 from pipeline.report import plots
 from pipeline.report.html import (DASH, delta, e, figure_or_error, mark, num, pct, size,
@@ -22,6 +23,17 @@ _CHANGE = "eval accuracy &ge; baseline &minus; max_accuracy_drop"
 
 
 # -------------------------------------------------------------------- verdict
+
+def _class_recall_row(record: RunRecord, drop: float) -> list:
+    """The opt-in per-class gate: its verdict is TFMA's (a failure names the class)."""
+    check = "each class's recall &ge; baseline's &minus; max_class_recall_drop"
+    if record.baseline_accuracy is None:
+        return [check, f"no baseline: not applied (max drop {num(drop, 4)})", mark(None)]
+    failed = [f for f in (record.evaluation.failures if record.evaluation else ())
+              if f.startswith(contracts.CLASS_RECALL_FAILURE_PREFIX)]
+    return [check, e("; ".join(failed)) if failed else f"no class dropped more than {num(drop, 4)}",
+            mark(not failed)]
+
 
 def section_verdict(record: RunRecord, served: Dict[int, str]) -> str:
     """Thresholds and how the candidate fared, the baseline, what was (not) pushed.
@@ -42,6 +54,8 @@ def section_verdict(record: RunRecord, served: Dict[int, str]) -> str:
             ok = acc is not None and acc >= base - drop - 1e-9
             rows.append([_CHANGE, f"{num(acc, 4)} &ge; {num(base, 4)} &minus; {num(drop, 4)}"
                          f" (change {acc - base:+.4f})" if acc is not None else DASH, mark(ok)])
+    if gate is not None and gate.max_class_recall_drop is not None:
+        rows.append(_class_recall_row(record, gate.max_class_recall_drop))
     parts = [table(["check", "values", "passed"], rows)] if rows else []
     if gate is not None and gate.source:
         parts.append(f'<p class="note">Thresholds from {e(gate.source)}.</p>')

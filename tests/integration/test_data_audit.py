@@ -1,13 +1,16 @@
 """DataAudit's executor on hand-written Examples and bottlenecks (no backbone run):
-paths come from ImageExampleGen's records, augmented views are left out, planted
-flips and a leaked copy are found, and `retrain audit` reads a corrupt file in one line."""
+paths and pixels come from ImageExampleGen's records, augmented views are left out,
+planted flips and a leaked copy are found, a lookalike vector with other pixels is
+not, and `retrain audit` reads a corrupt file in one line."""
 
+import io
 import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from components import audit_math, contracts, data_audit, feature_records
 from components.image_example_gen import _example
@@ -22,10 +25,27 @@ def _write(path, records):
             w.write(r)
 
 
+def _picture(rng, fmt="PNG", side=48, quality=85) -> bytes:
+    """A distinct smooth picture (4 x 4 random colours, upscaled)."""
+    img = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _shrunk_jpeg(data: bytes) -> bytes:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    buf = io.BytesIO()
+    img.resize((36, 36), Image.BICUBIC).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """Examples + bottlenecks of 3 classes x 30 images; 3 flipped labels; a copy of
-    train image cat/3 filed as owl/copy.jpg in eval; 2 augmented views per train image."""
+    """Examples + bottlenecks of 3 classes x 30 images (real pixels); 3 flipped labels;
+    a shrunk JPEG copy of train image cat/3 filed as owl/copy.jpg in eval; a lookalike
+    of dog/2 (its vector, other pixels) as owl/lookalike.png; 2 augmented views per
+    train image."""
     root = tmp_path_factory.mktemp("audit")
     rng = np.random.default_rng(0)
     centres = np.abs(rng.standard_normal((3, 128))) * 2
@@ -39,12 +59,16 @@ def artifacts(tmp_path_factory):
     source = next(r for r in rows if r[2] == "cat/3.png")
     assert source[0] == "train"
     rows.append(("eval", 2, "owl/copy.jpg", source[3] * 0.97 + 0.02 * rng.random(128)))
+    twin = next(r for r in rows if r[2] == "dog/2.png")
+    rows.append((twin[0], 2, "owl/lookalike.png", twin[3] * 0.99 + 0.01 * rng.random(128)))
+    pixels = {r[2]: _picture(rng) for r in rows}
+    pixels["owl/copy.jpg"] = _shrunk_jpeg(pixels["cat/3.png"])
     examples, bottlenecks = root / "examples", root / "bottlenecks"
     for split in ("train", "eval"):
         mine = [r for r in rows if r[0] == split]
         shas = [f"{hash(r[2]) & 0xFFFFFFFF:064x}" for r in mine]
         _write(str(examples / f"Split-{split}" / "data.gz"), [_example({
-            "image": b"png", "label": c, "label_name": LABELS[c], "relpath": p, "height": 8,
+            "image": pixels[p], "label": c, "label_name": LABELS[c], "relpath": p, "height": 8,
             "width": 8, "sha256": sha}).SerializeToString() for (_, c, p, _), sha in zip(mine, shas)])
         views = 2 if split == "train" else 0
         _write(str(bottlenecks / f"Split-{split}" / "bottlenecks.gz"), [
@@ -58,14 +82,18 @@ def artifacts(tmp_path_factory):
 def test_audit_finds_flips_and_ranks_the_leaked_copy_first(artifacts, tmp_path):
     examples, bottlenecks, flipped = artifacts
     result = data_audit.run_audit(str(bottlenecks), str(examples), ["train", "eval"], LABELS, 20)
-    assert result["images"] == 91  # views > 0 left out
+    assert result["images"] == 92  # views > 0 left out
     top = [s["path"] for s in result["suspected_mislabels"][:6]]
     assert len(set(top) & set(flipped)) >= 2
     assert all(0 <= s["score"] <= 1 for s in result["suspected_mislabels"])
-    assert len(result["suspected_mislabels"]) >= int(np.ceil(0.05 * 91))
+    assert len(result["suspected_mislabels"]) >= int(np.ceil(0.05 * 92))
     first = result["near_duplicates"][0]
     assert first["paths"] == ["cat/3.png", "owl/copy.jpg"] and first["splits"] == ["train", "eval"]
-    assert first["same_label"] is False and first["similarity"] >= audit_math.DUPLICATE_THRESHOLD
+    assert first["same_label"] is False and first["similarity"] >= audit_math.CANDIDATE_THRESHOLD
+    assert first["pixel_rms"][0] <= audit_math.PIXEL_GREY_RMS  # confirmed by the stored pixels
+    # The lookalike's vector is as close to dog/2 as the copy's, its pixels are not: no pair.
+    assert [p["paths"] for p in result["near_duplicates"]] == [["cat/3.png", "owl/copy.jpg"]]
+    assert result["duplicate_rule"]["images_with_pixels"] == 92
     assert result["small_classes"] == {} and result["label_names"] == LABELS
     data_audit.write_audit(str(tmp_path), result)
     assert json.loads((tmp_path / contracts.AUDIT_FILE).read_text()) == result

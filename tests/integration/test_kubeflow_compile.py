@@ -298,11 +298,14 @@ def test_a_broken_kfp_install_is_an_error_not_a_missing_runner(monkeypatch):
 # ------------------------------------------------------------------------- CLI
 
 def test_cli_compile_for_dataflow(tmp_path, capsys):
+    """Also: --class-weights and --max-class-recall-drop reach the spec as `retrain run`
+    passes them (one compile for both: each costs seconds of the suite)."""
     out_file = tmp_path / "pipeline.yaml"
     code, out, err = _retrain(
         capsys, "compile", "--output", out_file, "--image", IMAGE, "--pipeline-root", ROOT,
         "--labels", "dog,cat", "--beam-runner", "dataflow", "--dataflow-project", "proj",
-        "--dataflow-region", "europe-west4", "--beam-arg=--max_num_workers=4")
+        "--dataflow-region", "europe-west4", "--beam-arg=--max_num_workers=4",
+        "--class-weights", "balanced", "--max-class-recall-drop", "0.05")
     assert code == 0, err
     assert out.strip() == str(out_file)
     assert err == []  # object-store serving dirs are supported (TFLitePusher marks versions)
@@ -314,6 +317,16 @@ def test_cli_compile_for_dataflow(tmp_path, capsys):
     assert "latest-blessed-model-lookup" in doc["root"]["dag"]["tasks"]  # --target kfp, the default
     gen = doc["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
     assert gen["input_base"]["runtimeValue"]["constant"] == f"{ROOT}/images"  # default --images
+
+    def constant(task, name):
+        return doc["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+    assert json.loads(constant("Trainer", "custom_config"))["class_weights"] == "balanced"
+    import tensorflow_model_analysis as tfma
+    from google.protobuf import json_format
+
+    from components import evaluation
+    config = json_format.Parse(constant("Evaluator", "eval_config"), tfma.EvalConfig())
+    assert evaluation.gate_thresholds(config)["max_class_recall_drop"] == 0.05
 
 
 def test_cli_compile_for_vertex_keeps_the_resolvers_and_their_check(tmp_path, capsys, monkeypatch):

@@ -111,3 +111,68 @@ def test_bad_input_is_one_line_naming_it():
         audit_math.audit(x, labels, splits[:-1], paths, CLASSES)
     empty = audit_math.audit(np.zeros((0, 4)), [], [], [], CLASSES)
     assert empty.suspected_mislabels == () and empty.small_classes == {c: 0 for c in CLASSES}
+
+
+def _clock(hour: int, side: int = 64) -> "PIL.Image.Image":
+    """A clock face with one hand: lookalike images that differ in a small detail."""
+    import math
+
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (side, side), "white")
+    d = ImageDraw.Draw(img)
+    d.ellipse([4, 4, side - 5, side - 5], fill=(250, 220, 120), outline="black", width=3)
+    angle = math.radians(hour * 30 - 90)
+    c = side / 2
+    d.line([c, c, c + 0.4 * side * math.cos(angle), c + 0.4 * side * math.sin(angle)],
+           fill="black", width=5)
+    return img
+
+
+def _encoded(img, fmt="PNG", scale=1.0, quality=85) -> bytes:
+    import io
+
+    from PIL import Image
+    if scale != 1.0:
+        img = img.resize((int(img.width * scale), int(img.height * scale)), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_pixel_check_pairs_a_shrunk_copy_and_not_a_lookalike():
+    """The clock-face case: a shrunk JPEG copy whose cosine is under DUPLICATE_THRESHOLD
+    pairs, two different clock faces above it do not; without signatures (or for an
+    image whose pixels cannot be read) the cosine alone decides, as before."""
+    from components import pixel_signature
+    x, labels, paths, splits = _clusters(per_class=20, seed=5)
+    rng = np.random.default_rng(5)
+    base = np.abs(rng.standard_normal(x.shape[1])).astype(np.float32) * 3
+
+    def near(cosine):  # a vector at the given cosine from `base`
+        noise = rng.standard_normal(x.shape[1]).astype(np.float32)
+        noise -= (noise @ base) / (base @ base) * base
+        noise *= np.linalg.norm(base) / np.linalg.norm(noise)
+        return cosine * base + np.sqrt(1 - cosine ** 2) * noise
+
+    images = {"cat/clock3.png": (_encoded(_clock(3)), base),
+              "cat/clock4.png": (_encoded(_clock(4)), near(0.97)),
+              "dog/copy_of_clock3.jpg": (_encoded(_clock(3), "JPEG", 0.75, 85), near(0.85))}
+    sigs = [pixel_signature.signature(b"not an image")] * len(labels)  # None: cosine alone
+    assert sigs[0] is None
+    sigs += [pixel_signature.signature(data) for data, _ in images.values()]
+    vectors = np.vstack([x] + [v for _, v in images.values()])
+    all_labels = np.concatenate([labels, [0, 0, 1]])
+    all_paths, all_splits = paths + list(images), splits + ["train"] * 3
+    pairs = lambda audit: {frozenset(p.paths) for p in audit.near_duplicates}  # noqa: E731
+    checked = audit_math.audit(vectors, all_labels, all_splits, all_paths, CLASSES, signatures=sigs)
+    assert pairs(checked) == {frozenset({"cat/clock3.png", "dog/copy_of_clock3.jpg"})}
+    pair = checked.near_duplicates[0]
+    assert audit_math.CANDIDATE_THRESHOLD <= pair.similarity < audit_math.DUPLICATE_THRESHOLD
+    assert pair.pixel_rms[0] <= audit_math.PIXEL_GREY_RMS and not pair.same_label
+    assert checked.to_json()["duplicate_rule"]["images_with_pixels"] == 3
+    cosine_alone = audit_math.audit(vectors, all_labels, all_splits, all_paths, CLASSES)
+    assert pairs(cosine_alone) == {frozenset({"cat/clock3.png", "cat/clock4.png"})}
+    assert cosine_alone.near_duplicates[0].pixel_rms is None
+    sigs[-2] = None  # clock4's pixels unreadable: its pair with clock3 falls back to the cosine
+    fallback = audit_math.audit(vectors, all_labels, all_splits, all_paths, CLASSES, signatures=sigs)
+    assert pairs(fallback) == pairs(checked) | pairs(cosine_alone)

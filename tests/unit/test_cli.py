@@ -159,6 +159,8 @@ def test_missing_manifest(tmp_path, capsys):
     (["--beam-workers", "0"], "--beam-workers must be >= 1"),
     (["--augment-views", "-1"], "augment_views"),
     (["--class-weights", "heavy"], "class_weights must be one of none, balanced, got 'heavy'"),
+    (["--max-class-recall-drop", "1.5"], "max_class_recall_drop must be between 0 and 1, got 1.5"),
+    (["--max-class-recall-drop", "nan"], "--max-class-recall-drop must be a finite number"),
 ])
 def test_bad_tflite_and_feature_settings(tmp_path, capsys, flags, expected):
     images = _folder(tmp_path / "images", {"a": 10, "b": 10})
@@ -206,8 +208,9 @@ def test_run_flags_reach_the_config():
     args = _subparser("run").parse_args([
         "--images", "i", "--workdir", "w", "--tflite-variants", "fp16, int8,", "--epochs", "7",
         "--parity-bound", "int8=0.9", "--beam-workers", "2", "--allow-label-change",
-        "--class-weights", "balanced"])
+        "--class-weights", "balanced", "--max-class-recall-drop", "0.05"])
     values = config_flags.values(args, cli.RUN_FLAGS)
+    assert values["max_class_recall_drop"] == 0.05  # off (None) by default: the test above
     assert values["tflite_variants"] == ("fp16", "int8") and values["epochs"] == 7
     assert values["parity_bounds"] == {"int8": 0.9} and values["allow_label_change"] is True
     assert values["class_weights"] == "balanced"

@@ -46,3 +46,36 @@ def test_per_class_rates_come_from_the_confusion_matrix():
     assert rates[1] == (4 / 5, 4 / 5)
     assert rates[2] == (None, 0.0)        # never predicted: precision undefined, recall 0
     assert rates[3] == (0.0, None)        # no examples: recall undefined
+
+
+def _class_recall_specs(cfg):
+    return [s for s in cfg.metrics_specs if any(evaluation.is_class_recall(m) for m in s.metrics)]
+
+
+def test_per_class_gate_is_off_by_default_and_leaves_the_config_as_it_was():
+    off = evaluation.make_eval_config(["a", "b", "c"], 0.6, 0.02)
+    assert off == evaluation.make_eval_config(["a", "b", "c"], 0.6, 0.02, max_class_recall_drop=None)
+    assert len(off.metrics_specs) == 2 and not _class_recall_specs(off)
+    assert evaluation.gate_thresholds(off) == {"min_accuracy": 0.6, "max_accuracy_drop": 0.02}
+
+
+def test_per_class_gate_is_a_change_threshold_on_binarized_recall():
+    on = evaluation.make_eval_config(["a", "b", "c"], 0.6, 0.02, max_class_recall_drop=0.05)
+    (spec,) = _class_recall_specs(on)
+    assert list(spec.binarize.class_ids.values) == [0, 1, 2]
+    t = spec.metrics[0].threshold
+    assert not t.HasField("value_threshold") and t.change_threshold.absolute.value < -0.05
+    assert evaluation.gate_thresholds(on) == {"min_accuracy": 0.6, "max_accuracy_drop": 0.02,
+                                              "max_class_recall_drop": 0.05}
+    # First run (no baseline): TFX drops change thresholds, the per-class gate with them.
+    first = tfma.utils.update_eval_config_with_defaults(on, has_baseline=False, rubber_stamp=True)
+    assert "max_class_recall_drop" not in evaluation.gate_thresholds(first)
+
+
+def test_per_class_gate_keeps_only_classes_with_eval_examples():
+    on = evaluation.make_eval_config(["a", "b", "c"], 0.6, 0.02, max_class_recall_drop=0.05)
+    assert evaluation.keep_class_recall_classes(on, [0, 2])
+    assert list(_class_recall_specs(on)[0].binarize.class_ids.values) == [0, 2]
+    assert evaluation.keep_class_recall_classes(on, [])
+    assert not _class_recall_specs(on) and len(on.metrics_specs) == 2
+    assert not evaluation.keep_class_recall_classes(on, [0])  # no gate (left)

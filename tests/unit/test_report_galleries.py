@@ -37,6 +37,12 @@ def test_audit_section_caps_its_lists_whatever_the_audit_holds(tmp_path):
     assert "cat/0&lt;b&gt;.png" in html and "<b>.png" not in html  # paths are escaped
     assert "Suspected mislabels (2000; top 24 shown)" in html and "1000 pairs, 1000 across" in html
     assert "owl (3)" in html and len(html) < 100_000
+    assert "cosine similarity &ge; 0.95" in html  # an audit.json from before the pixel check
+    audit["duplicate_rule"] = {"candidate_threshold": 0.75, "pixel_grey_rms": 8.0,
+                               "pixel_colour_rms": 8.0, "images_with_pixels": 2000}
+    (tmp_path / contracts.AUDIT_FILE).write_text(json.dumps(audit))
+    assert ("cosine &ge; 0.75 and thumbnails alike: 16&times;16 grey RMS &le; 8.0"
+            in galleries.section_audit(record))
     empty = galleries.section_audit(RunRecord(run_id="old"))
     assert "No data audit" in empty
 

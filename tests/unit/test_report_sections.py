@@ -74,6 +74,20 @@ def test_verdict_failed_change_threshold_and_failed_steps():
     assert "served as" not in html
 
 
+def test_verdict_names_the_class_the_per_class_gate_refused():
+    failure = "recall of class 'fox' dropped 0.50 > 0.05 against the baseline"
+    record = _record(gate=Gate(0.6, 0.1, True, "x", max_class_recall_drop=0.05), blessed=False,
+                     evaluation=dataclasses.replace(_record().evaluation, validation_ok=False,
+                                                    failures=(failure,)))
+    html = sections.section_verdict(record, {})
+    assert "each class's recall &ge; baseline's &minus; max_class_recall_drop" in html
+    assert "recall of class &#x27;fox&#x27; dropped 0.50 &gt; 0.05" in html
+    assert html.count('<span class="bad">no</span>') == 1  # accuracy passed, the class did not
+    passed = sections.section_verdict(_record(gate=Gate(0.6, 0.1, True, "x", max_class_recall_drop=0.05)), {})
+    assert "no class dropped more than 0.0500" in passed
+    assert "max_class_recall_drop" not in sections.section_verdict(_record(), {})  # off: no row
+
+
 def test_verdict_without_baseline_and_manual_bless():
     no_base = _record(baseline=None, gate=Gate(0.6, 0.1, False, "x"),
                       evaluation=dataclasses.replace(_record().evaluation, baseline_accuracy=None))
