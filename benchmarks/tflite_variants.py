@@ -3,7 +3,7 @@
     python -m benchmarks.tflite_variants [--backbones mobilenet_v1,efficientnet_lite0,...]
         [--variants float32,fp16,dynamic,int8] [--images DIR,DIR...] [--train-per-class 40]
         [--eval-per-class 20] [--runs 100] [--threads 2] [--calibration 100] [--output results.json]
-        [--int8-experiments learned,no-bias-correction,cal300,learned+cal50,...]
+        [--int8-experiments learned,equalized,no-bias-correction,cal300,learned+cal50,...]
 
 For each backbone:
 
@@ -55,6 +55,7 @@ from pipeline import datasets  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "tflite_variants.json"
+CONFIDENT = 0.5  # float top-1 probability from which a prediction counts as confident
 RANDOM_CALIBRATION = 32  # random weights: calibration only shapes the ranges, not reported accuracy
 
 
@@ -174,9 +175,12 @@ def bench_backbone(name: str, variants, data, args, dataset: str = "emoji-google
 def _agreement(probs, reference, labels) -> dict:
     top, ref_top = probs.argmax(1), reference.argmax(1)
     tied = (probs == probs.max(1, keepdims=True)).sum(1) > 1  # uint8 outputs: equal top probabilities
+    confident = reference.max(1) >= CONFIDENT
     return {"accuracy": float((top == labels).mean()), "reference_accuracy": float((ref_top == labels).mean()),
             "parity": float((top == ref_top).mean()), "flips": int((top != ref_top).sum()),
             "flips_tied": int(((top != ref_top) & tied).sum()),
+            # The gate rule proposed in docs/tflite.md: agreement where the float model is confident.
+            "confident": int(confident.sum()), "confident_flips": int(((top != ref_top) & confident).sum()),
             "mean_abs_diff": float(np.abs(probs - reference).mean()), "eval_examples": int(len(labels))}
 
 
@@ -184,6 +188,7 @@ EXPERIMENTS = {  # int8 conversion options measured against the default (agreeme
     "default": {},
     "learned": {"learned_rounding": True},
     "no-bias-correction": {"bias_correction": False},
+    "equalized": {"equalize": True},
 }
 
 
@@ -214,23 +219,25 @@ def _fmt(v, pattern):
 
 def markdown(rows) -> str:
     lines = ["| backbone | dataset | weights | variant | size (MB) | latency ms: median (min) | eval accuracy "
-             "(float ref) | parity (top-1 agreement) |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+             "(float ref) | parity (top-1 agreement) | confident flips / confident |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "variant" not in r or "bytes" not in r:
             continue
         lines.append(
             f"| {r['backbone']} | {r.get('dataset', '')} | {r['weights']} | {r['variant']} | {r['bytes'] / 1e6:.2f} | "
             f"{r['latency_ms']:.1f} ({r.get('latency_min_ms', float('nan')):.1f}) | {_fmt(r['accuracy'], '{:.3f}')} ({_fmt(r['reference_accuracy'], '{:.3f}')}) | "
-            f"{_fmt(r['parity'], '{:.3f}')} |")
+            f"{_fmt(r['parity'], '{:.3f}')} | {r.get('confident_flips', 'n/a')} / {r.get('confident', 'n/a')} |")
     experiments = [r for r in rows if "experiment" in r]
     if experiments:
         lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds | accuracy (float) | "
-                  "agreement | flips (tied) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+                  "agreement | flips (tied) | confident flips / confident |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in experiments:
             lines.append(f"| {r['backbone']} | {r['dataset']} | {r['experiment']} | {r['calibration_images']} | "
                          f"{r['seconds']:.1f} | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
-                         f"{r['parity']:.3f} | {r['flips']} ({r['flips_tied']}) |")
+                         f"{r['parity']:.3f} | {r['flips']} ({r['flips_tied']}) | "
+                         f"{r['confident_flips']} / {r['confident']} |")
     phase_rows = [r for r in rows if "phases" in r]
     if phase_rows:
         lines += ["", "| backbone | dataset | images | feature step s | export s (ratio) | phases s |",

@@ -33,6 +33,8 @@ class QuantPlan:
     (components/backbones/quant_cache.py)."""
     integers: Dict[str, np.ndarray]
     shifts: Dict[str, np.ndarray]
+    # ReLU6 range equalization applied before (BatchNorm name -> float32 [C]; equalization.py)
+    scales: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _is_functional(layer) -> bool:

@@ -21,6 +21,7 @@ from absl import logging
 
 from components import contracts, native_stderr
 from components.tflite.bias_correction import QuantPlan, bias_corrected
+from components.tflite.equalization import channel_scales, equalized
 from components.tflite.variants import check_variants
 
 # Calibration images (at most) on which the int8 variant's bias correction is measured.
@@ -40,7 +41,8 @@ def range_anchor_image(size: int) -> np.ndarray:
 
 def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.ndarray]]] = None,
             bias_correction: bool = True, timings: Optional[Dict[str, float]] = None,
-            learned_rounding: bool = False, plan_cache: Optional["PlanCache"] = None) -> bytes:
+            learned_rounding: bool = False, plan_cache: Optional["PlanCache"] = None,
+            equalize: bool = False) -> bytes:
     """TFLite flatbuffer of the Keras ``model`` (input [1, H, W, 3] float32 0..255).
 
     ``calibration`` (int8 only): a callable returning an iterator of [H, W, 3] float32
@@ -49,8 +51,10 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
     also measure the int8 weights' bias shift, which is corrected before conversion
     (:class:`bias_corrected`; the Keras model is unchanged afterwards).  With
     ``learned_rounding`` the backbone's kernels are also rounded to minimise each
-    layer's output error (:mod:`rounding`).  ``plan_cache`` holds that plan (the
-    bias shifts, and the integers when learned) per weights fingerprint and images:
+    layer's output error (:mod:`rounding`).  With ``equalize`` the ReLU6 channels'
+    ranges are equalized first (:mod:`equalization`; measured: no gain in agreement,
+    off by default).  ``plan_cache`` holds that plan (the bias shifts, the integers
+    when learned, the scales when equalized) per weights fingerprint and images:
     reused when it fits the model, measured and saved otherwise.
     ``timings``, when given, receives the seconds of each phase (``bias_correction``,
     ``converter``: the TFLite converter, calibration included).
@@ -63,7 +67,7 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if variant == "int8" and bias_correction:
-            _enter_correction(stack, model, calibration, learned_rounding, plan_cache)
+            _enter_correction(stack, model, calibration, learned_rounding, plan_cache, equalize)
         timings["bias_correction"] = time.perf_counter() - start
         start = time.perf_counter()
         converter = tf.lite.TFLiteConverter.from_concrete_functions([_inference_function(model)])
@@ -105,11 +109,13 @@ class PlanCache:
 
     def save(self, images: str, plan: QuantPlan) -> None:
         from components.backbones import quant_cache
-        quant_cache.save(self.backbone, self.fingerprint, images, plan.integers, plan.shifts)
+        quant_cache.save(self.backbone, self.fingerprint, images, plan.integers, plan.shifts, plan.scales)
 
 
-def _enter_correction(stack, model, calibration, learned_rounding: bool, cache: Optional[PlanCache]):
-    """Enters the int8 correction of ``model`` on ``stack``, measured on up to
+def _enter_correction(stack, model, calibration, learned_rounding: bool, cache: Optional[PlanCache],
+                      equalize: bool = False):
+    """Enters the int8 correction of ``model`` on ``stack`` (ReLU6 range equalization
+    when ``equalize``, then bias correction), measured on up to
     BIAS_CORRECTION_IMAGES calibration images, or the cached plan of those images
     when it fits the model."""
     images = [np.asarray(p, np.float32) for p in calibration()]
@@ -118,14 +124,22 @@ def _enter_correction(stack, model, calibration, learned_rounding: bool, cache: 
     pick = np.linspace(0, len(images) - 1, min(BIAS_CORRECTION_IMAGES, len(images))).round().astype(int)
     pixels = np.stack([images[i] for i in sorted(set(pick))])
     # The key names the method too: a bias-only plan is not a learned one.
-    digest = hashlib.sha256(pixels.tobytes()).hexdigest() + ("+learned" if learned_rounding else "") if cache else ""
+    method = ("+learned" if learned_rounding else "") + ("+equalized" if equalize else "")
+    digest = hashlib.sha256(pixels.tobytes()).hexdigest() + method if cache else ""
     plan = cache.load(digest) if cache else None
     if plan is not None:
         try:
-            return stack.enter_context(bias_corrected(model, None, plan=plan))
+            with contextlib.ExitStack() as attempt:  # all or nothing
+                attempt.enter_context(equalized(model, plan.scales))
+                corrected = attempt.enter_context(bias_corrected(model, None, plan=plan))
+                stack.enter_context(attempt.pop_all())
+                return corrected
         except ValueError as e:  # does not fit this model: measured again, overwritten
             logging.warning("int8 quantization cache entry ignored: %s", e)
+    scales = channel_scales(model, pixels) if equalize else {}
+    stack.enter_context(equalized(model, scales))
     corrected = stack.enter_context(bias_corrected(model, pixels, learned_rounding=learned_rounding))
+    corrected.plan.scales = scales
     if cache is not None and corrected.plan.shifts:
         try:
             cache.save(digest, corrected.plan)

@@ -436,13 +436,57 @@ def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
+def test_relu6_equalization_keeps_the_float_function_and_is_undone():
+    """Conv/BN -> ReLU6 -> (padding) -> depthwise, nested: each ReLU6 channel is scaled
+    up to reach 6 on the calibration images and scaled back in the next kernel; the
+    float outputs stay the same (ReLU6 is homogeneous below its cap), the weights are
+    back on exit, and scales that do not fit the model are refused."""
+    import tf_keras
+
+    from components.tflite import equalization
+    L = tf_keras.layers
+    rng = np.random.default_rng(3)
+    inner_in = L.Input([16, 16, 3])
+    a = L.ReLU(6.0, name="r1")(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, use_bias=False, name="c1")(inner_in)))
+    b = L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, use_bias=False, name="dw")(L.ZeroPadding2D(1)(a)))
+    c = L.Conv2D(4, 1, use_bias=False, name="pw")(L.ReLU(6.0, name="r2")(b))
+    d = L.ReLU(name="plain")(L.BatchNormalization(name="bn3")(c))  # not ReLU6: left alone
+    inner = tf_keras.Model(inner_in, L.Conv2D(2, 1, name="last")(d), name="inner")
+    outer_in = L.Input([16, 16, 3])
+    model = tf_keras.Model(outer_in, L.GlobalAveragePooling2D()(inner(L.Rescaling(1 / 127.5, -1)(outer_in))))
+    for name in ("bn1", "bn2", "bn3"):
+        inner.get_layer(name).set_weights([rng.uniform(0.05, 0.3, inner.get_layer(name).input_shape[-1]).astype(np.float32)
+                                           for _ in range(2)] + [np.zeros(inner.get_layer(name).input_shape[-1], np.float32),
+                                                                 np.ones(inner.get_layer(name).input_shape[-1], np.float32)])
+    assert [(bn.name, conv.name) for bn, _, conv in equalization.relu6_chains(model)] == [("bn1", "dw"), ("bn2", "pw")]
+    pixels = rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    before = [w.copy() for w in model.get_weights()]
+    reference = model(pixels).numpy()
+    scales = equalization.channel_scales(model, pixels)
+    assert set(scales) == {"bn1", "bn2"} and all(np.all((s >= 1) & (s <= equalization.MAX_SCALE))
+                                                for s in scales.values())
+    assert np.max(scales["bn1"]) > 2  # channels far below 6 are scaled up
+    with equalization.equalized(model, scales):
+        probe = tf_keras.Model(inner.input, inner.get_layer("bn1").output)
+        peak = probe(L.Rescaling(1 / 127.5, -1)(pixels)).numpy().max(axis=(0, 1, 2))
+        assert np.all((peak > 5.99) | (scales["bn1"] == equalization.MAX_SCALE))  # full 8-bit range used
+        np.testing.assert_allclose(model(pixels).numpy(), reference, rtol=1e-4, atol=1e-5)
+    assert all(np.array_equal(x, y) for x, y in zip(before, model.get_weights()))
+    for bad in ({"bn3": np.ones(4, np.float32)}, {"bn1": np.full(8, 0.5, np.float32)}, {"bn1": np.ones(3, np.float32)}):
+        with pytest.raises(ValueError):
+            with equalization.equalized(model, bad):
+                pass
+        assert all(np.array_equal(x, y) for x, y in zip(before, model.get_weights()))
+
+
 def test_bias_correction_uses_only_public_keras_api():
     """Private tf_keras attributes (`layer._inbound_nodes`, `model._nodes_by_depth`...)
     change between releases without notice: only the class's own state may be private."""
     import inspect
     import re
-    source = inspect.getsource(bias_correction)
-    assert re.findall(r"(?<!\bself)\._[a-z]\w*", source) == []
+    from components.tflite import equalization
+    for module in (bias_correction, equalization):
+        assert re.findall(r"(?<!\bself)\._[a-z]\w*", inspect.getsource(module)) == []
 
 
 def test_recorded_class_paths_still_import():
@@ -480,7 +524,7 @@ def _tiny_conv_bn_model(seed=0):
 
 
 def test_int8_quantization_plan_is_cached_per_weights_fingerprint(tmp_path, monkeypatch):
-    """The plan (learned rounding + bias correction) is measured once per weights
+    """The plan (equalization, learned rounding, bias correction) is measured once per weights
     fingerprint and calibration images, then reused; another fingerprint, a corrupt
     entry or one that does not fit the model is measured again (same model bytes)."""
     import hashlib
@@ -508,13 +552,22 @@ def test_int8_quantization_plan_is_cached_per_weights_fingerprint(tmp_path, monk
                   lambda: quant_cache.save("tiny", "fp-a", digest, {}, {"bn1": np.zeros(8, np.float32)})):
         spoil()
         assert export("fp-a") == first
-        integers, shifts = quant_cache.load("tiny", "fp-a", digest)  # rewritten whole
+        integers, shifts, scales = quant_cache.load("tiny", "fp-a", digest)  # rewritten whole
         assert set(integers) == {"c1", "dw"} and set(shifts) == {"bn1", "bn2"}
+        assert scales == {}  # ReLU6 range equalization is opt-in
     # Bias correction alone (the default) has its own entry: shifts, no integers.
     plain = convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a"))
     assert quant_cache.load("tiny", "fp-a", digest[:-len("+learned")]) is not None
     assert len(list(folder.iterdir())) == 3
     assert convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a")) == plain
+    # With ReLU6 range equalization: its own entry, holding the scales, reused as is.
+    equalized = convert.convert(model, "int8", lambda: iter(images), equalize=True,
+                                plan_cache=convert.PlanCache("tiny", "fp-a"))
+    _, _, scales = quant_cache.load("tiny", "fp-a", digest[:-len("+learned")] + "+equalized")
+    assert set(scales) == {"bn1"} and equalized != plain  # bn1 -> ReLU6 -> dw
+    assert convert.convert(model, "int8", lambda: iter(images), equalize=True,
+                           plan_cache=convert.PlanCache("tiny", "fp-a")) == equalized
+    assert len(list(folder.iterdir())) == 4
 
 
 def test_parity_batches_give_the_single_image_outputs():
