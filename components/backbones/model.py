@@ -7,6 +7,7 @@ named ``input_scaling``), so callers never preprocess by hand.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Tuple
 
 import numpy as np
@@ -68,6 +69,7 @@ def build_split(name: str, trainable_blocks: int, weights: str = "imagenet"
     return lower, tf_keras.Model(activation, pooled, name=f"{name}_top{trainable_blocks}")
 
 
+@functools.lru_cache(maxsize=None)
 def cut_shape(name: str, trainable_blocks: int) -> Tuple[int, int, int]:
     """(h, w, c) of the activation at the cut for ``trainable_blocks`` (random weights:
     only the shapes are read)."""
