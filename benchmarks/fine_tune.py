@@ -3,7 +3,8 @@ training time, cache size and int8 agreement per N.
 
     python -m benchmarks.fine_tune [--datasets demo,emoji-apple-594,fashion-mnist-600]
         [--blocks 0,1,2,4] [--backbone mobilenet_v1] [--epochs 100] [--per-class K]
-        [--activation-dtype float16] [--calibration 100] [--no-int8] [--output FILE]
+        [--activation-dtype float16] [--calibration 100] [--no-int8] [--block-lr-factor 0.1]
+        [--output FILE]
 
 For each dataset (``demo``: the demo emoji set; any other name: a ``<class>/<image>``
 folder under <cache>/bench-datasets/, or a path):
@@ -199,8 +200,11 @@ def main(argv=None) -> dict:
     p.add_argument("--activation-dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--calibration", type=int, default=100)
     p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--block-lr-factor", type=float, default=fine_tune.BLOCK_LEARNING_RATE_FACTOR,
+                   help="the blocks' learning rate / the head's (an experiment; the Trainer uses the default)")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
+    fine_tune.BLOCK_LEARNING_RATE_FACTOR = args.block_lr_factor
     try:
         args.blocks = [int(b) for b in args.blocks.split(",")]
         for blocks in args.blocks:
