@@ -5,12 +5,15 @@ component runs it in fixed-size batches (``batch_size``; tf.Transform exposes
 none) and keeps every result in a FeatureCache artifact keyed by
 
     sha256(image content) | view | backbone | weights fingerprint | preprocessing version
-    | cache format
+    | cache format [| cut layer | activation dtype]
 
 so a rerun after adding images computes features only for the new ones, and a
 change of backbone, weights or decoding code invalidates the cache by itself.
 The previous cache arrives as a Resolver passes it (on open-source KFP a
 registry lookup stands in: previous_artifacts.as_resolved makes it look the same).
+
+With ``trainable_blocks`` N > 0 the vector is the flattened activation at the cut
+below the top N blocks (components/fine_tune.py), cached as ``activation_dtype``.
 
 Outputs:
   bottlenecks    Examples (Split-train, Split-eval): ``features`` [D] float,
@@ -41,9 +44,11 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import (backbones, contracts, feature_records, image_example_gen, preprocessing,
-                        previous_artifacts, progress_counts)
+from components import (backbones, contracts, feature_records, fine_tune, image_example_gen,
+                        preprocessing, previous_artifacts, progress_counts)
+from components.augmentation import augment
 from components.previous_artifacts import FeatureCache
+from components.settings import ACTIVATION_DTYPES
 
 CACHE_FILE_PREFIX = "features"
 CACHE_FILE_SUFFIX = ".tfrecord"
@@ -58,6 +63,8 @@ class BottleneckGenSpec(ComponentSpec):
         "weights": ExecutionParameter(type=str),
         "batch_size": ExecutionParameter(type=int),
         "augment_views": ExecutionParameter(type=int),
+        "trainable_blocks": ExecutionParameter(type=int, optional=True),  # only for N > 0
+        "activation_dtype": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -69,39 +76,26 @@ class BottleneckGenSpec(ComponentSpec):
     }
 
 
-def cache_namespace(backbone: str, weights: str) -> str:
+def cache_namespace(backbone: str, weights: str, trainable_blocks: int = 0,
+                    activation_dtype: str = ACTIVATION_DTYPES[0]) -> str:
     """What a cached vector depends on besides the image (random weights: never cached)."""
     backbones.ensure_weights(backbone, weights)  # weights="keras": downloaded on first use
     fingerprint = backbones.weights_fingerprint(backbone, weights)
     if fingerprint == "random":
         return ""
-    return f"{backbone}|{fingerprint}|p{preprocessing.PREPROCESSING_VERSION}|c{CACHE_FORMAT_VERSION}"
+    return (f"{backbone}|{fingerprint}|p{preprocessing.PREPROCESSING_VERSION}|c{CACHE_FORMAT_VERSION}"
+            + fine_tune.namespace_suffix(backbone, trainable_blocks, activation_dtype))
 
 
 def entry_key(namespace: str, sha: str, view: int) -> bytes:
     return hashlib.sha256(f"{namespace}|{sha}|{view}".encode()).hexdigest().encode()
 
 
-def augment(pixels: tf.Tensor, seed) -> tf.Tensor:
-    """One random view of [H, W, 3] pixels in 0..255: flip, crop 80-100 %, colour jitter."""
-    size = tf.shape(pixels)[0]
-    s = [tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 4)[i]
-         for i in range(4)]
-    img = tf.image.stateless_random_flip_left_right(pixels, s[0])
-    scale = tf.random.stateless_uniform([], s[1], 0.8, 1.0)
-    crop = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
-    img = tf.image.stateless_random_crop(img, tf.stack([crop, crop, 3]), s[2])
-    img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
-    jitter = tf.random.stateless_uniform([2], s[3], [-0.1, 0.9], [0.1, 1.1])
-    img = (img - 127.5) * jitter[1] + 127.5 + 255.0 * jitter[0]
-    return tf.clip_by_value(img, 0.0, 255.0)
-
-
 def _seed(sha: str, view: int) -> Tuple[int, int]:
     return int(sha[:15], 16), view
 
 
-def _features_fn(backbone: str, weights: str, augmenting: bool):
+def _features_fn(backbone: str, weights: str, augmenting: bool, trainable_blocks: int = 0):
     """(encoded images [N], seeds [N, 2]: (image, view)) -> features [N, D], as one graph.
 
     Decoding, augmentation (views > 0) and the backbone in a tf.function: called
@@ -109,7 +103,7 @@ def _features_fn(backbone: str, weights: str, augmenting: bool):
     (benchmarks/speed.py measures both). Without ``augmenting`` the graph has no
     augmentation branch (its tracing and first call cost about 0.1 s).
     """
-    model = preprocessing.shared_extractor(backbone, weights)
+    model = preprocessing.shared_extractor(backbone, weights, trainable_blocks)
     size = backbones.get_spec(backbone).input_size
 
     def one_view(args):
@@ -137,8 +131,9 @@ class _ComputeFeatures(beam.DoFn):
     FloatList's layout: no per-value conversion, and Beam's bytes coder moves them.
     """
 
-    def __init__(self, backbone: str, weights: str, augmenting: bool):
+    def __init__(self, backbone: str, weights: str, augmenting: bool, trainable_blocks: int, dtype: str):
         self._backbone, self._weights, self._augmenting = backbone, weights, augmenting
+        self._blocks, self._dtype = trainable_blocks, dtype
         self._computed = beam.metrics.Metrics.counter("bottleneck_gen", "computed")
 
     def setup(self):
@@ -150,11 +145,11 @@ class _ComputeFeatures(beam.DoFn):
 
     def process(self, batch: List[Tuple[bytes, Dict]]):
         if self._features is None:
-            self._features = _features_fn(self._backbone, self._weights, self._augmenting)
+            self._features = _features_fn(self._backbone, self._weights, self._augmenting, self._blocks)
         features = self._features(
             tf.constant([r["image"] for _, r in batch]),
             tf.constant([_seed(r["sha"], r["view"]) for _, r in batch], tf.int64)).numpy()
-        features = features.astype("<f4", copy=False)
+        features = features.astype(self._dtype, copy=False)
         self._computed.inc(len(batch))
         self._progress.add(len(batch))
         for (key, record), vec in zip(batch, features):
@@ -227,8 +222,8 @@ class _WriteRows(beam.DoFn):
     output: each of those costs several stages and side inputs (about 1 s a run).
     """
 
-    def __init__(self, temp_dir: str, cache: bool):
-        self._temp_dir, self._cache = temp_dir, cache
+    def __init__(self, temp_dir: str, cache: bool, dtype: str):
+        self._temp_dir, self._cache, self._dtype = temp_dir, cache, dtype
 
     def setup(self):
         tf.io.gfile.makedirs(self._temp_dir)
@@ -245,7 +240,8 @@ class _WriteRows(beam.DoFn):
 
     def process(self, row):
         key, record, vec = row
-        self._writer(record["split"]).write(feature_records.bottleneck_example(record, vec))
+        self._writer(record["split"]).write(
+            feature_records.bottleneck_example(record, feature_records.as_float32(vec, self._dtype)))
         if self._cache:
             self._writer(_CACHE_OUTPUT).write(feature_records.cache_record(key, vec))
 
@@ -315,7 +311,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         backbone, weights = exec_properties["backbone"], exec_properties["weights"]
         batch_size = int(exec_properties["batch_size"])
         augment_views = int(exec_properties["augment_views"])
-        namespace = cache_namespace(backbone, weights)
+        blocks, activation_dtype = fine_tune.from_exec_properties(backbone, exec_properties)
+        dtype = feature_records.cache_dtype(activation_dtype, blocks)
+        namespace = cache_namespace(backbone, weights, blocks, activation_dtype)
         previous = (input_dict.get("previous_cache") or [None])[0]
         reuse = bool(namespace) and previous is not None and \
             previous.get_string_custom_property("namespace") == namespace
@@ -329,7 +327,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             cached = (p | "ReadCache" >> beam.io.ReadFromTFRecord(
                 os.path.join(previous.uri, CACHE_FILE_PREFIX + "*" + CACHE_FILE_SUFFIX),
                 compression_type=CompressionTypes.UNCOMPRESSED)
-                | "ParseCache" >> beam.Map(feature_records.parse_cache_record))
+                | "ParseCache" >> beam.Map(feature_records.parse_cache_record, dtype))
         else:
             cached = p | "NoCache" >> beam.Create([])
         cached_keys = beam.pvalue.AsDict(cached | "CachedKeys" >> beam.Map(lambda kv: (kv[0], None)))
@@ -347,7 +345,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "Match" >> beam.FlatMap(_join, hits))
         computed = (routed.miss
                     | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-                    | "Features" >> beam.ParDo(_ComputeFeatures(backbone, weights, augment_views > 0)))
+                    | "Features" >> beam.ParDo(
+                        _ComputeFeatures(backbone, weights, augment_views > 0, blocks, dtype)))
         temp_dir = os.path.join(cache_out.uri, _TEMP_DIR)
         destinations = {split: (os.path.join(out.uri, f"Split-{split}", "bottlenecks"), ".gz")
                         for split in splits}
@@ -357,7 +356,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         _clear_outputs(temp_dir, destinations)
         # Each branch writes where it is produced: a Flatten of the two would make
         # the runner buffer every row (and pickle its features) for one more stage.
-        write = _WriteRows(temp_dir, cache=bool(namespace))
+        write = _WriteRows(temp_dir, cache=bool(namespace), dtype=dtype)
         written = (found | "WriteCached" >> beam.ParDo(write),
                    computed | "WriteComputed" >> beam.ParDo(write))
         _ = (written | "Written" >> beam.Flatten()
@@ -375,6 +374,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out.set_int_custom_property("computed", int(counters.get("computed", 0)))
         out.set_int_custom_property("reused_cache", int(reuse))
         out.set_string_custom_property("namespace", namespace)  # what the Evaluator's features path checks
+        if blocks:  # DataAudit audits the cut activations' channel means
+            out.set_int_custom_property("cut_channels", fine_tune.cut_channels(backbone, blocks))
         cache_out.set_string_custom_property("namespace", namespace)
 
 
@@ -385,9 +386,14 @@ class BottleneckGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, previous_cache: Optional[types.BaseChannel],
-                 backbone: str, weights: str, batch_size: int, augment_views: int):
+                 backbone: str, weights: str, batch_size: int, augment_views: int,
+                 trainable_blocks: int = 0, activation_dtype: str = ACTIVATION_DTYPES[0]):
+        fine_tuning = {}
+        if trainable_blocks:  # checked at definition: a bad N fails before any step runs
+            fine_tune.check(backbone, int(trainable_blocks), activation_dtype)
+            fine_tuning = dict(trainable_blocks=int(trainable_blocks), activation_dtype=activation_dtype)
         super().__init__(spec=BottleneckGenSpec(
             examples=examples, previous_cache=previous_cache, backbone=backbone,
-            weights=weights, batch_size=int(batch_size), augment_views=int(augment_views),
+            weights=weights, batch_size=int(batch_size), augment_views=int(augment_views), **fine_tuning,
             bottlenecks=types.Channel(type=standard_artifacts.Examples),
             feature_cache=types.Channel(type=FeatureCache)))

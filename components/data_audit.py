@@ -117,14 +117,17 @@ def read_vectors(bottlenecks_uri: str, split: str) -> Tuple[np.ndarray, np.ndarr
 
 
 def run_audit(bottlenecks_uri: str, examples_uri: str, splits: List[str],
-              label_names: List[str], min_class_images: int) -> dict:
-    """The audit.json object of one run's bottlenecks."""
+              label_names: List[str], min_class_images: int, cut_channels: int = 0) -> dict:
+    """The audit.json object of one run's bottlenecks; ``cut_channels`` > 0: they hold
+    fine-tuning's flattened cut activations, audited as their channel means."""
     images = read_images(examples_uri, splits)
     vectors, labels, split_of, rel, signatures = [], [], [], [], []
     for split in splits:
         x, y, shas = read_vectors(bottlenecks_uri, split)
         if not len(y):
             continue
+        if cut_channels:
+            x = x.reshape(len(x), -1, cut_channels).mean(axis=1)
         vectors.append(x)
         labels.append(y)
         split_of += [split] * len(y)
@@ -151,7 +154,8 @@ class Executor(base_executor.BaseExecutor):
         splits = artifact_utils.decode_split_names(bottlenecks.split_names)
         label_names = image_example_gen.read_labels(examples.uri)
         result = run_audit(bottlenecks.uri, examples.uri, splits, label_names,
-                           int(exec_properties["min_class_images"]))
+                           int(exec_properties["min_class_images"]),
+                           bottlenecks.get_int_custom_property("cut_channels"))  # 0 when absent
         out = artifact_utils.get_single_instance(output_dict["data_audit"])
         write_audit(out.uri, result)
         out.set_int_custom_property("suspected_mislabels", len(result["suspected_mislabels"]))

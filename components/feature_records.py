@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import numpy as np
+
 from components import contracts
 
 KEY_BYTES = 64  # hex sha256
@@ -22,12 +24,25 @@ def cache_record(key: bytes, features: bytes) -> bytes:
     return key + features
 
 
-def parse_cache_record(record: bytes) -> Tuple[bytes, bytes]:
-    """A cache record -> (key, float32 little-endian feature bytes)."""
-    if len(record) <= KEY_BYTES or (len(record) - KEY_BYTES) % 4:
+def parse_cache_record(record: bytes, dtype: str = "<f4") -> Tuple[bytes, bytes]:
+    """A cache record -> (key, little-endian feature bytes: float32, or float16 when
+    ``dtype`` is "<f2", a fine-tuning cache's cut activations)."""
+    itemsize = np.dtype(dtype).itemsize
+    if len(record) <= KEY_BYTES or (len(record) - KEY_BYTES) % itemsize:
         raise ValueError(f"malformed feature-cache record of {len(record)} bytes: "
-                         f"expected a {KEY_BYTES}-byte key and float32 features")
+                         f"expected a {KEY_BYTES}-byte key and float{8 * itemsize} features")
     return record[:KEY_BYTES], record[KEY_BYTES:]
+
+
+def cache_dtype(activation_dtype: str, trainable_blocks: int) -> str:
+    """NumPy dtype of a cached vector: float32, or float16 for a float16 cut activation
+    (fine-tuning, components/fine_tune.py)."""
+    return "<f2" if trainable_blocks and activation_dtype == "float16" else "<f4"
+
+
+def as_float32(features: bytes, dtype: str) -> bytes:
+    """Cached vector bytes -> the float32 bytes a bottleneck tf.Example carries."""
+    return features if dtype == "<f4" else np.frombuffer(features, dtype).astype("<f4").tobytes()
 
 
 def _varint(n: int) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import backbones
+from components import backbones, fine_tune
 from components.contracts import FEATURES_KEY, IMAGE_KEY, LABEL_KEY
 # The decoding is shared with `retrain predict`, which must not load tf.Transform.
 from components.image_decode import decode_and_resize, decode_batch, decode_rgb  # noqa: F401
@@ -28,8 +28,10 @@ PREPROCESSING_VERSION = 1
 _EXTRACTORS: dict = {}
 
 
-def shared_extractor(name: str, weights: str):
-    """The process-wide feature extractor for (backbone, weights).
+def shared_extractor(name: str, weights: str, trainable_blocks: int = 0):
+    """The process-wide feature extractor for (backbone, weights): pooled features, or
+    with ``trainable_blocks`` N > 0 the frozen part below the top N blocks (the
+    flattened activation at the cut, components/fine_tune.py).
 
     Keyed on the weights' fingerprint too: a weights file rewritten in place in a
     long-lived process (a notebook, a test session) gets a new model, never the
@@ -37,8 +39,11 @@ def shared_extractor(name: str, weights: str):
     """
     backbones.ensure_weights(name, weights)
     key = (name, weights, backbones.weights_fingerprint(name, weights))
+    if trainable_blocks:
+        key += (trainable_blocks,)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = backbones.build_feature_extractor(name, weights)
+        _EXTRACTORS[key] = (fine_tune.lower_extractor(name, weights, trainable_blocks) if trainable_blocks
+                            else backbones.build_feature_extractor(name, weights))
     return _EXTRACTORS[key]
 
 
@@ -65,13 +70,15 @@ class _TrackedBackbone(tf.Module):
 def preprocessing_fn(inputs, custom_config):
     """custom_config: TransformSettings.to_config() (components/settings.py)."""
     settings = TransformSettings.from_config(custom_config)
-    name, weights = settings.backbone, settings.weights
+    name, weights, blocks = settings.backbone, settings.weights, settings.trainable_blocks
     spec = backbones.get_spec(name)
     extractor = tft.make_and_track_object(
-        lambda: _TrackedBackbone(shared_extractor(name, weights)), name="backbone")
+        lambda: _TrackedBackbone(shared_extractor(name, weights, blocks)), name="backbone")
     images = tf.reshape(inputs[IMAGE_KEY], [-1])
     features = extractor(decode_and_resize(images, spec.input_size))
-    outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, spec.feature_dim])}
+    if blocks:  # the cut activation, as BottleneckGen caches it
+        features = fine_tune.round_activation(features, settings.activation_dtype)
+    outputs = {FEATURES_KEY: tf.ensure_shape(features, [None, fine_tune.activation_dim(name, blocks)])}
     if LABEL_KEY in inputs:
         outputs[LABEL_KEY] = tf.reshape(inputs[LABEL_KEY], [-1])
     return outputs

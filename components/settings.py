@@ -131,18 +131,50 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
 
 # ------------------------------------------------------------- what each step gets
 
+# `--activation-dtype`: how BottleneckGen caches the cut activation when fine-tuning.
+ACTIVATION_DTYPES = ("float16", "float32")
+
+
+class _FineTuneFields:
+    """trainable_blocks / activation_dtype: written only when fine-tuning (N > 0; the
+    dtype means nothing otherwise), so a head-only run's config, and every cache key and
+    digest made from it, stay as before."""
+    ADDED_LATER = {"trainable_blocks": 0, "activation_dtype": ACTIVATION_DTYPES[0]}
+
+    def _drop_fine_tune_defaults(self, config: Dict[str, Any]) -> Dict[str, Any]:
+        if self.trainable_blocks == 0:
+            for key in _FineTuneFields.ADDED_LATER:
+                del config[key]
+        return config
+
+    def _check_fine_tune(self):
+        if self.trainable_blocks < 0:
+            raise SettingsError(f"{type(self).__name__}: trainable_blocks must be >= 0, got {self.trainable_blocks}")
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise SettingsError(f"{type(self).__name__}: activation_dtype must be one of "
+                                f"{', '.join(ACTIVATION_DTYPES)}, got {self.activation_dtype!r}")
+
+
 @dataclasses.dataclass(frozen=True)
-class TransformSettings(Settings):
+class TransformSettings(_FineTuneFields, Settings):
     """Transform's custom_config (components/preprocessing.py preprocessing_fn)."""
     backbone: str
     weights: str
+    trainable_blocks: int = 0  # > 0: the graph ends at the cut below the top N blocks
+    activation_dtype: str = ACTIVATION_DTYPES[0]  # float16: the cut activation rounded as cached
+
+    def to_config(self) -> Dict[str, Any]:
+        return self._drop_fine_tune_defaults(super().to_config())
+
+    def __post_init__(self):
+        self._check_fine_tune()
 
 
 CLASS_WEIGHTS = ("none", "balanced")  # TrainerSettings.class_weights, `--class-weights`
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainerSettings(Settings):
+class TrainerSettings(_FineTuneFields, Settings):
     """The Trainer's custom_config (components/trainer.py run_fn)."""
     backbone: str
     weights: str
@@ -154,17 +186,20 @@ class TrainerSettings(Settings):
     seed: int
     corrupt_train_labels: bool
     class_weights: str = CLASS_WEIGHTS[0]  # "balanced": loss weighted by total / (C x class count)
+    trainable_blocks: int = 0  # > 0: the backbone's top N blocks train with the head (fine_tune.py)
+    activation_dtype: str = ACTIVATION_DTYPES[0]  # of the cached cut activation (N > 0)
 
     # Written only when not the default: the Trainer's cache key stays as before.
-    ADDED_LATER = {"class_weights": CLASS_WEIGHTS[0]}
+    ADDED_LATER = {"class_weights": CLASS_WEIGHTS[0], **_FineTuneFields.ADDED_LATER}
 
     def to_config(self) -> Dict[str, Any]:
         config = super().to_config()
         if self.class_weights == CLASS_WEIGHTS[0]:
             del config["class_weights"]
-        return config
+        return self._drop_fine_tune_defaults(config)
 
     def __post_init__(self):
+        self._check_fine_tune()
         if self.class_weights not in CLASS_WEIGHTS:
             raise SettingsError(f"TrainerSettings: class_weights must be one of "
                                 f"{', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")

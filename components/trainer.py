@@ -15,11 +15,14 @@ Exports, under the Model artifact:
                     from BottleneckGen's serialized tf.Examples (``features``
                     [D]), the head alone: the Evaluator's path on cached
                     features (components/evaluator.py).
-  head/head.h5      the trained head alone (Keras, features [N, D] -> [N, C]).
+  head/head.h5      the trained head alone (Keras, features [N, D] -> [N, C]); with
+                    trainable_blocks N > 0 the top model (components/fine_tune.py):
+                    the flattened cut activation -> the top N blocks -> the head.
   head/head.json    what it was trained on: backbone, weights (and their
                     fingerprint), feature_dim, label_names (line i = output i),
                     feature_namespace (BottleneckGen's: backbone, weights
-                    fingerprint, preprocessing; None for random weights).
+                    fingerprint, preprocessing; None for random weights);
+                    trainable_blocks and activation_dtype when N > 0.
   training/history.json and TensorBoard logs (in the model-run artifact).
 """
 
@@ -37,12 +40,12 @@ import tensorflow_transform as tft
 import tf_keras
 from absl import logging
 
-from components import backbones, progress_counts
+from components import backbones, fine_tune, progress_counts
 from components.contracts import (FEATURES_KEY, FEATURES_SIGNATURE, HEAD_DIR, HEAD_FILE,
                                   HEAD_INFO_FILE, LABEL_KEY, LABEL_SPACE_FILE,
                                   NON_INPUT_KEYS, SERVING_SIGNATURE, TRAINING_DIR,
                                   TRAINING_HISTORY_FILE)
-from components.settings import TrainerSettings
+from components.settings import ACTIVATION_DTYPES, TrainerSettings
 
 PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
@@ -116,18 +119,22 @@ def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: Tra
                log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
     """Fits the head with early stopping on eval loss; returns (head, history)."""
     tf_keras.utils.set_random_seed(settings.seed)
-    head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
+    if settings.trainable_blocks:  # the top blocks + the head, two learning rates
+        fit, head = fine_tune.build_trainable(settings.backbone, settings.weights, settings.trainable_blocks,
+                                              num_classes, settings.learning_rate)
+    else:
+        fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
     # Keras traces its train/test steps with AutoGraph, which converts Keras' own
     # code (about 6 s of every fit here); the steps run eagerly too, so they need
     # no conversion, and a step that did would fail loudly at trace time.
-    head.train_step = tf.autograph.experimental.do_not_convert(head.train_step)
-    head.test_step = tf.autograph.experimental.do_not_convert(head.test_step)
+    fit.train_step = tf.autograph.experimental.do_not_convert(fit.train_step)
+    fit.test_step = tf.autograph.experimental.do_not_convert(fit.test_step)
     callbacks = [tf_keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings.patience, restore_best_weights=True)]
     if log_dir:
         callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
     callbacks.append(_EpochProgress(settings.epochs))
-    history = head.fit(
+    history = fit.fit(
         x_train, y_train, validation_data=(x_eval, y_eval),
         epochs=settings.epochs, batch_size=settings.batch_size,
         class_weight=balanced_class_weights(y_train, num_classes)
@@ -182,28 +189,41 @@ def export_serving(path: str, tf_transform_output, head, label_names: List[str])
                                                   FEATURES_SIGNATURE: module.serve_features})
 
 
-def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model) -> tf_keras.Model:
-    """float32 [1, H, W, 3] RGB 0..255 -> probabilities: backbone + trained head."""
+def build_pixel_model(backbone: str, weights: str, head: tf_keras.Model,
+                      trainable_blocks: int = 0) -> tf_keras.Model:
+    """float32 [1, H, W, 3] RGB 0..255 -> probabilities: backbone + trained head (with
+    N > 0: the frozen part below the cut + the trained top model)."""
     spec = backbones.get_spec(backbone)
     pixels = tf_keras.Input([spec.input_size, spec.input_size, 3], batch_size=1,
                             dtype=tf.float32, name="image")
-    extractor = backbones.build_feature_extractor(backbone, weights)
+    extractor = (fine_tune.lower_extractor(backbone, weights, trainable_blocks) if trainable_blocks
+                 else backbones.build_feature_extractor(backbone, weights))
     return tf_keras.Model(pixels, head(extractor(pixels)), name=f"{backbone}_classifier")
 
 
-def feature_namespace(backbone: str, weights: str):
+def trainable_blocks_of(info: Dict) -> int:
+    """N of a head.json (a model from before fine-tuning existed: 0)."""
+    blocks = info.get("trainable_blocks", 0)
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 0:
+        raise ValueError(f"head.json: trainable_blocks must be an integer >= 0, got {blocks!r}")
+    return blocks
+
+
+def feature_namespace(backbone: str, weights: str, trainable_blocks: int = 0,
+                      activation_dtype: str = ACTIVATION_DTYPES[0]):
     """BottleneckGen's cache namespace for (backbone, weights): the Evaluator feeds this
     model's FEATURES_SIGNATURE only features of the same namespace. None when the
     weights are random or unavailable (the Evaluator then uses the images)."""
     from components import bottleneck_gen  # Beam: only in the Trainer's process
     try:
-        return bottleneck_gen.cache_namespace(backbone, weights) or None
+        return bottleneck_gen.cache_namespace(backbone, weights, trainable_blocks, activation_dtype) or None
     except backbones.BackboneWeightsError:
         return None
 
 
 def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
-              label_names: List[str], training: Optional[Dict[str, str]] = None) -> str:
+              label_names: List[str], training: Optional[Dict[str, str]] = None,
+              trainable_blocks: int = 0, activation_dtype: str = ACTIVATION_DTYPES[0]) -> str:
     """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir.
     `training`: {"data": training_data_fingerprint, "settings": TrainerSettings JSON},
     what the Pusher compares with the served version's (components/tflite_pusher.py)."""
@@ -219,8 +239,11 @@ def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
         fingerprint = None
     info = {"backbone": backbone, "weights": weights, "weights_fingerprint": fingerprint,
             "feature_dim": int(head.input_shape[-1]), "label_names": list(label_names),
-            "feature_namespace": feature_namespace(backbone, weights) if fingerprint else None,
+            "feature_namespace": feature_namespace(backbone, weights, trainable_blocks, activation_dtype)
+            if fingerprint else None,
             "training": dict(training) if training else None}
+    if trainable_blocks:  # head-only models' head.json stays as it was
+        info.update(trainable_blocks=trainable_blocks, activation_dtype=activation_dtype)
     with tf.io.gfile.GFile(os.path.join(out, HEAD_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return out
@@ -274,4 +297,5 @@ def run_fn(fn_args) -> None:
     with tf.io.gfile.GFile(os.path.join(model_uri, LABEL_SPACE_FILE), "w") as f:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
-    save_head(model_uri, head, settings.backbone, settings.weights, label_names, training)
+    save_head(model_uri, head, settings.backbone, settings.weights, label_names, training,
+              settings.trainable_blocks, settings.activation_dtype)

@@ -28,8 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # PipelineConfig fields `retrain run` takes as flags (pipeline/config_flags.py).
 RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "max_class_recall_drop",
-             "eval_percent",
-             "min_images_per_class", "epochs", "seed", "class_weights", "allow_label_change",
+             "eval_percent", "min_images_per_class", "epochs", "seed", "class_weights",
+             "trainable_blocks", "activation_dtype", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
              "max_file_bytes", "min_image_side", "follow_external_symlinks", "enable_cache")
@@ -222,6 +222,7 @@ def _cmd_run(args) -> int:
                   + ", ".join(repr(c) for c in config.empty_classes), file=sys.stderr)
         if config.weights != "keras":  # "keras" downloads on first use
             backbones.weights_fingerprint(config.backbone, config.weights)
+        backbones.check_trainable_blocks(config.backbone, config.trainable_blocks)
     except (preflight.PreflightError, backbones.BackboneWeightsError, ValueError) as e:
         return _fail(str(e), 2)
     start = time.time()

@@ -8,7 +8,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from components import contracts, image_io
-from components.settings import CLASS_WEIGHTS, TrainerSettings, TransformSettings
+from components.settings import ACTIVATION_DTYPES, CLASS_WEIGHTS, TrainerSettings, TransformSettings
 from components.tflite import variants as _variants
 
 LOOKUPS = ("resolver", "registry")
@@ -98,6 +98,12 @@ class PipelineConfig:
     # "balanced": each class's loss weighted by total / (classes x its images), for
     # imbalanced folders (recorded in the Trainer's settings; "none" leaves them as they were).
     class_weights: str = "none"
+    # Fine-tuning (components/fine_tune.py): the backbone's top N blocks train with the
+    # head (0: the head alone) on cached activations at the cut below them, cached as
+    # activation_dtype: float16 halves the cache (MobileNet v1: 98 KB instead of 196 KB
+    # an image at N = 1) for a rounding of 2^-11 relative (docs/performance.md).
+    trainable_blocks: int = 0
+    activation_dtype: str = ACTIVATION_DTYPES[0]
     # Fault injection for testing the gate: train on shuffled labels.
     corrupt_train_labels: bool = False
     # The Evaluator's gate: bless when eval accuracy >= min_accuracy (better than
@@ -158,7 +164,8 @@ class PipelineConfig:
 
     def transform_settings(self) -> TransformSettings:
         """Transform's custom_config (components/preprocessing.py)."""
-        return TransformSettings(backbone=self.backbone, weights=self.weights)
+        return TransformSettings(backbone=self.backbone, weights=self.weights,
+                                 trainable_blocks=self.trainable_blocks, activation_dtype=self.activation_dtype)
 
     def trainer_settings(self) -> TrainerSettings:
         """The Trainer's custom_config (components/trainer.py)."""
@@ -166,7 +173,8 @@ class PipelineConfig:
             backbone=self.backbone, weights=self.weights, label_names=tuple(self.label_names),
             epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             patience=self.patience, seed=self.seed, corrupt_train_labels=self.corrupt_train_labels,
-            class_weights=self.class_weights)
+            class_weights=self.class_weights, trainable_blocks=self.trainable_blocks,
+            activation_dtype=self.activation_dtype)
 
     def validate(self) -> Optional[str]:
         """One-line description of the first invalid setting, or None."""
@@ -188,6 +196,10 @@ class PipelineConfig:
             return f"max_class_share_change must be in (0, 1], got {self.max_class_share_change}"
         if self.feature_batch_size < 1 or self.augment_views < 0:
             return "feature_batch_size must be >= 1 and augment_views >= 0"
+        if self.trainable_blocks < 0:
+            return f"trainable_blocks must be >= 0, got {self.trainable_blocks}"
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            return f"activation_dtype must be one of {', '.join(ACTIVATION_DTYPES)}, got {self.activation_dtype!r}"
         if self.class_weights not in CLASS_WEIGHTS:
             return f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}"
         if self.lookup not in LOOKUPS:

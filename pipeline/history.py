@@ -145,6 +145,8 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         "blessing_id": r.blessing_id, "revoked": r.blessing_revoked, "baseline": False,
         # The per-class gate's refusal ("recall of class 'pug' dropped ..."): the note.
         **({"reason": "; ".join(class_failures)} if class_failures else {}),
+        # fine-tuned backbone blocks (--trainable-blocks; absent from head-only settings)
+        "trainable_blocks": int(r.trainer_settings.get("trainable_blocks", 0)),
         **({"error": error} if error else {}),
     }
 
@@ -220,6 +222,7 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
                 f"{_fmt(r['accuracy']):>8} {_fmt(r['baseline_accuracy']):>8} "
                 f"{('revoked' if r.get('revoked') else 'yes') if r['blessed'] else 'no':7} "
                 f"{_fmt(r['pushed_version']):>6}  {r['id']}"
+                + (f" (top {r['trainable_blocks']} blocks fine-tuned)" if r.get("trainable_blocks") else "")
                 + (f": {r['reason']}" if r.get("reason") else "")
                 + ("  (push read from the version's manifest: MLMD lacks it)"
                    if r.get("push_recorded") is False else ""))

@@ -59,7 +59,8 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
         examples=example_gen.outputs["examples"],
         previous_cache=previous_cache,
         backbone=config.backbone, weights=config.weights,
-        batch_size=config.feature_batch_size, augment_views=config.augment_views)
+        batch_size=config.feature_batch_size, augment_views=config.augment_views,
+        trainable_blocks=config.trainable_blocks, activation_dtype=config.activation_dtype)
     bottleneck_gen.add_upstream_node(label_guard)
     # Transform only builds the graph the serving model embeds (decode, resize,
     # backbone): with no analyzers it never reads the data, and BottleneckGen

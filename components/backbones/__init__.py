@@ -33,7 +33,7 @@ for identical weights).
 
 from components.backbones.fetch import BackboneWeightsError, cache_dir
 from components.backbones.model import build_feature_extractor, build_imagenet_classifier
-from components.backbones.registry import BACKBONES, get_spec
+from components.backbones.registry import BACKBONES, check_trainable_blocks, get_spec
 from components.backbones.spec import BackboneSpec
 from components.backbones.weights import ensure_weights, fetch_weights, weights_fingerprint
 
@@ -44,6 +44,7 @@ __all__ = [
     "build_feature_extractor",
     "build_imagenet_classifier",
     "cache_dir",
+    "check_trainable_blocks",
     "ensure_weights",
     "fetch_weights",
     "get_spec",

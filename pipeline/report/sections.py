@@ -267,12 +267,16 @@ def section_backbone(record: RunRecord, export_backbone: Optional[str],
     try:
         spec = backbones.get_spec(name)
         rows += [["input", f"{spec.input_size}&times;{spec.input_size} RGB"],
-                 ["feature vector", f"{spec.feature_dim} floats (frozen; only the softmax head is trained)"],
+                 ["feature vector", f"{spec.feature_dim} floats (frozen; only the softmax head is trained)"
+                  if not cfg.get("trainable_blocks") else f"{spec.feature_dim} floats"],
                  ["scaling (inside the model)", e(spec.scaling)]]
         if spec.label:
             rows.append(["description", e(spec.label)])
     except Exception as exc:  # noqa: BLE001 - unknown/removed backbone: show what we know
         rows.append(["spec", e(f"unavailable: {exc}")])
+    if cfg.get("trainable_blocks"):  # --trainable-blocks N (components/fine_tune.py)
+        rows.append(["trainable blocks", e(f"top {cfg['trainable_blocks']} fine-tuned with the head "
+                                           f"(activations cached as {cfg.get('activation_dtype')})")])
     for key in ("epochs", "batch_size", "learning_rate", "patience", "seed"):
         if key in cfg:
             rows.append([e(key), e(cfg[key])])

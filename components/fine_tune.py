@@ -1,0 +1,138 @@
+"""Fine-tuning the backbone's top N blocks on cached cut activations (`--trainable-blocks N`).
+
+The frozen lower part of the backbone (components/backbones/model.py build_split)
+runs once per image: BottleneckGen caches its output, the activation at the cut,
+flattened (``activation_dim`` floats, float16 or float32 in the cache), and the
+Transform graph the serving model embeds ends at the same cut. The Trainer trains
+the top model: that activation -> the top N blocks (ImageNet weights, BatchNorm in
+inference mode, a lower learning rate) -> global pooling -> the softmax head. The
+top model takes the place of the head everywhere (head/head.h5, the serving
+signatures, TFLite), so the whole network is lower + top, behind the same signatures.
+
+N = 0 is the head-only path: none of this runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from components import backbones
+from components.backbones import model as backbone_model
+from components.contracts import FEATURES_KEY
+from components.settings import ACTIVATION_DTYPES
+
+# The blocks' Adam step size is the head's times this: their ImageNet weights are a
+# good start that a head-sized step would wreck in the first epoch (Keras' transfer
+# learning guide fine-tunes at 1e-5 after a 1e-3 head).
+BLOCK_LEARNING_RATE_FACTOR = 0.1
+
+
+def check(backbone: str, trainable_blocks: int, activation_dtype: str) -> None:
+    """ValueError (one line) naming the setting to fix."""
+    backbones.check_trainable_blocks(backbone, trainable_blocks)
+    if activation_dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"activation dtype must be one of {', '.join(ACTIVATION_DTYPES)}, got {activation_dtype!r}")
+
+
+def from_exec_properties(backbone: str, props) -> Tuple[int, str]:
+    """(N, activation dtype) of BottleneckGen's execution properties (absent: head only)."""
+    blocks = int(props.get("trainable_blocks") or 0)
+    activation_dtype = props.get("activation_dtype") or ACTIVATION_DTYPES[0]
+    check(backbone, blocks, activation_dtype)
+    return blocks, activation_dtype
+
+
+def cut_channels(backbone: str, trainable_blocks: int) -> int:
+    return backbone_model.cut_shape(backbone, trainable_blocks)[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def activation_dim(backbone: str, trainable_blocks: int) -> int:
+    """Floats per image BottleneckGen writes: the pooled features (N = 0) or the
+    flattened activation at the cut."""
+    if trainable_blocks == 0:
+        return backbones.get_spec(backbone).feature_dim
+    return int(np.prod(backbone_model.cut_shape(backbone, trainable_blocks)))
+
+
+def namespace_suffix(backbone: str, trainable_blocks: int, activation_dtype: str) -> str:
+    """What the cached activation depends on beyond the head-only namespace: the cut and
+    its dtype ("" for N = 0: head-only keys are unchanged)."""
+    if trainable_blocks == 0:
+        return ""
+    return f"|cut={backbones.get_spec(backbone).cut_layer(trainable_blocks)}|{activation_dtype}"
+
+
+def round_activation(activation: tf.Tensor, activation_dtype: str) -> tf.Tensor:
+    """The activation as the cache holds it: float16-rounded (then float32 again) when
+    cached as float16, so the serving graph feeds the top blocks what they trained on."""
+    if activation_dtype == "float16":
+        return tf.cast(tf.cast(activation, tf.float16), tf.float32)
+    return activation
+
+
+def lower_extractor(backbone: str, weights: str, trainable_blocks: int) -> tf_keras.Model:
+    """Frozen: float32 [N, H, W, 3] RGB 0..255 -> the flattened cut activation [N, D]."""
+    lower, _ = backbone_model.build_split(backbone, trainable_blocks, weights)
+    flat = tf_keras.layers.Flatten(name="cut_activation")(lower.output)
+    model = tf_keras.Model(lower.input, flat, name=f"{backbone}_lower{trainable_blocks}")
+    model.trainable = False
+    return model
+
+
+def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: int) -> tf_keras.Model:
+    """The top model: flattened cut activation [N, D] (input ``features``) -> probabilities.
+
+    The top blocks carry ``weights`` (ImageNet) and train; BatchNorm runs in inference
+    mode (``training=False`` on the blocks: moving statistics frozen, scale and offset
+    trained), as Keras' fine-tuning guide advises for small data.
+    """
+    _, upper = backbone_model.build_split(backbone, trainable_blocks, weights)
+    inputs = tf_keras.Input([activation_dim(backbone, trainable_blocks)], name=FEATURES_KEY)
+    shaped = tf_keras.layers.Reshape(upper.input_shape[1:], name="cut_shape")(inputs)
+    pooled = upper(shaped, training=False)
+    outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(pooled)
+    return tf_keras.Model(inputs, outputs, name="head")
+
+
+class TwoRateModel(tf_keras.Model):
+    """Fits ``top`` with Adam at ``learning_rate`` for the head and at
+    BLOCK_LEARNING_RATE_FACTOR x that for the blocks (Keras has no per-layer rate)."""
+
+    def __init__(self, top: tf_keras.Model, learning_rate: float):
+        super().__init__(name="fine_tune")
+        self.top = top
+        head = top.get_layer("head")
+        self._head_vars: List[tf.Variable] = list(head.trainable_weights)
+        head_ids = {id(v) for v in self._head_vars}
+        self._block_vars = [v for v in top.trainable_weights if id(v) not in head_ids]
+        self.block_optimizer = tf_keras.optimizers.Adam(learning_rate * BLOCK_LEARNING_RATE_FACTOR)
+
+    def call(self, inputs, training=None):
+        return self.top(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            predicted = self(x, training=True)
+            loss = self.compiled_loss(y, predicted, sample_weight, regularization_losses=self.losses)
+        grads = tape.gradient(loss, self._block_vars + self._head_vars)
+        k = len(self._block_vars)
+        self.block_optimizer.apply_gradients(zip(grads[:k], self._block_vars))
+        self.optimizer.apply_gradients(zip(grads[k:], self._head_vars))
+        return self.compute_metrics(x, y, predicted, sample_weight)
+
+
+def build_trainable(backbone: str, weights: str, trainable_blocks: int, num_classes: int,
+                    learning_rate: float) -> Tuple[tf_keras.Model, tf_keras.Model]:
+    """(model to fit, top model to save and serve), compiled as the head is."""
+    top = build_top(backbone, weights, trainable_blocks, num_classes)
+    fit = TwoRateModel(top, learning_rate)
+    fit.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return fit, top

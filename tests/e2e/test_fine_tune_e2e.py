@@ -1,0 +1,67 @@
+"""A whole local run with `--trainable-blocks 1` (issue 19): MobileNet v1, 3 emoji
+classes x 10 images, 1 epoch, the float32 TFLite variant only. The pushed model is the
+whole network (frozen lower part + trained top block + head): its TFLite predictions
+match the SavedModel's, the Evaluator's accuracy is the SavedModel's on the eval
+images, and N shows in head.json, the run record and `retrain runs`."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import contracts
+from conftest import copy_subset, eval_split, tflite_probabilities
+from pipeline import history, local_runner
+from pipeline.config import PipelineConfig
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["flags", "food_and_drink", "smileys_and_emotion"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, emoji_root, imagenet_weights):
+    root = tmp_path_factory.mktemp("fine-tune")
+    images = copy_subset(emoji_root, root / "images", CLASSES, per_class=10)
+    config = PipelineConfig(images=str(images), workdir=str(root / "work"), epochs=1,
+                            min_accuracy=0.0, tflite_variants=("float32",), trainable_blocks=1)
+    summary = local_runner.run(config)
+    (model,) = glob.glob(str(root / "work" / "pipeline_root" / "Trainer" / "model" / "*"))
+    return config, summary, model
+
+
+def _saved_model_probabilities(model_uri, images):
+    serving = tf.saved_model.load(os.path.join(model_uri, contracts.SERVING_MODEL_DIR))
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        contracts.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))}))
+        .SerializeToString() for data in images]
+    out = serving.signatures[contracts.SERVING_SIGNATURE](examples=tf.constant(examples))
+    return out[contracts.PROBABILITIES_KEY].numpy()
+
+
+def test_pushed_tflite_matches_the_saved_model_of_the_whole_network(run):
+    config, summary, model = run
+    assert summary["blessed"] is True and summary["pushed_version"] == 1
+    evals = eval_split(os.path.dirname(summary["ingestion_report"]))
+    saved = _saved_model_probabilities(model, [data for data, _ in evals])
+    tflite = np.stack([tflite_probabilities(os.path.join(config.serving_dir, "1", "model.tflite"), data)
+                       for data, _ in evals])
+    np.testing.assert_allclose(tflite, saved, atol=1e-3)
+    assert (tflite.argmax(1) == saved.argmax(1)).all()
+    # The gate's accuracy (on the cached cut activations) is the served model's on the images.
+    labels = np.array([label for _, label in evals])
+    assert summary["accuracy"] == pytest.approx(float((saved.argmax(1) == labels).mean()))
+
+
+def test_n_is_recorded_in_head_json_the_run_record_and_runs(run):
+    config, summary, model = run
+    with open(os.path.join(model, contracts.HEAD_DIR, contracts.HEAD_INFO_FILE)) as f:
+        info = json.load(f)
+    assert info["trainable_blocks"] == 1 and info["activation_dtype"] == "float16"
+    assert info["feature_namespace"].endswith("|cut=conv_dw_13|float16")
+    (row,) = [r for r in history.list_runs(config) if r["kind"] == "run"]
+    assert row["trainable_blocks"] == 1 and row["id"] == summary["run_id"]
+    assert "(top 1 blocks fine-tuned)" in history.format_runs([row])

@@ -1,0 +1,54 @@
+"""Fine-tuning the top blocks (`--trainable-blocks N`, issue 19): the registry's cut
+points and the split of the feature extractor into lower (pixels -> activation at the
+cut) and upper (activation -> pooled features), with the real ImageNet weights."""
+
+import numpy as np
+import pytest
+
+from components import backbones
+from components.backbones import model as backbone_model
+from conftest import synthetic_images
+
+# upper(lower(x)) against the whole extractor, float32 on CPU: the same layers in the
+# same order, but a different graph (separate XLA/Eigen calls) may reorder sums:
+# ~1e-6 was measured on features of magnitude ~6 (ReLU6 outputs).
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "efficientnet_lite0"])
+def test_lower_then_upper_equals_the_whole_extractor(name, imagenet_weights, lite0_weights):
+    spec = backbones.get_spec(name)
+    full = backbones.build_feature_extractor(name)
+    x = synthetic_images(3, spec.input_size, seed=5)
+    expected = full(x).numpy()
+    for n in (1, 2):
+        lower, upper = backbone_model.build_split(name, n)
+        activation = lower(x).numpy()
+        assert activation.shape[1:] == backbone_model.cut_shape(name, n)
+        got = upper(activation, training=False).numpy()
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+        assert lower.trainable_weights == [] and upper.trainable_weights  # only the top trains
+    # The registry's cut points: N = 1 starts at the last block, which ends at the feature layer.
+    assert spec.cut_layer(1) == spec.blocks[-1] and spec.cut_layer(2) == spec.blocks[-2]
+
+
+def test_cut_points_of_the_registry_entries():
+    v1 = backbones.get_spec("mobilenet_v1")
+    assert len(v1.blocks) == 13 and v1.cut_layer(1) == "conv_dw_13" and v1.cut_layer(2) == "conv_pad_12"
+    lite0 = backbones.get_spec("efficientnet_lite0")
+    assert len(lite0.blocks) == 16 and lite0.cut_layer(1) == "block15_expand_conv"
+    assert lite0.blocks[0] == "block0_dwconv"
+    assert backbone_model.cut_shape("mobilenet_v1", 1) == (7, 7, 1024)
+    assert backbone_model.cut_shape("mobilenet_v1", 2) == (14, 14, 512)
+
+
+def test_a_backbone_without_blocks_or_n_out_of_range_is_refused_in_one_line():
+    from components.backbones.registry import check_trainable_blocks
+    check_trainable_blocks("mobilenet_v2", 0)  # head only: every backbone
+    with pytest.raises(ValueError) as e:
+        check_trainable_blocks("mobilenet_v2", 1)
+    assert "mobilenet_v2" in str(e.value) and "efficientnet_lite0, mobilenet_v1" in str(e.value)
+    assert "\n" not in str(e.value)
+    for bad in (-1, 14):
+        with pytest.raises(ValueError, match="0..13"):
+            check_trainable_blocks("mobilenet_v1", bad)
