@@ -35,7 +35,7 @@ import contextlib
 import dataclasses
 from typing import Iterator, List
 
-from tfx import v1 as tfx
+from tfx.dsl.experimental.conditionals.conditional import Cond
 from tfx.orchestration import data_types
 
 from components import contracts, previous_artifacts
@@ -86,5 +86,5 @@ def gate(config: PipelineConfig, example_gen) -> Iterator[Gate]:
         serving_dir=config.serving_dir, settings=unchanged.settings_digest(config),
         force=force_parameter(),
     ).with_id(contracts.CHANGE_CHECK)
-    with tfx.dsl.Cond(check.outputs["result"].future()[0].custom_property(CHANGED) == 1):
+    with Cond(check.outputs["result"].future()[0].custom_property(CHANGED) == 1):
         yield Gate([check], check, registry, config.serving_dir)

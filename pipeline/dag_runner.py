@@ -16,7 +16,7 @@ import contextlib
 import datetime
 from typing import Iterator
 
-from tfx import v1 as tfx
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import launcher, runtime_parameter_utils
 from tfx.dsl.compiler import constants
 
@@ -27,7 +27,7 @@ def new_run_id() -> str:
     return datetime.datetime.now().isoformat()
 
 
-class _Runner(tfx.orchestration.LocalDagRunner):
+class _Runner(LocalDagRunner):
 
     def __init__(self, run_id: str, force: bool = False):
         super().__init__()

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 
-from tfx import v1 as tfx
+from tfx.orchestration import metadata as tfx_metadata
 from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
 
 from components import contracts, object_store
@@ -19,7 +19,7 @@ from pipeline.progress import Progress
 
 
 def metadata_config(config: PipelineConfig):
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    return tfx_metadata.sqlite_metadata_connection_config(config.metadata_path)
 
 
 class _FirstRunCacheFilter(logging.Filter):

@@ -27,8 +27,8 @@ def test_a_gated_local_run_binds_changechecks_force_parameter(tmp_path, monkeypa
     """A local run on an object store has ChangeCheck (kubeflow/change_gate.py):
     TFX's IR compiler drops its default 0 (compiler_utils.set_runtime_parameter_pb
     keeps no falsy default), so dag_runner binds it: 0, or 1 for `retrain run --force`."""
-    from tfx import v1 as tfx
     from tfx.dsl.compiler import compiler
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     from conftest import png_bytes
     from pipeline import dag_runner, preflight
@@ -41,7 +41,7 @@ def test_a_gated_local_run_binds_changechecks_force_parameter(tmp_path, monkeypa
     config = preflight.scan(PipelineConfig(images=str(tmp_path / "images"), workdir=str(tmp_path),
                                            lookup="registry"))
     seen = []  # TFX's own run_with_ir, after dag_runner's substitution: record, don't run
-    monkeypatch.setattr(tfx.orchestration.LocalDagRunner, "run_with_ir",
+    monkeypatch.setattr(LocalDagRunner, "run_with_ir",
                         lambda self, ir, run_options=None: seen.append(ir))
 
     def force_of(ir):
