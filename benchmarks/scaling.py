@@ -41,7 +41,8 @@ def measure(sizes, root: pathlib.Path, batch_size: int, output: str = "") -> lis
                        "examples": run["examples"], "wall_seconds": run["process_seconds"],
                        "components_seconds": components, "peak_rss_mb": run["peak_rss_mb"],
                        "seconds_per_1000_images": round(1000 * run["process_seconds"] / n, 2),
-                       "seconds": run["seconds"], "accuracy": run["accuracy"]})
+                       "seconds": run["seconds"], "peak_rss_mb_by_step": run["peak_rss_mb_by_step"],
+                       "accuracy": run["accuracy"]})
         print(f"{n:>7} images: {run['process_seconds']:>8.1f} s wall, {components:>8.1f} s of "
               f"components, peak RSS {run['peak_rss_mb']:>8.1f} MB", flush=True)
         if output:
