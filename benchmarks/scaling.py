@@ -26,7 +26,9 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "scaling.json"
 PEAK_RSS_TARGET_MB = 4096
 
 
-def measure(sizes, root: pathlib.Path, batch_size: int) -> list:
+def measure(sizes, root: pathlib.Path, batch_size: int, output: str = "") -> list:
+    """One point per size; with `output`, the JSON and the plot are rewritten after
+    each, so a run stopped at 20k (a timeout, memory) keeps the smaller sizes."""
     src = datasets.emoji_dataset()
     points = []
     for n in sizes:
@@ -39,10 +41,24 @@ def measure(sizes, root: pathlib.Path, batch_size: int) -> list:
                        "examples": run["examples"], "wall_seconds": run["process_seconds"],
                        "components_seconds": components, "peak_rss_mb": run["peak_rss_mb"],
                        "seconds_per_1000_images": round(1000 * run["process_seconds"] / n, 2),
-                       "seconds": run["seconds"], "accuracy": run["accuracy"]})
+                       "seconds": run["seconds"], "peak_rss_mb_by_step": run["peak_rss_mb_by_step"],
+                       "accuracy": run["accuracy"]})
         print(f"{n:>7} images: {run['process_seconds']:>8.1f} s wall, {components:>8.1f} s of "
               f"components, peak RSS {run['peak_rss_mb']:>8.1f} MB", flush=True)
+        if output:
+            save(points, output)
     return points
+
+
+def save(points: list, output: str) -> dict:
+    """Writes the result JSON at `output` and its plot beside it (same name, .png)."""
+    result = {"points": points, "linearity": linearity(points),
+              "peak_rss_target_mb": PEAK_RSS_TARGET_MB,
+              "peak_rss_ok": all(p["peak_rss_mb"] <= PEAK_RSS_TARGET_MB for p in points),
+              "machine": machine_facts()}
+    out = write_result(result, output)
+    plot(points, out.with_suffix(".png"))
+    return result
 
 
 def linearity(points: list) -> list:
@@ -82,18 +98,14 @@ def main(argv=None) -> dict:
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="scaling-")).resolve()
     try:
-        points = measure(sizes, root, args.batch_size)
+        points = measure(sizes, root, args.batch_size, args.output)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    result = {"points": points, "linearity": linearity(points),
-              "peak_rss_target_mb": PEAK_RSS_TARGET_MB,
-              "peak_rss_ok": all(p["peak_rss_mb"] <= PEAK_RSS_TARGET_MB for p in points),
-              "machine": machine_facts()}
+    result = save(points, args.output)
     for row in result["linearity"]:
         print(f"{row['from']} -> {row['to']}: {row['marginal_seconds_per_1000_images']} s per 1000 more images")
-    out = write_result(result, args.output)
-    plot(points, out.with_suffix(".png"))
+    out = pathlib.Path(args.output)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return result
 

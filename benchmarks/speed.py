@@ -90,14 +90,64 @@ def _pipeline(images: str, workdir: str, overrides: dict) -> dict:
     cfg = PipelineConfig(images=images, workdir=workdir, min_accuracy=0.0,
                          min_images_per_class=1, **overrides)
     t0 = time.perf_counter()
-    summary = local_runner.run(cfg)
+    with RssSampler() as rss:
+        summary = local_runner.run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["peak_rss_mb_by_step"] = peak_by_step(rss.samples, step_windows(cfg, summary["run_id"]))
     history = sorted(glob.glob(os.path.join(cfg.pipeline_root, "Trainer", "model_run", "*",
                                             contracts.TRAINING_DIR, contracts.TRAINING_HISTORY_FILE)),
                      key=os.path.getmtime)[-1]
     summary["epochs"] = len(json.load(open(history))["loss"])
     summary["peak_rss_mb"] = peak_rss_mb()
     return summary
+
+
+class RssSampler:
+    """Samples this process's resident memory (VmRSS) every `interval` s in a thread:
+    [(unix time, MB)]. The components run in this process (LocalDagRunner, Beam in
+    process), so the samples within a step's execution are that step's."""
+
+    def __init__(self, interval: float = 0.25):
+        import threading
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            with open("/proc/self/status") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            self.samples.append((time.time(), kb / 1024.0))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def step_windows(cfg: PipelineConfig, run_id: str) -> list:
+    """[(node, start unix s, end unix s)] of the run's executions, from MLMD."""
+    from pipeline import mlmd_store
+    store = mlmd_store.open_store(cfg)
+    run = next((c for c in mlmd_store.run_contexts(store, cfg.pipeline_name) if c.name == run_id), None)
+    if run is None:
+        return []
+    return [(mlmd_store.node_id(store, ex, cfg.pipeline_name), ex.create_time_since_epoch / 1000.0,
+             ex.last_update_time_since_epoch / 1000.0) for ex in mlmd_store.run_executions(store, run)]
+
+
+def peak_by_step(samples: list, windows: list) -> dict:
+    """node -> the highest sample (MB) taken while it ran (None: no sample in its window).
+    RSS rarely falls back, so the first step whose peak jumps is the one that grew."""
+    out = {}
+    for node, start, end in windows:
+        inside = [mb for t, mb in samples if start <= t <= end]
+        out[node] = round(max(inside), 1) if inside else None
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -217,7 +267,7 @@ def main(argv=None) -> dict:
         "images": n, "raw": raw, "naive": {**naive, "epochs_extrapolated_to": epochs,
                                            "total_seconds": round(naive_total, 1)},
         "runs": {k: {f: v[f] for f in ("examples", "seconds", "accuracy", "epochs", "wall_seconds",
-                                       "process_seconds", "peak_rss_mb")}
+                                       "process_seconds", "peak_rss_mb", "peak_rss_mb_by_step")}
                  for k, v in (("first", first), ("plus10", second), ("augmented", augmented),
                               ("images_100", overhead))},
         "same_images_rerun": {k: same.get(k) for k in ("process_seconds", "unchanged",

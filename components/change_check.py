@@ -16,6 +16,11 @@ runs right after ImageExampleGen and compares, with the newest record under
   `retrain bless --pipeline-root`, in between means a full run);
 * the complete versions of the serving dir.
 
+The pipeline parameter ``force`` (contracts.FORCE_PARAMETER, compiled default
+0; `retrain submit --force` passes 1) makes it say ``changed`` whatever it
+finds, the reason saying so: a one-off full run of the scheduled spec, no
+recompile. The fingerprint is still taken, so the run is recorded.
+
 Its output (``result``, type ``components.ChangeCheck``) carries ``changed``
 (1/0), ``reason`` and ``since_run`` as custom properties and the fingerprint in
 CHECK_FILE. kubeflow/change_gate.py puts every later step under
@@ -117,6 +122,12 @@ def run_of(uri: str) -> str:
     return parts[parts.index(EXAMPLE_GEN_TASK) - 1] if EXAMPLE_GEN_TASK in parts[1:] else uri
 
 
+def forced(verdict: tuple) -> tuple:
+    """compare()'s verdict under ``force`` = 1: a full run, the reason keeping what was found."""
+    changed, reason, since = verdict
+    return True, f"forced by the run parameter {contracts.FORCE_PARAMETER}=1 ({reason})", since
+
+
 def compare(now: RunFingerprint, last: Optional[RunFingerprint], registry: str) -> tuple:
     """(changed, reason, since_run)."""
     if last is None:
@@ -204,6 +215,8 @@ class Executor(base_executor.BaseExecutor):
             changed, reason, since = compare(now, latest_record(registry), registry)
         except Exception as e:  # noqa: BLE001 - the check must never cost a run
             changed, reason, since = True, f"could not compare with the last run ({type(e).__name__}: {e})", ""
+        if exec_properties.get(contracts.FORCE_PARAMETER):  # optional: absent means 0
+            changed, reason, since = forced((changed, reason, since))
         logging.info("ChangeCheck: %s: %s", "full run" if changed else "ends early", reason)
         out.set_int_custom_property(CHANGED, int(changed))
         out.set_string_custom_property(REASON, reason)
@@ -238,7 +251,8 @@ _PARAMETERS = {"registry": ExecutionParameter(type=str), "serving_dir": Executio
 
 
 class ChangeCheckSpec(ComponentSpec):
-    PARAMETERS = {**_PARAMETERS, "settings": ExecutionParameter(type=str)}
+    PARAMETERS = {**_PARAMETERS, "settings": ExecutionParameter(type=str),
+                  contracts.FORCE_PARAMETER: ExecutionParameter(type=int, optional=True)}
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {"result": ChannelParameter(type=ChangeCheck)}
 
@@ -249,10 +263,12 @@ class ChangeCheckStep(base_component.BaseComponent):
     SPEC_CLASS = ChangeCheckSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, examples: types.BaseChannel, registry: str, serving_dir: str, settings: str):
+    def __init__(self, examples: types.BaseChannel, registry: str, serving_dir: str, settings: str,
+                 force=None):
+        """`force`: an int or a RuntimeParameter (kubeflow/change_gate.py); None: never."""
         super().__init__(spec=ChangeCheckSpec(
             examples=examples, registry=registry, serving_dir=serving_dir, settings=settings,
-            result=types.Channel(type=ChangeCheck)))
+            result=types.Channel(type=ChangeCheck), **{contracts.FORCE_PARAMETER: force}))
 
 
 class RecordRunFingerprintSpec(ComponentSpec):

@@ -111,6 +111,9 @@ RECORD_FEATURE_CACHE = "record-feature-cache"
 # inputs with the last completed run's, and the step that records them after a run.
 CHANGE_CHECK = "change-check"
 RECORD_RUN_FINGERPRINT = "record-run-fingerprint"
+# Its pipeline parameter: 1 runs in full although nothing changed (a one-off
+# `retrain submit --force` of the compiled, scheduled spec); compiled default 0.
+FORCE_PARAMETER = "force"
 
 _VERSION = re.compile(r"^[0-9]+$")
 

@@ -14,7 +14,15 @@ after it, depending on ``<task>.Succeeded``, are omitted
 ImageExampleGen and ChangeCheck only, and pushes nothing.
 
 Only specs with registry lookups (``--target kfp``) get the gate: the record it
-compares with lives in the registry. The local runner and Vertex get no node.
+compares with lives in the registry. The local runner and Vertex get no node
+(docs/kubeflow.md says why and what Vertex runs get instead).
+
+The pipeline parameter ``force`` (a TFX RuntimeParameter read by ChangeCheck)
+lets a one-off run of the compiled, scheduled spec run in full: `retrain submit
+--force`. TFX 1.16's V2 compiler declares it on the root without its default
+(compiler_utils.build_parameter_type_spec); kubeflow/runner.py writes the
+default 0 back, which the backend fills in for runs that pass none (argocompiler
+argo.go, "fill root component default parameters"), a schedule's included.
 
   with change_gate.gate(config, example_gen) as gate:
       rest = gate.add(<nodes after ImageExampleGen>)
@@ -27,7 +35,8 @@ import contextlib
 import dataclasses
 from typing import Iterator, List
 
-from tfx import v1 as tfx
+from tfx.dsl.experimental.conditionals.conditional import Cond
+from tfx.orchestration import data_types
 
 from components import contracts, previous_artifacts
 from components.change_check import CHANGED, ChangeCheckStep, RecordRunFingerprint
@@ -60,6 +69,11 @@ class Gate:
         return [*gated, recorder]
 
 
+def force_parameter() -> data_types.RuntimeParameter:
+    """``force``, 0 unless a run passes 1 (the local runner takes the default)."""
+    return data_types.RuntimeParameter(name=contracts.FORCE_PARAMETER, ptype=int, default=0)
+
+
 @contextlib.contextmanager
 def gate(config: PipelineConfig, example_gen) -> Iterator[Gate]:
     """Nodes created inside run only when ChangeCheck says ``changed`` (kfp target)."""
@@ -70,6 +84,7 @@ def gate(config: PipelineConfig, example_gen) -> Iterator[Gate]:
     check = ChangeCheckStep(
         examples=example_gen.outputs["examples"], registry=registry,
         serving_dir=config.serving_dir, settings=unchanged.settings_digest(config),
+        force=force_parameter(),
     ).with_id(contracts.CHANGE_CHECK)
-    with tfx.dsl.Cond(check.outputs["result"].future()[0].custom_property(CHANGED) == 1):
+    with Cond(check.outputs["result"].future()[0].custom_property(CHANGED) == 1):
         yield Gate([check], check, registry, config.serving_dir)

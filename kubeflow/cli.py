@@ -2,7 +2,7 @@
 
   retrain compile --output pipeline.yaml --image IMAGE --pipeline-root URI [--images URI]
                   [--target kfp|vertex] [--beam-runner direct|dataflow ...]
-  retrain submit --host URL pipeline.yaml
+  retrain submit --host URL [--force] pipeline.yaml
   retrain schedule --host URL --cron "0 0 3 * * *" pipeline.yaml
 
 pipeline/cli.py wires these in with ``register(subparsers)``. Handlers return
@@ -79,6 +79,9 @@ def register(subparsers) -> Dict[str, Handler]:
         p.add_argument("--timeout", type=float, default=15.0, help="seconds per HTTP request")
         if name == "submit":
             p.add_argument("--run-name", default=None)
+            p.add_argument("--force", action="store_true",
+                           help="run in full although nothing changed since the last completed "
+                                "run (sets the spec's pipeline parameter force=1; --target kfp)")
         else:
             p.add_argument("--cron", required=True,
                            help="6 fields, seconds first: '0 0 3 * * *' is 03:00 daily")
@@ -227,6 +230,11 @@ def _timeout(args) -> float:
     return args.timeout
 
 
+def _run_arguments(args: argparse.Namespace) -> Dict[str, int]:
+    from components.contracts import FORCE_PARAMETER
+    return {FORCE_PARAMETER: 1} if args.force else {}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from kubeflow import kfp_client
     from kubeflow.runner import KubeflowError
@@ -234,7 +242,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         run_id = kfp_client.submit(
             args.spec, args.host, pipeline_root=args.pipeline_root, run_name=args.run_name,
             experiment=args.experiment, namespace=args.namespace, token=_token(args),
-            timeout=_timeout(args))
+            timeout=_timeout(args), arguments=_run_arguments(args))
     except KubeflowError as e:
         return _fail(e)
     print(f"run {run_id}")

@@ -14,7 +14,7 @@ import re
 import socket
 import urllib.error
 import urllib.request
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from kubeflow.runner import KubeflowError, load_spec
 
@@ -67,14 +67,20 @@ def check_host(host: str, token: Optional[str] = None, timeout: float = DEFAULT_
 def submit(spec_path: str, host: str, *, pipeline_root: Optional[str] = None,
            run_name: Optional[str] = None, experiment: str = "Default",
            namespace: Optional[str] = None, token: Optional[str] = None,
-           enable_caching: Optional[bool] = None, timeout: float = DEFAULT_TIMEOUT_S) -> str:
-    """Creates one run from the YAML; returns the run id."""
+           enable_caching: Optional[bool] = None, timeout: float = DEFAULT_TIMEOUT_S,
+           arguments: Optional[Dict[str, Any]] = None) -> str:
+    """Creates one run from the YAML; returns the run id. `arguments`: pipeline
+    parameters the spec declares (e.g. ``force``), checked before any call."""
     spec, root = _spec_and_root(spec_path, pipeline_root)
+    undeclared = sorted(set(arguments or {}) - set(spec.root.input_definitions.parameters))
+    if undeclared:
+        raise KubeflowError(f"{spec_path} declares no pipeline parameter {', '.join(undeclared)}: "
+                            "recompile it with `retrain compile --target kfp` from this version")
     run_name = run_name or f"{spec.pipeline_info.name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}"
     with _client(host, token, namespace, timeout) as client:
         result = client.create_run_from_pipeline_package(
             spec_path, run_name=run_name, experiment_name=experiment, namespace=namespace,
-            pipeline_root=root, enable_caching=enable_caching)
+            pipeline_root=root, enable_caching=enable_caching, arguments=arguments or None)
         return result.run_id
 
 

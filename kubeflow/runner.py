@@ -221,6 +221,7 @@ def _finish_spec(path: str, pipeline_root: str, lookup: str) -> None:
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     spec = yaml.safe_load(text)
     spec["defaultPipelineRoot"] = pipeline_root
+    _restore_parameter_defaults(spec)
     for task in spec["root"]["dag"]["tasks"].values():
         component = spec["components"][task["componentRef"]["name"]]
         container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container")
@@ -244,6 +245,22 @@ def _finish_spec(path: str, pipeline_root: str, lookup: str) -> None:
     with open(path, "w") as f:
         f.write(header)
         yaml.safe_dump(spec, f, sort_keys=True)
+
+
+def _restore_parameter_defaults(spec: dict) -> None:
+    """Writes back the defaults TFX 1.16 drops from the root's parameters (today
+    only ChangeCheck's ``force``, default 0): without one, a run or a schedule
+    that passes no value fails in the driver; with it, the backend fills
+    it in (argocompiler/argo.go, "fill root component default parameters")."""
+    from kubeflow import change_gate
+    defaults = {p.name: p.default for p in (change_gate.force_parameter(),)}
+    declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    unknown = sorted(set(declared) - set(defaults))
+    if unknown:  # a new RuntimeParameter: it needs its default here too
+        raise KubeflowError(f"pipeline parameters {unknown} have no default in the spec "
+                            "(TFX 1.16 drops them): add them to _restore_parameter_defaults")
+    for name, param in declared.items():
+        param.update(defaultValue=defaults[name], isOptional=True)
 
 
 def load_spec(path: str):

@@ -228,7 +228,7 @@ def _cmd_run(args) -> int:
     start = time.time()
     try:
         with _native_lines_to_log(config, args.verbose):
-            summary = local_runner.run(config, show_progress=not args.quiet)
+            summary = local_runner.run(config, show_progress=not args.quiet, force=args.force)
     except workdir_lock.WorkdirBusy as e:
         return _fail(str(e), 2)
     except KeyboardInterrupt:  # Ctrl-C: the run is recorded as interrupted

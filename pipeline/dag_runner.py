@@ -3,6 +3,11 @@
 TFX's LocalDagRunner names a run ``datetime.now().isoformat()`` inside
 run_with_ir; choosing it beforehand (same format) lets the process record it in
 the workdir lock and report its own run by id, never "the newest run".
+
+It also binds ChangeCheck's ``force`` parameter (a gated local run on an object
+store, kubeflow/change_gate.py): TFX's IR compiler keeps no falsy default
+(dsl/compiler/compiler_utils.py set_runtime_parameter_pb, ``if default_value:``),
+so its default 0 would be lost; ``retrain run --force`` binds 1.
 """
 
 from __future__ import annotations
@@ -11,27 +16,29 @@ import contextlib
 import datetime
 from typing import Iterator
 
-from tfx import v1 as tfx
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import launcher, runtime_parameter_utils
 from tfx.dsl.compiler import constants
 
-from components import kill_hook
+from components import contracts, kill_hook
 
 
 def new_run_id() -> str:
     return datetime.datetime.now().isoformat()
 
 
-class _Runner(tfx.orchestration.LocalDagRunner):
+class _Runner(LocalDagRunner):
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, force: bool = False):
         super().__init__()
         self.run_id = run_id
+        self.force = force
 
     def run_with_ir(self, pipeline, run_options=None):
         # Substituted here, TFX's own substitution finds nothing left to fill.
         runtime_parameter_utils.substitute_runtime_parameter(
-            pipeline, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: self.run_id})
+            pipeline, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: self.run_id,
+                       contracts.FORCE_PARAMETER: int(self.force)})
         return super().run_with_ir(pipeline, run_options=run_options)
 
 
@@ -63,7 +70,7 @@ def _kill_points() -> Iterator[None]:
         launcher.Launcher.launch, launcher.Launcher._run_executor = launch, run_executor
 
 
-def run(pipeline, run_id: str) -> None:
-    """Runs `pipeline` locally as run `run_id`."""
+def run(pipeline, run_id: str, force: bool = False) -> None:
+    """Runs `pipeline` locally as run `run_id`; `force`: ChangeCheck's parameter."""
     with _kill_points():
-        _Runner(run_id).run(pipeline)
+        _Runner(run_id, force).run(pipeline)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 
-from tfx import v1 as tfx
+from tfx.orchestration import metadata as tfx_metadata
 from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
 
 from components import contracts, object_store
@@ -19,7 +19,7 @@ from pipeline.progress import Progress
 
 
 def metadata_config(config: PipelineConfig):
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    return tfx_metadata.sqlite_metadata_connection_config(config.metadata_path)
 
 
 class _FirstRunCacheFilter(logging.Filter):
@@ -37,11 +37,12 @@ class _FirstRunCacheFilter(logging.Filter):
         return not (FEATURE_CACHE_RESOLVER in text and "returned None" in text)
 
 
-def run(config: PipelineConfig, show_progress: bool = False) -> dict:
+def run(config: PipelineConfig, show_progress: bool = False, force: bool = False) -> dict:
     """Preflight, run the whole pipeline, return the run summary (see run_summary)
     with the path of its HTML report (pipeline/report/) under "report".
 
     show_progress prints live component progress to stderr (pipeline.progress).
+    force (`retrain run --force`): a gated run (object-store root) runs in full too.
     """
     object_store.prepare(config.locations())  # s3://: settings, login check, tf.io.gfile plugin
     config = preflight.scan(config)
@@ -56,7 +57,7 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
         from components.tflite_pusher import remove_stale_staging
         remove_stale_staging(config.serving_dir)
         inputs, _ = unchanged.fingerprint(config)  # before it runs: a file changed meanwhile is new next time
-        _run(config, run_id, show_progress)
+        _run(config, run_id, show_progress, force)
         record = run_record.by_id(config, run_id)
         if record is not None and record.status == contracts.RUN_COMPLETE:
             unchanged.record_completed(config, inputs, record.run_id)
@@ -65,7 +66,7 @@ def run(config: PipelineConfig, show_progress: bool = False) -> dict:
     return summary
 
 
-def _run(config: PipelineConfig, run_id: str, show_progress: bool) -> None:
+def _run(config: PipelineConfig, run_id: str, show_progress: bool, force: bool = False) -> None:
     """Runs the pipeline as run `run_id` and records how it ended."""
     pipeline = create_pipeline(config, metadata_config(config))
     quiet_first_run = _FirstRunCacheFilter()
@@ -76,7 +77,7 @@ def _run(config: PipelineConfig, run_id: str, show_progress: bool) -> None:
         beam_steps = [c.id for c in pipeline.components if isinstance(c, BaseBeamComponent)]
         with (Progress(config, len(pipeline.components), beam_steps=beam_steps) if show_progress
               else contextlib.nullcontext()):
-            dag_runner.run(pipeline, run_id)
+            dag_runner.run(pipeline, run_id, force)
         outcome = contracts.RUN_COMPLETE
     except KeyboardInterrupt:  # Ctrl-C
         outcome = contracts.RUN_INTERRUPTED

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tfx import v1 as tfx
+# Not `from tfx import v1`: that package also imports TFX's Google Cloud extensions
+# (Vertex AI, BigQuery clients), which no step uses: ~1/5 of every run's and every
+# pod's start-up (python -X importtime). tests/unit/test_local_runner.py checks.
+from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import trainer_pb2
 
 from components import evaluation
 from components.bottleneck_gen import BottleneckGen
@@ -38,10 +43,10 @@ def create_components(config: PipelineConfig) -> list:
 
 
 def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> list:
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     # The latest blessed model (the Evaluator's baseline, LabelGuard's label
     # space) and the latest FeatureCache, from earlier runs: see previous_runs.
@@ -65,18 +70,18 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
     # Transform only builds the graph the serving model embeds (decode, resize,
     # backbone): with no analyzers it never reads the data, and BottleneckGen
     # has already materialised the features.
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_settings().to_config(),
         materialize=False, disable_statistics=True)
     transform.add_upstream_node(label_guard)
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn=RUN_FN,
         examples=bottleneck_gen.outputs["bottlenecks"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=trainer_pb2.TrainArgs(splits=["train"]),
+        eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_settings().to_config())
     # TFX's Evaluator that records its gate (gate.json), reads a registry lookup's
     # "nothing found" baseline as none, and evaluates on the cached features when
@@ -116,9 +121,9 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
 
 
 def create_pipeline(config: PipelineConfig,
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None) -> Pipeline:
     """The pipeline; runners add only their metadata store and orchestration."""
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=create_components(config),

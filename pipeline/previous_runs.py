@@ -17,9 +17,15 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from tfx import v1 as tfx
+# Not `from tfx import v1`: it imports the Google Cloud extensions (Vertex AI,
+# BigQuery), seconds of start-up every run and every pod (pipeline/pipeline.py).
 from tfx.dsl.components.base.base_node import BaseNode
-from tfx.types import BaseChannel
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy)
+from tfx.types import BaseChannel, standard_artifacts
+from tfx.types.channel import Channel
 
 from components import contracts, previous_artifacts
 from pipeline.config import PipelineConfig
@@ -38,10 +44,10 @@ def previous_baseline(config: PipelineConfig) -> Tuple[List[BaseNode], BaseChann
     """(nodes, channel of the latest blessed Model): the Evaluator's baseline, LabelGuard's label space."""
     registry = _registry(config)
     if registry is None:
-        node = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        node = Resolver(
+            strategy_class=LatestBlessedModelStrategy,
+            model=Channel(type=standard_artifacts.Model),
+            model_blessing=Channel(type=standard_artifacts.ModelBlessing),
         ).with_id(contracts.BLESSED_MODEL_RESOLVER)
     else:
         node = previous_artifacts.LatestBlessedModelLookup(registry).with_id(
@@ -53,9 +59,9 @@ def previous_feature_cache(config: PipelineConfig) -> Tuple[List[BaseNode], Base
     """(nodes, channel of the latest FeatureCache): what BottleneckGen reuses."""
     registry = _registry(config)
     if registry is None:
-        node = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-            cache=tfx.dsl.Channel(type=previous_artifacts.FeatureCache),
+        node = Resolver(
+            strategy_class=LatestArtifactStrategy,
+            cache=Channel(type=previous_artifacts.FeatureCache),
         ).with_id(contracts.FEATURE_CACHE_RESOLVER)
     else:
         node = previous_artifacts.LatestFeatureCacheLookup(registry).with_id(

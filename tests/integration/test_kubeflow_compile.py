@@ -161,7 +161,14 @@ def test_kfp_spec_ends_early_when_change_check_finds_nothing_new(compiled, compi
             assert kfp_conditions.triggered(name, task, {key: [artifact]}, {}, oss=True) is runs
     check = tasks["change-check"]
     assert _source(check["inputs"]["artifacts"]["examples"]) == ("ImageExampleGen", "examples")
-    params = {k: p["runtimeValue"]["constant"] for k, p in check["inputs"]["parameters"].items()}
+    params = dict(check["inputs"]["parameters"])
+    # force: the pipeline parameter (a one-off `retrain submit --force`), default 0
+    # written back into the root (TFX 1.16 drops it), as the backend fills it in.
+    assert params.pop("force") == {"componentInputParameter": "force"}
+    assert compiled["doc"]["root"]["inputDefinitions"]["parameters"] == {
+        "force": {"parameterType": "NUMBER_INTEGER", "defaultValue": 0, "isOptional": True}}
+    assert compiled["spec"].root.input_definitions.parameters["force"].default_value.number_value == 0
+    params = {k: p["runtimeValue"]["constant"] for k, p in params.items()}
     config = compiled["config"]
     from pipeline import unchanged
     assert params == {"registry": f"{ROOT}/_registry/{config.pipeline_name}",
@@ -174,6 +181,7 @@ def test_kfp_spec_ends_early_when_change_check_finds_nothing_new(compiled, compi
     # Vertex and the local runner: no gate.
     vertex = compiled_vertex["doc"]["root"]["dag"]["tasks"]
     assert not ({"change-check", "record-run-fingerprint"} & set(vertex))
+    assert "inputDefinitions" not in compiled_vertex["doc"]["root"]
     assert not [n for n, t in vertex.items() if "triggerPolicy" in t]
 
 
@@ -455,3 +463,36 @@ def test_dockerfile_runs_the_image_check_which_covers_every_task(compiled, image
     scripts = re.search(r"\[project\.scripts\]\s*\nretrain = \"([\w.]+):(\w+)\"",
                         (REPO / "pyproject.toml").read_text())
     assert scripts and hasattr(importlib.import_module(scripts.group(1)), scripts.group(2))
+
+
+def test_the_force_parameter_reaches_change_check_through_the_backend(compiled, tmp_path):
+    """`retrain submit --force` passes the pipeline parameter force=1. Run from the
+    compiled spec as the open-source backend would (ImageExampleGen and change-check
+    only; the whole run is the e2e test's), ChangeCheck gets it as an int and says
+    changed, which the gated tasks' condition reads as run. That a matching record
+    is overridden too: test_change_check.py."""
+    from kubeflow import kfp_conditions
+    from kubeflow.local_launcher import LocalLauncher
+    from pipeline.config import direct_beam_args
+    doc = json.loads(json.dumps(compiled["doc"]))
+    tasks = doc["root"]["dag"]["tasks"]
+    trainer = tasks["Trainer"]
+    doc["root"]["dag"]["tasks"] = {n: tasks[n] for n in ("ImageExampleGen", "change-check")}
+    for name in doc["root"]["dag"]["tasks"]:  # Beam in the pod's process: no worker start-up
+        container = _executor(doc, name)["container"]
+        container["args"] = container["args"][:-2] + direct_beam_args(1)
+    params = doc["root"]["dag"]["tasks"]["change-check"]["inputs"]["parameters"]
+    registry = str(tmp_path / "registry")
+    params["registry"]["runtimeValue"]["constant"] = registry  # compiled in: gs://
+    params["serving_dir"]["runtimeValue"]["constant"] = str(tmp_path / "serving")
+    spec = tmp_path / "two-tasks.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    launcher = LocalLauncher(str(spec), str(tmp_path / "root"), backend="kfp")
+    with pytest.raises(ValueError, match="unknown pipeline parameters"):
+        launcher.run("run-x", {"forced": 1})
+    result = launcher.run("run-forced", {"force": 1}).artifact("change-check", "result")
+    assert result["metadata"]["changed"] == 1.0
+    assert result["metadata"]["reason"] == \
+        f"forced by the run parameter force=1 (no completed run recorded in {registry})"
+    key = "_change-check.result"
+    assert kfp_conditions.triggered("Trainer", trainer, {key: [result]}, {}, oss=True)

@@ -146,6 +146,24 @@ def test_submit_creates_a_run_with_the_compiled_pipeline_root(spec_file, capsys)
     assert kfp.posted("/apis/v2beta1/experiments")[0]["display_name"] == "Default"
 
 
+def test_submit_force_sets_the_force_parameter_a_spec_without_it_is_refused(spec_file, tmp_path, capsys):
+    """`--force`: a one-off full run of the scheduled spec (kubeflow/change_gate.py)."""
+    with FakeKfp() as kfp:  # no `force` declared (a --target vertex spec): refused before any call
+        code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file, "--force")
+    assert code == 2 and "declares no pipeline parameter force" in err[-1] and not kfp.requests
+    gated = json.loads(json.dumps(SPEC))
+    gated["root"]["inputDefinitions"] = {"parameters": {"force": {
+        "parameterType": "NUMBER_INTEGER", "defaultValue": 0, "isOptional": True}}}
+    path = tmp_path / "gated.yaml"
+    path.write_text(yaml.safe_dump(gated))
+    for extra, sent in (([], {}), (["--force"], {"force": 1})):
+        with FakeKfp() as kfp:
+            code, _, err = _retrain(capsys, "submit", "--host", kfp.url, str(path), *extra)
+        assert code == 0, err
+        (run,) = kfp.posted("/apis/v2beta1/runs")
+        assert run["runtime_config"].get("parameters") == sent
+
+
 def test_an_existing_experiment_is_reused(spec_file, capsys):
     with FakeKfp(experiments={"nightly-retrain": "exp-42", "other": "exp-7"}) as kfp:
         code, _, err = _retrain(capsys, "submit", "--host", kfp.url, spec_file,

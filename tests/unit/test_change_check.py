@@ -140,3 +140,30 @@ def test_an_error_while_checking_runs_in_full_and_records_nothing(tmp_path):
 ])
 def test_the_run_is_named_from_the_examples_uri(uri, run):
     assert change_check.run_of(uri) == run
+
+
+def test_force_runs_in_full_although_the_record_matches_and_says_so(tmp_path):
+    """The pipeline parameter force=1 (`retrain submit --force`); 0 or absent: the check decides."""
+    registry = str(tmp_path / "registry")
+    first = _check(tmp_path, _examples(str(tmp_path / "root"), "run-1", ROWS), registry)
+    _record(first, registry)
+
+    def check(run, **force):
+        out = change_check.ChangeCheck()
+        out.uri = str(tmp_path / f"check-{run}")
+        change_check.Executor().Do({"examples": [_examples(str(tmp_path / "root"), run, ROWS)]},
+                                   {"result": [out]},
+                                   {"registry": registry, "serving_dir": "", "settings": SETTINGS, **force})
+        return out
+
+    assert check("run-2", force=0).get_int_custom_property(CHANGED) == 0
+    forced = check("run-3", force=1)
+    assert forced.get_int_custom_property(CHANGED) == 1
+    assert forced.get_string_custom_property(REASON).startswith(
+        "forced by the run parameter force=1 (no new images since run run-1: same 4 images")
+    assert forced.get_string_custom_property(SINCE_RUN) == "run-1"
+    # Its fingerprint is kept: the recorder records the forced run like any other.
+    with open(os.path.join(forced.uri, change_check.CHECK_FILE)) as f:
+        assert json.load(f)["fingerprint"]["run"] == "run-3"
+    _record(forced, registry)
+    assert change_check.latest_record(registry).run == "run-3"

@@ -240,7 +240,7 @@ def test_full_disk_said_in_one_line(tmp_path, capsys, monkeypatch):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
 
-    def fill_disk(config, show_progress=False):
+    def fill_disk(config, show_progress=False, force=False):
         try:
             with open("/dev/full", "wb", buffering=0) as f:
                 f.write(b"x")
