@@ -4,6 +4,7 @@ execution recorded. Everything that reads run facts goes through these
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -145,3 +146,14 @@ def custom_property(item, name: str, default: Any = None) -> Any:
 def property_value(item, name: str, default: Any = None) -> Any:
     """A property its type declares (e.g. a standard artifact's split_names), or `default`."""
     return _value(item.properties, name, default)
+
+
+def json_property(text: Optional[str], kind: type, default):
+    """A JSON property of type `kind`, or `default` when absent or malformed."""
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return default
+    return value if isinstance(value, kind) else default

@@ -12,16 +12,13 @@ built by hand (tests); every field has a neutral default.
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from components import contracts
 from pipeline import mlmd_store, workdir_lock
+from pipeline.gate_record import Gate, read_gate  # Gate: a RunRecord field
 from pipeline.config import PipelineConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +53,6 @@ class Evaluation:
     confusion_matrix: Optional[List[List[int]]] = None  # rows actual, columns predicted
     validation_ok: bool = False
     failures: Tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Gate:
-    """The thresholds that decided the blessing, and where they were read."""
-    min_accuracy: Optional[float]
-    max_accuracy_drop: Optional[float]
-    baseline_compared: Optional[bool]  # None: not recorded (runs before gate.json)
-    source: str
-    max_class_recall_drop: Optional[float] = None  # the opt-in per-class gate; None: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +231,7 @@ class _Reader:
             run_id=self.run_ctx.name, created_ms=self.run_ctx.create_time_since_epoch,
             pipeline_name=self.config.pipeline_name, steps=tuple(self.steps),
             label_names=tuple(label_names), **self._ingestion(examples, read_files),
-            statistics_splits=tuple(_json(mlmd_store.property_value(stats, "split_names"), list,
+            statistics_splits=tuple(mlmd_store.json_property(mlmd_store.property_value(stats, "split_names"), list,
                                           ["train", "eval"])) if stats is not None else (),
             evaluation=(_evaluation(evaluation.uri, label_names)
                         if evaluation is not None and read_files else None),
@@ -256,7 +243,7 @@ class _Reader:
             blessing_id=blessing.id if blessing is not None else None,
             blessing_revoked=(blessing is not None and bool(prop(blessing, "blessed"))
                               and blessing.state != blessing.LIVE),
-            trainer_settings=_json(self.exec_property("Trainer", "custom_config"), dict, {}),
+            trainer_settings=mlmd_store.json_property(self.exec_property("Trainer", "custom_config"), dict, {}),
             outcome=prop(self.run_ctx, contracts.RUN_OUTCOME_PROPERTY),
             ended_early=prop(check, "reason") if check is not None and prop(check, "changed", 1) == 0 else None,
             live=workdir_lock.live_run_id(self.config.workdir) == self.run_ctx.name)
@@ -277,7 +264,7 @@ class _Reader:
                     destination=contracts.join(serving_dir, str(versions[-1])))
 
     def _label_names(self, examples) -> List[str]:
-        names = _json(mlmd_store.custom_property(examples, "label_names")
+        names = mlmd_store.json_property(mlmd_store.custom_property(examples, "label_names")
                       if examples is not None else None, list, [])
         return [str(n) for n in names] or list(self.config.label_names)
 
@@ -310,17 +297,6 @@ class _Reader:
                         manual_operation=prop(found[0], "manual_operation") if version is not None else None)
 
 
-def _json(text: Optional[str], kind: type, default):
-    """A JSON property of type `kind`, or `default` when absent or malformed."""
-    if not text:
-        return default
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return default
-    return value if isinstance(value, kind) else default
-
-
 def _evaluation(uri: str, label_names: List[str]) -> Optional[Evaluation]:
     import tensorflow as tf  # local, gs:// or s3://
     if not label_names or not tf.io.gfile.isdir(uri):
@@ -342,59 +318,7 @@ def _push(pushed) -> Optional[Push]:
     done = bool(prop(pushed, "pushed", 0))
     return Push(pushed=done, version=int(prop(pushed, "pushed_version")) if done else None,
                 destination=prop(pushed, "pushed_destination") if done else None,
-                variants=tuple(str(v) for v in _json(prop(pushed, "pushed_variants"), list, [])),
+                variants=tuple(str(v) for v in mlmd_store.json_property(prop(pushed, "pushed_variants"), list, [])),
                 not_pushed={str(k): str(v) for k, v in
-                            _json(prop(pushed, "not_pushed_variants"), dict, {}).items()},
+                            mlmd_store.json_property(prop(pushed, "not_pushed_variants"), dict, {}).items()},
                 reason=prop(pushed, "not_pushed_reason"))
-
-
-# ------------------------------------------------------------------- the gate
-
-def read_gate(evaluation_uri: Optional[str], pusher_gate: Optional[str],
-              config: PipelineConfig) -> Gate:
-    """The thresholds the Evaluator applied: its gate.json; for runs made before
-    it recorded one, its eval config (the change threshold is missing there when
-    there was no baseline), then the Pusher's ``gate`` setting, then `config`."""
-    recorded = _read_gate_file(evaluation_uri) if evaluation_uri else None
-    if recorded is not None:
-        return recorded
-    found: Dict[str, float] = {}
-    if evaluation_uri:
-        try:
-            from tensorflow_model_analysis.writers import eval_config_writer
-
-            from components import evaluation
-            found = evaluation.gate_thresholds(eval_config_writer.load_eval_run(evaluation_uri)[0])
-        except Exception as e:  # noqa: BLE001 - a missing config falls back like an old one
-            log.warning("eval config of %s unreadable: %s", evaluation_uri, e)
-        if "min_accuracy" in found and "max_accuracy_drop" in found:
-            return Gate(found["min_accuracy"], found["max_accuracy_drop"], None,
-                        "the Evaluator's eval config")
-    setting = _json(pusher_gate, dict, {})
-    source = "the Pusher's gate setting" if setting else "the run settings"
-    values = {"min_accuracy": setting.get("min_accuracy", config.min_accuracy),
-              "max_accuracy_drop": setting.get("max_accuracy_drop", config.max_accuracy_drop)}
-    if found:
-        values.update(found)
-        source = f"the Evaluator's eval config (max_accuracy_drop: {source})"
-    return Gate(values["min_accuracy"], values["max_accuracy_drop"], None, source)
-
-
-def _read_gate_file(evaluation_uri: str) -> Optional[Gate]:
-    import tensorflow as tf
-    path = os.path.join(evaluation_uri, contracts.GATE_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            data = json.load(f)
-        numbers = [data[k] for k in ("min_accuracy", "max_accuracy_drop")]
-        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
-            raise ValueError("thresholds are not numbers")
-        compared, per_class = data.get("baseline_compared"), data.get("max_class_recall_drop")
-        return Gate(float(numbers[0]), float(numbers[1]), compared if isinstance(compared, bool)
-                    else None, f"the Evaluator's record ({contracts.GATE_FILE})",
-                    None if per_class is None else float(per_class))  # malformed: ValueError
-    except (ValueError, KeyError, TypeError) as e:
-        log.warning("%s is unreadable (%s): thresholds from the eval config instead", path, e)
-        return None
