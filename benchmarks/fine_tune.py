@@ -4,6 +4,7 @@ training time, cache size and int8 agreement per N.
     python -m benchmarks.fine_tune [--datasets demo,emoji-apple-594,fashion-mnist-600]
         [--blocks 0,1,2,4] [--backbone mobilenet_v1] [--epochs 100] [--per-class K]
         [--activation-dtype float16] [--calibration 100] [--no-int8] [--block-lr-factor 0.1]
+        [--warm-start 1] [--dropout 0.0] [--patience 5] [--augment-views 0] [--batchnorm-training]
         [--output FILE]
 
 For each dataset (``demo``: the demo emoji set; any other name: a ``<class>/<image>``
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -49,6 +51,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components import backbones, fine_tune, preprocessing, trainer  # noqa: E402
+from components.augmentation import augment  # noqa: E402
 from components.image_decode import decode_batch  # noqa: E402
 from components.tflite import convert  # noqa: E402
 from components.tflite.runtime import Classifier  # noqa: E402
@@ -102,11 +105,22 @@ def split_examples(root: pathlib.Path, work: pathlib.Path):
     return out, labels, str(uri / "Split-train")
 
 
-def activations(backbone: str, blocks: int, dtype: str, images, size: int) -> np.ndarray:
+def _views(pixels: tf.Tensor, images, view: int) -> tf.Tensor:
+    """Augmented view ``view`` of each image, seeded per image content and view as
+    BottleneckGen seeds it (components/bottleneck_gen.py _seed)."""
+    return tf.stack([augment(p, (int(hashlib.sha256(b).hexdigest()[:15], 16), view))
+                     for p, b in zip(pixels, images)])
+
+
+def activations(backbone: str, blocks: int, dtype: str, images, size: int, view: int = 0) -> np.ndarray:
+    """The cached activation of each image (``view`` > 0: of its augmented view)."""
     lower = preprocessing.shared_extractor(backbone, "imagenet", blocks)
     out = []
     for start in range(0, len(images), BATCH):
-        x = lower(decode_batch(images[start:start + BATCH], size), training=False)
+        pixels = decode_batch(images[start:start + BATCH], size)
+        if view:
+            pixels = _views(pixels, images[start:start + BATCH], view)
+        x = lower(pixels, training=False)
         out.append((fine_tune.round_activation(x, dtype) if blocks else x).numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -139,15 +153,20 @@ def run_dataset(name: str, args) -> dict:
         for blocks in args.blocks:
             start = time.time()
             x_train = activations(args.backbone, blocks, args.activation_dtype, train_images, spec.input_size)
+            if args.augment_views:  # the views join the train split, as in a run (eval: images only)
+                x_train = np.concatenate([x_train] + [
+                    activations(args.backbone, blocks, args.activation_dtype, train_images, spec.input_size, v)
+                    for v in range(1, args.augment_views + 1)])
             x_eval = activations(args.backbone, blocks, args.activation_dtype, eval_images, spec.input_size)
             cache_s = time.time() - start
             itemsize = 2 if blocks and args.activation_dtype == "float16" else 4
             settings = PipelineConfig(
                 images="", workdir="", label_names=tuple(labels), trainable_blocks=blocks,
-                epochs=args.epochs if blocks else args.head_epochs,
+                epochs=args.epochs if blocks else args.head_epochs, patience=args.patience,
                 activation_dtype=args.activation_dtype).trainer_settings()
             start = time.time()
-            head, history = trainer.train_head(x_train, y_train, x_eval, y_eval, len(labels), settings)
+            y_fit = np.tile(y_train, 1 + args.augment_views)  # views follow their images' order
+            head, history = trainer.train_head(x_train, y_fit, x_eval, y_eval, len(labels), settings)
             train_s = time.time() - start
             reference = head.predict(x_eval, batch_size=256, verbose=0)
             row = {"blocks": blocks, "accuracy": float((reference.argmax(1) == y_eval).mean()),
@@ -202,9 +221,19 @@ def main(argv=None) -> dict:
     p.add_argument("--no-int8", action="store_true")
     p.add_argument("--block-lr-factor", type=float, default=fine_tune.BLOCK_LEARNING_RATE_FACTOR,
                    help="the blocks' learning rate / the head's (an experiment; the Trainer uses the default)")
+    p.add_argument("--warm-start", type=int, choices=[0, 1], default=int(fine_tune.WARM_START),
+                   help="N > 0: train the head alone on the frozen top first (1) or not (0)")
+    p.add_argument("--dropout", type=float, default=fine_tune.DROPOUT,
+                   help="N > 0: dropout rate before the head (an experiment)")
+    p.add_argument("--batchnorm-training", action="store_true",
+                   help="N > 0: the top blocks' BatchNorm in training mode (an experiment)")
+    p.add_argument("--augment-views", type=int, default=0, help="cached augmented views per train image")
+    p.add_argument("--patience", type=int, default=PipelineConfig(images="", workdir="").patience)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
     fine_tune.BLOCK_LEARNING_RATE_FACTOR = args.block_lr_factor
+    fine_tune.WARM_START, fine_tune.DROPOUT = bool(args.warm_start), args.dropout
+    fine_tune.BATCHNORM_TRAINING = args.batchnorm_training
     try:
         args.blocks = [int(b) for b in args.blocks.split(",")]
         for blocks in args.blocks:
@@ -230,7 +259,10 @@ def _report(argv, args, load_before, results) -> dict:
               "settings": {"backbone": args.backbone, "epochs": args.epochs, "head_epochs": args.head_epochs,
                            "per_class": args.per_class,
                            "activation_dtype": args.activation_dtype, "calibration": args.calibration,
-                           "block_learning_rate_factor": fine_tune.BLOCK_LEARNING_RATE_FACTOR},
+                           "block_learning_rate_factor": fine_tune.BLOCK_LEARNING_RATE_FACTOR,
+                           "warm_start": fine_tune.WARM_START, "dropout": fine_tune.DROPOUT,
+                           "batchnorm_training": fine_tune.BATCHNORM_TRAINING,
+                           "patience": args.patience, "augment_views": args.augment_views},
               "results": results}
     out = pathlib.Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,19 @@ from components.settings import ACTIVATION_DTYPES
 # good start that a head-sized step would wreck in the first epoch (Keras' transfer
 # learning guide fine-tunes at 1e-5 after a 1e-3 head).
 BLOCK_LEARNING_RATE_FACTOR = 0.1
+# Warm start (standard fine-tuning practice): the head first trains alone, with early
+# stopping, on the pooled output of the frozen top blocks, then the blocks unfreeze,
+# so a random head's first gradients don't reach the pretrained blocks. Off: on the
+# two ~475-image sets it gained no more than the cold start, within eval noise
+# (docs/performance.md); an experiment knob (benchmarks/fine_tune.py --warm-start 1).
+WARM_START = False
+WARM_START_EPOCHS = 100  # at most; early stopping ends it (the head alone is cheap)
+# Dropout rate on the pooled features before the head (0: none). An experiment knob
+# (benchmarks/fine_tune.py --dropout).
+DROPOUT = 0.0
+# BatchNorm of the top blocks in training mode (batch statistics, moving averages
+# updated) instead of inference mode. An experiment knob (--batchnorm-training).
+BATCHNORM_TRAINING = False
 
 
 def check(backbone: str, trainable_blocks: int, activation_dtype: str) -> None:
@@ -95,9 +108,17 @@ def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: i
     _, upper = backbone_model.build_split(backbone, trainable_blocks, weights)
     inputs = tf_keras.Input([activation_dim(backbone, trainable_blocks)], name=FEATURES_KEY)
     shaped = tf_keras.layers.Reshape(upper.input_shape[1:], name="cut_shape")(inputs)
-    pooled = upper(shaped, training=False)
+    pooled = upper(shaped) if BATCHNORM_TRAINING else upper(shaped, training=False)
+    if DROPOUT:
+        pooled = tf_keras.layers.Dropout(DROPOUT, name="head_dropout")(pooled)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(pooled)
     return tf_keras.Model(inputs, outputs, name="head")
+
+
+def frozen_top_features(top: tf_keras.Model, x: np.ndarray) -> np.ndarray:
+    """The head's input for cut activations ``x``: the top blocks as loaded (inference mode)."""
+    pooled = tf_keras.Model(top.input, top.get_layer("head").input)
+    return pooled.predict(x, batch_size=256, verbose=0)
 
 
 class TwoRateModel(tf_keras.Model):

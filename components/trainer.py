@@ -28,6 +28,7 @@ Exports, under the Model artifact:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -115,6 +116,38 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> Dict[int, fl
     return {c: float(len(labels) / (num_classes * n)) if n else 1.0 for c, n in enumerate(counts)}
 
 
+def _fit(fit: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
+         callbacks: List[tf_keras.callbacks.Callback]):
+    # Keras traces its train/test steps with AutoGraph, which converts Keras' own
+    # code (about 6 s of every fit here); the steps run eagerly too, so they need
+    # no conversion, and a step that did would fail loudly at trace time.
+    fit.train_step = tf.autograph.experimental.do_not_convert(fit.train_step)
+    fit.test_step = tf.autograph.experimental.do_not_convert(fit.test_step)
+    return fit.fit(
+        x_train, y_train, validation_data=(x_eval, y_eval),
+        epochs=settings.epochs, batch_size=settings.batch_size,
+        class_weight=balanced_class_weights(y_train, num_classes)
+        if settings.class_weights == "balanced" else None,
+        shuffle=True, callbacks=callbacks, verbose=0)
+
+
+def _early_stopping(settings: TrainerSettings) -> tf_keras.callbacks.EarlyStopping:
+    return tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
+                                            restore_best_weights=True)
+
+
+def _warm_start(top: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int,
+                settings: TrainerSettings) -> None:
+    """Trains ``top``'s head alone on the frozen top blocks' pooled output (cheap: the
+    blocks run once), as the head-only path trains it, before the blocks unfreeze."""
+    pooled_train = fine_tune.frozen_top_features(top, x_train)
+    pooled_eval = fine_tune.frozen_top_features(top, x_eval)
+    warm = build_head(pooled_train.shape[1], num_classes, settings.learning_rate)
+    _fit(warm, pooled_train, y_train, pooled_eval, y_eval, num_classes,
+         dataclasses.replace(settings, epochs=fine_tune.WARM_START_EPOCHS), [_early_stopping(settings)])
+    top.get_layer("head").set_weights(warm.get_layer("head").get_weights())
+
+
 def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
                log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
     """Fits the head with early stopping on eval loss; returns (head, history)."""
@@ -122,24 +155,15 @@ def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: Tra
     if settings.trainable_blocks:  # the top blocks + the head, two learning rates
         fit, head = fine_tune.build_trainable(settings.backbone, settings.weights, settings.trainable_blocks,
                                               num_classes, settings.learning_rate)
+        if fine_tune.WARM_START:
+            _warm_start(head, x_train, y_train, x_eval, y_eval, num_classes, settings)
     else:
         fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
-    # Keras traces its train/test steps with AutoGraph, which converts Keras' own
-    # code (about 6 s of every fit here); the steps run eagerly too, so they need
-    # no conversion, and a step that did would fail loudly at trace time.
-    fit.train_step = tf.autograph.experimental.do_not_convert(fit.train_step)
-    fit.test_step = tf.autograph.experimental.do_not_convert(fit.test_step)
-    callbacks = [tf_keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=settings.patience, restore_best_weights=True)]
+    callbacks = [_early_stopping(settings)]
     if log_dir:
         callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
     callbacks.append(_EpochProgress(settings.epochs))
-    history = fit.fit(
-        x_train, y_train, validation_data=(x_eval, y_eval),
-        epochs=settings.epochs, batch_size=settings.batch_size,
-        class_weight=balanced_class_weights(y_train, num_classes)
-        if settings.class_weights == "balanced" else None,
-        shuffle=True, callbacks=callbacks, verbose=0)
+    history = _fit(fit, x_train, y_train, x_eval, y_eval, num_classes, settings, callbacks)
     return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

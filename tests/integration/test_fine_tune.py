@@ -52,3 +52,27 @@ def test_a_backbone_without_blocks_or_n_out_of_range_is_refused_in_one_line():
     for bad in (-1, 14):
         with pytest.raises(ValueError, match="0..13"):
             check_trainable_blocks("mobilenet_v1", bad)
+
+
+def test_warm_start_fits_the_head_on_the_frozen_top_and_leaves_the_blocks(imagenet_weights):
+    """N > 0 starts from a head trained alone on the frozen top blocks' pooled output
+    (the features the head-only path trains on), before the blocks unfreeze."""
+    import tf_keras
+
+    from components import fine_tune, trainer
+    from conftest import head_settings
+    x = synthetic_images(16, 224, seed=7)
+    y = np.arange(16) % 2
+    lower, _ = backbone_model.build_split("mobilenet_v1", 1)
+    cut = lower(x).numpy().reshape(16, -1)
+    top = fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2)
+    np.testing.assert_allclose(fine_tune.frozen_top_features(top, cut),
+                               backbones.build_feature_extractor("mobilenet_v1")(x).numpy(), atol=ATOL, rtol=0)
+    blocks_before = [w.numpy().copy() for w in top.weights if not w.name.startswith("head/")]
+    loss = tf_keras.losses.SparseCategoricalCrossentropy()
+    before = float(loss(y, top(cut, training=False)))
+    trainer._warm_start(top, cut, y, cut, y, 2, head_settings(trainable_blocks=1, learning_rate=0.01))
+    after = float(loss(y, top(cut, training=False)))
+    assert after < before / 2, (before, after)
+    for w, old in zip([w for w in top.weights if not w.name.startswith("head/")], blocks_before):
+        np.testing.assert_array_equal(w.numpy(), old)
