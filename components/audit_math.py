@@ -41,6 +41,7 @@ METHODS = ("knn", "logreg", "knn+logreg")
 NEIGHBOURS = 10
 FOLDS = 5
 BLOCK = 512
+PAIR_CHUNK = 65536            # candidate pairs compared at a time (bounded memory)
 DUPLICATE_THRESHOLD = 0.95     # cosine alone, for pairs without both pixel signatures
 CANDIDATE_THRESHOLD = 0.75     # cosine, for pairs the pixel check confirms
 PIXEL_GREY_RMS = 8.0           # 16 x 16 grey thumbnails' RMS difference (0..255), at most
@@ -137,14 +138,16 @@ def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int 
     (i < j, similarity, grey RMS, colour RMS): pairs at or above `threshold`,
     except that two images with `pixels` pair by the pixel check instead
     (cosine >= CANDIDATE_THRESHOLD and both thumbnail differences within
-    bounds); RMS is NaN for a pair by cosine alone. One BLOCK x N product at a time."""
+    bounds); RMS is NaN for a pair by cosine alone. One BLOCK x N product at a time;
+    the thumbnails are compared for candidate pairs only (cosine at or above the
+    lower of the two thresholds), never block x N: that work grew with N^2 and
+    dominated the audit at 6k images."""
     n = unit.shape[0]
     k = max(0, min(k, n - 1))
     idx = np.zeros((n, k), dtype=np.int64)
     sims = np.zeros((n, k), dtype=np.float32)
     pairs: List[np.ndarray] = []
-    if pixels is not None:
-        grey_sq, colour_sq = (pixels.grey ** 2).sum(axis=1), (pixels.colour ** 2).sum(axis=1)
+    floor = min(threshold, CANDIDATE_THRESHOLD) if pixels is not None else threshold
     for start in range(0, n, block):
         stop = min(start + block, n)
         s = unit[start:stop] @ unit.T                       # [b, N]
@@ -156,23 +159,39 @@ def neighbours_and_pairs(unit: np.ndarray, k: int, threshold: float, block: int 
             order = np.argsort(-top_s, axis=1, kind="stable")
             idx[start:stop] = np.take_along_axis(top, order, axis=1)
             sims[start:stop] = np.take_along_axis(top_s, order, axis=1)
-        dup = s >= threshold
-        grey = colour = np.full_like(s, np.nan)
-        if pixels is not None:
-            grey = pixel_signature.rms_block(pixels.grey[start:stop], pixels.grey, grey_sq)
-            colour = pixel_signature.rms_block(pixels.colour[start:stop], pixels.colour, colour_sq)
-            both = pixels.has[start:stop, None] & pixels.has[None, :]
-            dup = np.where(both, pixel_rule(s, grey, colour), dup)
-            grey[~both] = colour[~both] = np.nan
-        i, j = np.nonzero(dup)
+        i, j = np.nonzero(s >= floor)
         i = i + start
         keep = i < j
         i, j = i[keep], j[keep]
-        if len(i):
-            pairs.append(np.stack([i, j, s[i - start, j], grey[i - start, j], colour[i - start, j]],
-                                  axis=1))
+        for lo in range(0, len(i), PAIR_CHUNK):  # bounded even when most pairs are candidates
+            found = _confirmed(i[lo:lo + PAIR_CHUNK], j[lo:lo + PAIR_CHUNK],
+                               s[i[lo:lo + PAIR_CHUNK] - start, j[lo:lo + PAIR_CHUNK]], threshold, pixels)
+            if len(found):
+                pairs.append(found)
     found = np.concatenate(pairs) if pairs else np.zeros((0, 5))
     return idx, sims, found
+
+
+def _confirmed(i: np.ndarray, j: np.ndarray, cosine: np.ndarray, threshold: float,
+               pixels: Optional[Pixels]) -> np.ndarray:
+    """[M, 5] rows (i, j, cosine, grey RMS, colour RMS) of the candidate pairs that
+    are near-duplicates: by the pixel check where both have signatures, else by
+    cosine >= threshold (RMS NaN)."""
+    grey = np.full(len(i), np.nan)
+    colour = np.full(len(i), np.nan)
+    dup = cosine >= threshold
+    if pixels is not None and len(i):
+        both = pixels.has[i] & pixels.has[j]
+        grey[both] = _rms(pixels.grey[i[both]], pixels.grey[j[both]])
+        colour[both] = _rms(pixels.colour[i[both]], pixels.colour[j[both]])
+        dup = np.where(both, pixel_rule(cosine, grey, colour), dup)
+    return np.stack([i, j, cosine, grey, colour], axis=1)[dup]
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise RMS difference of two equally shaped [M, D] arrays."""
+    d = a - b
+    return np.sqrt((d * d).mean(axis=1))
 
 
 def knn_votes(idx: np.ndarray, sims: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

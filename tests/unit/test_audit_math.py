@@ -176,3 +176,34 @@ def test_pixel_check_pairs_a_shrunk_copy_and_not_a_lookalike():
     sigs[-2] = None  # clock4's pixels unreadable: its pair with clock3 falls back to the cosine
     fallback = audit_math.audit(vectors, all_labels, all_splits, all_paths, CLASSES, signatures=sigs)
     assert pairs(fallback) == pairs(checked) | pairs(cosine_alone)
+
+
+def test_pixel_pairs_match_every_pair_checked_by_hand_across_chunks(monkeypatch):
+    """The thumbnails are compared for candidate pairs only, a chunk at a time: the
+    pairs equal a brute-force check of every pair by the documented rule, on vectors
+    so alike that nearly every pair is a candidate, with pixels missing for some."""
+    rng = np.random.default_rng(11)
+    n = 300
+    unit = audit_math.normalize(np.abs(rng.standard_normal((n, 32))) + 3.0)  # cosines ~0.9
+    sigs = [rng.integers(0, 256, 768, dtype=np.uint8) for _ in range(n)]
+    for i in range(0, n, 7):  # close thumbnails: within the RMS bounds of their neighbour
+        sigs[i + 1 if i + 1 < n else i] = np.clip(sigs[i].astype(int) + rng.integers(-3, 4, 768), 0, 255).astype(np.uint8)
+    sigs = [None if i % 11 == 0 else s for i, s in enumerate(sigs)]
+    unit[0] = unit[150]  # image 0 has no signature: pairs by cosine alone
+    pixels = audit_math.Pixels.of(sigs)
+    monkeypatch.setattr(audit_math, "PAIR_CHUNK", 97)
+    _, _, pairs = audit_math.neighbours_and_pairs(unit, 3, 0.999, block=64, pixels=pixels)
+    expected = set()
+    for i in range(n):
+        for j in range(i + 1, n):
+            cosine = float(unit[i] @ unit[j])
+            if pixels.has[i] and pixels.has[j]:
+                grey = np.sqrt(((pixels.grey[i] - pixels.grey[j]) ** 2).mean())
+                colour = np.sqrt(((pixels.colour[i] - pixels.colour[j]) ** 2).mean())
+                if audit_math.pixel_rule(cosine, grey, colour):
+                    expected.add((i, j))
+            elif cosine >= 0.999:
+                expected.add((i, j))
+    found = {(int(p[0]), int(p[1])) for p in pairs}
+    assert found == expected and (0, 150) in found and len(found) > 30
+    assert all(np.isnan(p[3]) == (not (pixels.has[int(p[0])] and pixels.has[int(p[1])])) for p in pairs)
