@@ -165,7 +165,8 @@ def run_dataset(name: str, args) -> dict:
                 activation_dtype=args.activation_dtype).trainer_settings()
             start = time.time()
             y_fit = np.tile(y_train, 1 + args.augment_views)  # views follow their images' order
-            head, history = trainer.train_head(x_train, y_fit, x_eval, y_eval, len(labels), settings)
+            head, history = trainer.train_head(x_train, y_fit, x_eval, y_eval, len(labels), settings,
+                                                recipe=args.recipe)
             train_s = time.time() - start
             reference = head.predict(x_eval, batch_size=256, verbose=0)
             row = {"blocks": blocks, "accuracy": float((reference.argmax(1) == y_eval).mean()),
@@ -218,11 +219,11 @@ def main(argv=None) -> dict:
     p.add_argument("--activation-dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--calibration", type=int, default=100)
     p.add_argument("--no-int8", action="store_true")
-    p.add_argument("--block-lr-factor", type=float, default=fine_tune.BLOCK_LEARNING_RATE_FACTOR,
+    p.add_argument("--block-lr-factor", type=float, default=fine_tune.DEFAULT_RECIPE.block_learning_rate_factor,
                    help="the blocks' learning rate / the head's (an experiment; the Trainer uses the default)")
-    p.add_argument("--warm-start", type=int, choices=[0, 1], default=int(fine_tune.WARM_START),
+    p.add_argument("--warm-start", type=int, choices=[0, 1], default=int(fine_tune.DEFAULT_RECIPE.warm_start),
                    help="N > 0: train the head alone on the frozen top first (1) or not (0)")
-    p.add_argument("--dropout", type=float, default=fine_tune.DROPOUT,
+    p.add_argument("--dropout", type=float, default=fine_tune.DEFAULT_RECIPE.dropout,
                    help="N > 0: dropout rate before the head (an experiment)")
     p.add_argument("--batchnorm-training", action="store_true",
                    help="N > 0: the top blocks' BatchNorm in training mode (an experiment)")
@@ -230,9 +231,9 @@ def main(argv=None) -> dict:
     p.add_argument("--patience", type=int, default=PipelineConfig(images="", workdir="").patience)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
-    fine_tune.BLOCK_LEARNING_RATE_FACTOR = args.block_lr_factor
-    fine_tune.WARM_START, fine_tune.DROPOUT = bool(args.warm_start), args.dropout
-    fine_tune.BATCHNORM_TRAINING = args.batchnorm_training
+    args.recipe = fine_tune.Recipe(block_learning_rate_factor=args.block_lr_factor,
+                                   warm_start=bool(args.warm_start), dropout=args.dropout,
+                                   batchnorm_training=args.batchnorm_training)
     try:
         args.blocks = [int(b) for b in args.blocks.split(",")]
         for blocks in args.blocks:
@@ -258,9 +259,9 @@ def _report(argv, args, load_before, results) -> dict:
               "settings": {"backbone": args.backbone, "epochs": args.epochs, "head_epochs": args.head_epochs,
                            "per_class": args.per_class,
                            "activation_dtype": args.activation_dtype, "calibration": args.calibration,
-                           "block_learning_rate_factor": fine_tune.BLOCK_LEARNING_RATE_FACTOR,
-                           "warm_start": fine_tune.WARM_START, "dropout": fine_tune.DROPOUT,
-                           "batchnorm_training": fine_tune.BATCHNORM_TRAINING,
+                           "block_learning_rate_factor": args.recipe.block_learning_rate_factor,
+                           "warm_start": args.recipe.warm_start, "dropout": args.recipe.dropout,
+                           "batchnorm_training": args.recipe.batchnorm_training,
                            "patience": args.patience, "augment_views": args.augment_views},
               "results": results}
     out = pathlib.Path(args.output)

@@ -14,6 +14,7 @@ N = 0 is the head-only path: none of this runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import List, Tuple
 
@@ -26,23 +27,27 @@ from components.backbones import model as backbone_model
 from components.contracts import FEATURES_KEY
 from components.settings import ACTIVATION_DTYPES
 
-# The blocks' Adam step size is the head's times this: their ImageNet weights are a
-# good start that a head-sized step would wreck in the first epoch (Keras' transfer
-# learning guide fine-tunes at 1e-5 after a 1e-3 head).
-BLOCK_LEARNING_RATE_FACTOR = 0.1
-# Warm start (standard fine-tuning practice): the head first trains alone, with early
-# stopping, on the pooled output of the frozen top blocks, then the blocks unfreeze,
-# so a random head's first gradients don't reach the pretrained blocks. Off: on the
-# two ~475-image sets it gained no more than the cold start, within eval noise
-# (docs/performance.md); an experiment knob (benchmarks/fine_tune.py --warm-start 1).
-WARM_START = False
-WARM_START_EPOCHS = 100  # at most; early stopping ends it (the head alone is cheap)
-# Dropout rate on the pooled features before the head (0: none). An experiment knob
-# (benchmarks/fine_tune.py --dropout).
-DROPOUT = 0.0
-# BatchNorm of the top blocks in training mode (batch statistics, moving averages
-# updated) instead of inference mode. An experiment knob (--batchnorm-training).
-BATCHNORM_TRAINING = False
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How the top blocks train. The defaults are what every run uses; the other
+    values are experiments (benchmarks/fine_tune.py passes them to train_head), none
+    of which beat the defaults in docs/performance.md, so none is a run setting."""
+    # The blocks' Adam step size is the head's times this: their ImageNet weights are a
+    # good start that a head-sized step would wreck in the first epoch (Keras' transfer
+    # learning guide fine-tunes at 1e-5 after a 1e-3 head).
+    block_learning_rate_factor: float = 0.1
+    # Warm start (standard fine-tuning practice): the head first trains alone, with
+    # early stopping, on the pooled output of the frozen top blocks, then the blocks
+    # unfreeze. Off: on two ~475-image sets it gained no more than the cold start.
+    warm_start: bool = False
+    warm_start_epochs: int = 100  # at most; early stopping ends it (the head alone is cheap)
+    dropout: float = 0.0          # on the pooled features before the head (0: none)
+    # BatchNorm of the top blocks in training mode (batch statistics, moving averages
+    # updated) instead of inference mode, as Keras' fine-tuning guide advises.
+    batchnorm_training: bool = False
+
+
+DEFAULT_RECIPE = Recipe()
 
 
 def check(backbone: str, trainable_blocks: int, activation_dtype: str) -> None:
@@ -98,7 +103,8 @@ def lower_extractor(backbone: str, weights: str, trainable_blocks: int) -> tf_ke
     return model
 
 
-def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: int) -> tf_keras.Model:
+def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: int,
+              recipe: Recipe = DEFAULT_RECIPE) -> tf_keras.Model:
     """The top model: flattened cut activation [N, D] (input ``features``) -> probabilities.
 
     The top blocks carry ``weights`` (ImageNet) and train; BatchNorm runs in inference
@@ -108,9 +114,9 @@ def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: i
     _, upper = backbone_model.build_split(backbone, trainable_blocks, weights)
     inputs = tf_keras.Input([activation_dim(backbone, trainable_blocks)], name=FEATURES_KEY)
     shaped = tf_keras.layers.Reshape(upper.input_shape[1:], name="cut_shape")(inputs)
-    pooled = upper(shaped) if BATCHNORM_TRAINING else upper(shaped, training=False)
-    if DROPOUT:
-        pooled = tf_keras.layers.Dropout(DROPOUT, name="head_dropout")(pooled)
+    pooled = upper(shaped) if recipe.batchnorm_training else upper(shaped, training=False)
+    if recipe.dropout:
+        pooled = tf_keras.layers.Dropout(recipe.dropout, name="head_dropout")(pooled)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(pooled)
     return tf_keras.Model(inputs, outputs, name="head")
 
@@ -123,16 +129,16 @@ def frozen_top_features(top: tf_keras.Model, x: np.ndarray) -> np.ndarray:
 
 class TwoRateModel(tf_keras.Model):
     """Fits ``top`` with Adam at ``learning_rate`` for the head and at
-    BLOCK_LEARNING_RATE_FACTOR x that for the blocks (Keras has no per-layer rate)."""
+    ``block_factor`` x that for the blocks (Keras has no per-layer rate)."""
 
-    def __init__(self, top: tf_keras.Model, learning_rate: float):
+    def __init__(self, top: tf_keras.Model, learning_rate: float, block_factor: float):
         super().__init__(name="fine_tune")
         self.top = top
         head = top.get_layer("head")
         self._head_vars: List[tf.Variable] = list(head.trainable_weights)
         head_ids = {id(v) for v in self._head_vars}
         self._block_vars = [v for v in top.trainable_weights if id(v) not in head_ids]
-        self.block_optimizer = tf_keras.optimizers.Adam(learning_rate * BLOCK_LEARNING_RATE_FACTOR)
+        self.block_optimizer = tf_keras.optimizers.Adam(learning_rate * block_factor)
 
     def call(self, inputs, training=None):
         return self.top(inputs, training=training)
@@ -150,10 +156,11 @@ class TwoRateModel(tf_keras.Model):
 
 
 def build_trainable(backbone: str, weights: str, trainable_blocks: int, num_classes: int,
-                    learning_rate: float) -> Tuple[tf_keras.Model, tf_keras.Model]:
+                    learning_rate: float, recipe: Recipe = DEFAULT_RECIPE
+                    ) -> Tuple[tf_keras.Model, tf_keras.Model]:
     """(model to fit, top model to save and serve), compiled as the head is."""
-    top = build_top(backbone, weights, trainable_blocks, num_classes)
-    fit = TwoRateModel(top, learning_rate)
+    top = build_top(backbone, weights, trainable_blocks, num_classes, recipe)
+    fit = TwoRateModel(top, learning_rate, recipe.block_learning_rate_factor)
     fit.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return fit, top

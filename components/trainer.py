@@ -137,26 +137,28 @@ def _early_stopping(settings: TrainerSettings) -> tf_keras.callbacks.EarlyStoppi
 
 
 def _warm_start(top: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int,
-                settings: TrainerSettings) -> None:
+                settings: TrainerSettings, epochs: int = fine_tune.DEFAULT_RECIPE.warm_start_epochs) -> None:
     """Trains ``top``'s head alone on the frozen top blocks' pooled output (cheap: the
     blocks run once), as the head-only path trains it, before the blocks unfreeze."""
     pooled_train = fine_tune.frozen_top_features(top, x_train)
     pooled_eval = fine_tune.frozen_top_features(top, x_eval)
     warm = build_head(pooled_train.shape[1], num_classes, settings.learning_rate)
     _fit(warm, pooled_train, y_train, pooled_eval, y_eval, num_classes,
-         dataclasses.replace(settings, epochs=fine_tune.WARM_START_EPOCHS), [_early_stopping(settings)])
+         dataclasses.replace(settings, epochs=epochs), [_early_stopping(settings)])
     top.get_layer("head").set_weights(warm.get_layer("head").get_weights())
 
 
 def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
-               log_dir: str | None = None) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
-    """Fits the head with early stopping on eval loss; returns (head, history)."""
+               log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
+               ) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
+    """Fits the head with early stopping on eval loss; returns (head, history).
+    ``recipe``: how top blocks train when ``settings.trainable_blocks`` > 0."""
     tf_keras.utils.set_random_seed(settings.seed)
     if settings.trainable_blocks:  # the top blocks + the head, two learning rates
         fit, head = fine_tune.build_trainable(settings.backbone, settings.weights, settings.trainable_blocks,
-                                              num_classes, settings.learning_rate)
-        if fine_tune.WARM_START:
-            _warm_start(head, x_train, y_train, x_eval, y_eval, num_classes, settings)
+                                              num_classes, settings.learning_rate, recipe)
+        if recipe.warm_start:
+            _warm_start(head, x_train, y_train, x_eval, y_eval, num_classes, settings, recipe.warm_start_epochs)
     else:
         fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
     callbacks = [_early_stopping(settings)]

@@ -76,3 +76,26 @@ def test_warm_start_fits_the_head_on_the_frozen_top_and_leaves_the_blocks(imagen
     assert after < before / 2, (before, after)
     for w, old in zip([w for w in top.weights if not w.name.startswith("head/")], blocks_before):
         np.testing.assert_array_equal(w.numpy(), old)
+
+
+def test_a_recipe_reaches_the_top_model_and_the_default_is_the_documented_one(imagenet_weights):
+    """The experiment knobs are a typed Recipe passed to train_head, never module state
+    a caller overwrites: the default top model has no dropout and BatchNorm in inference
+    mode (its pooled output does not depend on the batch), an experiment's has both."""
+    from components import fine_tune
+    assert fine_tune.DEFAULT_RECIPE == fine_tune.Recipe(block_learning_rate_factor=0.1, warm_start=False,
+                                                        dropout=0.0, batchnorm_training=False)
+    x = synthetic_images(4, 224, seed=3)
+    lower, _ = backbone_model.build_split("mobilenet_v1", 1)
+    cut = lower(x).numpy().reshape(4, -1)
+    plain = fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2)
+    assert "head_dropout" not in [layer.name for layer in plain.layers]
+    np.testing.assert_allclose(plain(cut, training=True).numpy()[:1], plain(cut[:1], training=True).numpy(),
+                               atol=1e-5)  # inference-mode BatchNorm even while fitting
+    batch_stats = fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2, fine_tune.Recipe(batchnorm_training=True))
+    assert not np.allclose(batch_stats(cut, training=True).numpy()[:1], batch_stats(cut[:1], training=True).numpy(),
+                           atol=1e-3)  # batch statistics: the output depends on the batch
+    recipe = fine_tune.Recipe(dropout=0.3, block_learning_rate_factor=0.5)
+    assert "head_dropout" in [layer.name for layer in fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2, recipe).layers]
+    fit, _ = fine_tune.build_trainable("mobilenet_v1", "imagenet", 1, 2, 0.01, recipe)
+    assert float(fit.block_optimizer.learning_rate) == pytest.approx(0.005)
