@@ -29,6 +29,8 @@ import io
 import os
 import pathlib
 import re
+import zipfile
+import zlib
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -156,6 +158,8 @@ def _read(path: pathlib.Path, group: str, current: frozenset) -> Optional[Entry]
     arrays: Dict[str, Dict[str, np.ndarray]] = {"i": {}, "s": {}, "e": {}, "k": {}, "g": {}}
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            if sum(member.file_size for member in npz.zip.infolist()) > MAX_ENTRY_BYTES:
+                return None  # decompressed, it would not fit the bound either
             for name in npz.files:
                 kind, _, layer = name.partition("/")
                 value = npz[name]
@@ -163,7 +167,7 @@ def _read(path: pathlib.Path, group: str, current: frozenset) -> Optional[Entry]
                         (kind in ("s", "e", "g") and value.ndim != 1) or (kind == "k" and value.ndim != 2):
                     return None
                 arrays[kind][layer] = value
-    except (ValueError, OSError, EOFError):
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
     keys, stored_group = arrays["k"].get("images"), arrays["g"].get("group")
     if keys is None or stored_group is None or stored_group.tobytes() != group.encode() or \

@@ -80,9 +80,17 @@ def test_a_corrupt_entry_is_not_trusted(tmp_path, monkeypatch):
                  signed(**shift, **{"k/images": keys[:, :16], "g/group": group}),  # not sha256 keys
                  signed(**shift, **{"k/images": keys.astype(np.int64), "g/group": group}),
                  signed(**shift, **{"k/images": keys, "g/group": group[::-1]}),  # another group's
-                 signed(**{"k/images": keys, "g/group": group})):  # no shifts
+                 signed(**{"k/images": keys, "g/group": group}),  # no shifts
+                 hashlib.sha256(b"PK\x03\x04junk").hexdigest().encode() + b"\nPK\x03\x04junk"):  # not a zip
         path.write_bytes(data)
         assert quant_cache.find("mobilenet_v1", "fp", "bias", IMAGES) is None
+    # A compressed member that would inflate past the size bound is not read.
+    bomb = io.BytesIO()
+    np.savez_compressed(bomb, **shift, **{"e/bn": np.zeros(quant_cache.MAX_ENTRY_BYTES // 4, np.float32),
+                                          "k/images": keys, "g/group": group})
+    assert len(bomb.getvalue()) < 1_000_000
+    path.write_bytes(hashlib.sha256(bomb.getvalue()).hexdigest().encode() + b"\n" + bomb.getvalue())
+    assert quant_cache.find("mobilenet_v1", "fp", "bias", IMAGES) is None
     # Another group's valid entry renamed into this group is not trusted either.
     other = quant_cache.save("mobilenet_v1", "fp-other", "bias", IMAGES, INTEGERS, SHIFTS, SCALES)
     os.replace(other, path)
