@@ -137,8 +137,11 @@ def _entries(backbone: str, group: str) -> List[pathlib.Path]:
             for i, item in enumerate(listing):
                 if i >= MAX_LISTED:
                     break
-                if name.fullmatch(item.name) and item.is_file(follow_symlinks=False):
-                    found.append((item.stat(follow_symlinks=False).st_mtime_ns, item.name))
+                try:
+                    if name.fullmatch(item.name) and item.is_file(follow_symlinks=False):
+                        found.append((item.stat(follow_symlinks=False).st_mtime_ns, item.name))
+                except OSError:  # removed meanwhile (another export pruning)
+                    continue
     except OSError:
         return []
     return [folder / n for _, n in sorted(found, reverse=True)]
