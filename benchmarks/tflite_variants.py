@@ -113,7 +113,8 @@ def bench_backbone(name: str, variants, data, args, dataset: str = "emoji-google
             f_train, y_train, f_eval, y_eval, len(classes),
             PipelineConfig(images="", workdir="", backbone=name, weights=weights,
                            label_names=tuple(classes)).trainer_settings())  # the run defaults
-        # Spread over all classes, as TFLiteExport does (components.tflite.convert.calibration_images).
+        # Spread over all classes (TFLiteExport takes a uniform sample by content key instead:
+        # components.tflite.convert.calibration_images).
         n = min(args.calibration, len(x_train))
         calibration = x_train[np.linspace(0, len(x_train) - 1, n).round().astype(int)]
     else:

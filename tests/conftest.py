@@ -71,6 +71,24 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def tiny_conv_bn_model(seed=0):
+    """Pixels -> conv/BN -> depthwise/BN -> softmax; 16x16 input: converts in a second."""
+    import tf_keras
+    L = tf_keras.layers
+    rng = np.random.default_rng(seed)
+    inputs = tf_keras.Input([16, 16, 3], batch_size=1)
+    x = L.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(x)))
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)))
+    model = tf_keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    for name in ("bn1", "bn2"):
+        model.get_layer(name).set_weights([rng.uniform(0.5, 2, 8).astype(np.float32),
+                                           rng.normal(0, 0.5, 8).astype(np.float32),
+                                           rng.normal(0, 0.1, 8).astype(np.float32),
+                                           rng.uniform(0.5, 2, 8).astype(np.float32)])
+    return model
+
+
 def eval_split(examples_uri: str):
     """[(image bytes, label id)] of an Examples artifact's eval split, read from its files."""
     import glob

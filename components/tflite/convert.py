@@ -4,7 +4,7 @@ Every file takes ``[1, H, W, 3]`` RGB pixels in 0..255 (the backbone's scaling i
 inside the model), resized to H x W the way ingestion does it
 (:func:`components.image_decode.decode_and_resize`), and outputs ``[1, C]``
 probabilities.  Calibration images for the int8 variant are a few hundred training
-Examples spread evenly over the split (:func:`calibration_images`).
+Examples picked by content (:func:`calibration_images`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import heapq
 import os
+import pathlib
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
@@ -47,7 +49,7 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
 
     ``calibration`` (int8 only): a callable returning an iterator of [H, W, 3] float32
     pixel arrays (a few hundred training images); a range anchor is prepended.  Unless
-    ``bias_correction`` is False, up to BIAS_CORRECTION_IMAGES of them (spread evenly)
+    ``bias_correction`` is False, up to BIAS_CORRECTION_IMAGES of them (picked by content)
     also measure the int8 weights' bias shift, which is corrected before conversion
     (:class:`bias_corrected`; the Keras model is unchanged afterwards).  With
     ``learned_rounding`` the backbone's kernels are also rounded to minimise each
@@ -98,51 +100,67 @@ def convert(model, variant: str, calibration: Optional[Callable[[], Iterator[np.
 @dataclasses.dataclass(frozen=True)
 class PlanCache:
     """Where the backbone's int8 quantization plan is cached, per weights fingerprint
-    and calibration images (components/backbones/quant_cache.py)."""
+    and method, with the keys of the images it was measured on; reused for images
+    that overlap those enough (components/backbones/quant_cache.py)."""
     backbone: str
     fingerprint: str
 
-    def load(self, images: str) -> Optional[QuantPlan]:
+    def find(self, method: str, images: Sequence[str]) -> Optional[Tuple[QuantPlan, pathlib.Path]]:
         from components.backbones import quant_cache
-        found = quant_cache.load(self.backbone, self.fingerprint, images)
-        return QuantPlan(*found) if found else None
+        found = quant_cache.find(self.backbone, self.fingerprint, method, images)
+        if found is None:
+            return None
+        logging.info("int8 quantization plan reused: measured on %d images, %.0f%% of them the current %d",
+                     len(found.images), 100 * found.overlap, len(images))
+        return QuantPlan(found.integers, found.shifts, found.scales), found.path
 
-    def save(self, images: str, plan: QuantPlan) -> None:
+    def save(self, method: str, images: Sequence[str], plan: QuantPlan) -> None:
         from components.backbones import quant_cache
-        quant_cache.save(self.backbone, self.fingerprint, images, plan.integers, plan.shifts, plan.scales)
+        quant_cache.save(self.backbone, self.fingerprint, method, images, plan.integers, plan.shifts, plan.scales)
+
+
+def correction_images(calibration: Iterable[np.ndarray], count: int = BIAS_CORRECTION_IMAGES) -> Dict[str, np.ndarray]:
+    """sha256 hex key of the pixels -> [H, W, 3] float32 pixels, for the ``count``
+    calibration images with the smallest keys: a content order, so a few new images
+    change few picks (the plan cache reuses by overlap).  Holds ``count`` images."""
+    keyed = ((hashlib.sha256(p.tobytes()).hexdigest(), p)
+             for p in (np.ascontiguousarray(p, np.float32) for p in calibration))
+    return dict(heapq.nsmallest(count, keyed, key=lambda kp: kp[0]))
 
 
 def _enter_correction(stack, model, calibration, learned_rounding: bool, cache: Optional[PlanCache],
                       equalize: bool = False):
     """Enters the int8 correction of ``model`` on ``stack`` (ReLU6 range equalization
     when ``equalize``, then bias correction), measured on up to
-    BIAS_CORRECTION_IMAGES calibration images, or the cached plan of those images
-    when it fits the model."""
-    images = [np.asarray(p, np.float32) for p in calibration()]
-    if not images:
+    BIAS_CORRECTION_IMAGES calibration images (:func:`correction_images`), or a
+    cached plan measured on mostly the same images when it fits the model."""
+    picked = correction_images(calibration())
+    if not picked:
         return None
-    pick = np.linspace(0, len(images) - 1, min(BIAS_CORRECTION_IMAGES, len(images))).round().astype(int)
-    pixels = np.stack([images[i] for i in sorted(set(pick))])
-    # The key names the method too: a bias-only plan is not a learned one.
-    method = ("+learned" if learned_rounding else "") + ("+equalized" if equalize else "")
-    digest = hashlib.sha256(pixels.tobytes()).hexdigest() + method if cache else ""
-    plan = cache.load(digest) if cache else None
-    if plan is not None:
+    keys = sorted(picked)
+    pixels = np.stack([picked.pop(k) for k in keys])
+    # The method is part of the key: a bias-only plan is not a learned one.
+    method = "bias" + ("+learned" if learned_rounding else "") + ("+equalized" if equalize else "")
+    found = cache.find(method, keys) if cache else None
+    if found is not None:
+        plan, path = found
         try:
             with contextlib.ExitStack() as attempt:  # all or nothing
                 attempt.enter_context(equalized(model, plan.scales))
                 corrected = attempt.enter_context(bias_corrected(model, None, plan=plan))
                 stack.enter_context(attempt.pop_all())
                 return corrected
-        except ValueError as e:  # does not fit this model: measured again, overwritten
+        except ValueError as e:  # does not fit this model: removed, measured again
             logging.warning("int8 quantization cache entry ignored: %s", e)
+            from components.backbones import quant_cache
+            quant_cache.discard(path)
     scales = channel_scales(model, pixels) if equalize else {}
     stack.enter_context(equalized(model, scales))
     corrected = stack.enter_context(bias_corrected(model, pixels, learned_rounding=learned_rounding))
     corrected.plan.scales = scales
     if cache is not None and corrected.plan.shifts:
         try:
-            cache.save(digest, corrected.plan)
+            cache.save(method, keys, corrected.plan)
         except OSError as e:  # a read-only cache costs time, not correctness
             logging.warning("int8 quantization cache not written: %s", e)
     return corrected
@@ -196,10 +214,27 @@ def batches(iterable: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def content_key(record: bytes) -> Tuple[str, bytes]:
+    """(content key, encoded image) of one raw Example: its ``content_sha256`` (the
+    original file's sha256, written by ImageExampleGen), else the image bytes' sha256."""
+    import tensorflow as tf
+    f = tf.train.Example.FromString(record).features.feature
+    image = f[contracts.IMAGE_KEY].bytes_list.value[0]
+    stored = f[contracts.CONTENT_SHA256_KEY].bytes_list.value if contracts.CONTENT_SHA256_KEY in f else []
+    return (stored[0].decode("ascii", "replace") if stored else hashlib.sha256(image).hexdigest()), image
+
+
 def calibration_images(train_files: List[str], count: int) -> List[bytes]:
-    """Encoded images of ``count`` training examples spread evenly over the split."""
-    total = sum(1 for _ in records(train_files))
-    if total == 0 or count <= 0:
+    """Encoded images of the ``count`` training examples with the smallest content
+    keys (:func:`content_key`), in key order.
+
+    The keys are uniform hashes, so the picks are a uniform sample of the split; and
+    they are a content order, not positions, so new images displace only the picks
+    whose keys they undercut: with 10 % more images about 90 % of the picks stay, and
+    the int8 plan measured on them is reused (:class:`PlanCache`).  Streams the
+    records, holding ``count`` images (a heap).
+    """
+    if count <= 0:
         return []
-    wanted = {i * total // min(count, total) for i in range(min(count, total))}
-    return [image_and_label(r)[0] for i, r in enumerate(records(train_files)) if i in wanted]
+    return [image for _, image in heapq.nsmallest(count, map(content_key, records(train_files)),
+                                                  key=lambda ki: ki[0])]

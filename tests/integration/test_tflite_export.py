@@ -20,6 +20,7 @@ from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import FILE_NAMES, VARIANTS
 from conftest import head_settings
+from conftest import tiny_conv_bn_model as _tiny_conv_bn_model
 
 TRAIN_PER_CLASS = 40
 EVAL_PER_CLASS = 20
@@ -505,30 +506,10 @@ def test_recorded_class_paths_still_import():
 # ------------------------------------------------ int8 quantization plan cache
 
 
-def _tiny_conv_bn_model(seed=0):
-    """Pixels -> conv/BN -> depthwise/BN -> softmax; 16x16 input: converts in a second."""
-    import tf_keras
-    L = tf_keras.layers
-    rng = np.random.default_rng(seed)
-    inputs = tf_keras.Input([16, 16, 3], batch_size=1)
-    x = L.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(x)))
-    x = L.ReLU(6.0)(L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)))
-    model = tf_keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
-    for name in ("bn1", "bn2"):
-        model.get_layer(name).set_weights([rng.uniform(0.5, 2, 8).astype(np.float32),
-                                           rng.normal(0, 0.5, 8).astype(np.float32),
-                                           rng.normal(0, 0.1, 8).astype(np.float32),
-                                           rng.uniform(0.5, 2, 8).astype(np.float32)])
-    return model
-
-
 def test_int8_quantization_plan_is_cached_per_weights_fingerprint(tmp_path, monkeypatch):
     """The plan (equalization, learned rounding, bias correction) is measured once per weights
-    fingerprint and calibration images, then reused; another fingerprint, a corrupt
+    fingerprint, method and calibration images, then reused; another fingerprint, a corrupt
     entry or one that does not fit the model is measured again (same model bytes)."""
-    import hashlib
-
     from components.backbones import quant_cache
     monkeypatch.setenv("TFX_RETRAIN_CACHE", str(tmp_path))
     model = _tiny_conv_bn_model()
@@ -547,23 +528,24 @@ def test_int8_quantization_plan_is_cached_per_weights_fingerprint(tmp_path, monk
     export("fp-b")
     assert len(list(folder.iterdir())) == 2  # other weights: measured again, own entry
     # all 12 images (fewer than BIAS_CORRECTION_IMAGES), learned rounding
-    digest = hashlib.sha256(images.tobytes()).hexdigest() + "+learned"
+    keys = sorted(convert.correction_images(images))
+    assert len(keys) == 12
     for spoil in (lambda: entry.write_bytes(b"garbage\n"),
-                  lambda: quant_cache.save("tiny", "fp-a", digest, {}, {"bn1": np.zeros(8, np.float32)})):
+                  lambda: quant_cache.save("tiny", "fp-a", "bias+learned", keys, {}, {"bn1": np.zeros(8, np.float32)})):
         spoil()
         assert export("fp-a") == first
-        integers, shifts, scales = quant_cache.load("tiny", "fp-a", digest)  # rewritten whole
-        assert set(integers) == {"c1", "dw"} and set(shifts) == {"bn1", "bn2"}
-        assert scales == {}  # ReLU6 range equalization is opt-in
+        found = quant_cache.find("tiny", "fp-a", "bias+learned", keys)  # rewritten whole
+        assert set(found.integers) == {"c1", "dw"} and set(found.shifts) == {"bn1", "bn2"}
+        assert found.scales == {} and found.images == frozenset(keys)  # equalization is opt-in
     # Bias correction alone (the default) has its own entry: shifts, no integers.
     plain = convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a"))
-    assert quant_cache.load("tiny", "fp-a", digest[:-len("+learned")]) is not None
+    assert quant_cache.find("tiny", "fp-a", "bias", keys).integers == {}
     assert len(list(folder.iterdir())) == 3
     assert convert.convert(model, "int8", lambda: iter(images), plan_cache=convert.PlanCache("tiny", "fp-a")) == plain
     # With ReLU6 range equalization: its own entry, holding the scales, reused as is.
     equalized = convert.convert(model, "int8", lambda: iter(images), equalize=True,
                                 plan_cache=convert.PlanCache("tiny", "fp-a"))
-    _, _, scales = quant_cache.load("tiny", "fp-a", digest[:-len("+learned")] + "+equalized")
+    scales = quant_cache.find("tiny", "fp-a", "bias+equalized", keys).scales
     assert set(scales) == {"bn1"} and equalized != plain  # bn1 -> ReLU6 -> dw
     assert convert.convert(model, "int8", lambda: iter(images), equalize=True,
                            plan_cache=convert.PlanCache("tiny", "fp-a")) == equalized
