@@ -11,8 +11,8 @@ references (components/tflite/reference.py): the head on the cached eval feature
 and without the bottlenecks input the SavedModel pass over the images (the path
 every run took before). Prints the table of the parts the executor records
 (``part_seconds``: head load, pixel model, calibration read, reference,
-SavedModel load, decode, each variant's conversion and parity) and the executor's
-wall seconds; writes them as JSON. Timings on a shared machine vary: alternate,
+SavedModel load, eval records read, decode, each variant's conversion and parity),
+what they leave unaccounted and the executor's wall seconds; writes them as JSON. Timings on a shared machine vary: alternate,
 and compare within a run.
 """
 
@@ -77,8 +77,10 @@ def main(argv=None) -> dict:
     parts = sorted({p for v in runs.values() for r in v for p in r["parts"]})
     print(f"TFLiteExport on {result['eval_examples']} eval examples, seconds (first run of each path)")
     print(f"{'part':24} {'saved_model':>12} {'features':>10}")
-    for p in parts + ["wall"]:
-        cells = [(r[0]["parts"] if p != "wall" else r[0]).get(p) for r in
+    for run in (r for v in runs.values() for r in v):  # what no part covers (imports, GC, writes)
+        run["unaccounted"] = round(run["wall"] - sum(run["parts"].values()), 2)
+    for p in parts + ["unaccounted", "wall"]:
+        cells = [(r[0]["parts"] if p not in ("wall", "unaccounted") else r[0]).get(p) for r in
                  (runs[reference.SAVED_MODEL], runs[reference.FEATURES])]
         print(f"{p:24} " + " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (12, 10))))
     print(f"best wall ratio features/saved_model {result['features_over_saved_model']}; "

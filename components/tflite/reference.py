@@ -132,6 +132,16 @@ def choose(head, info: Dict, bottlenecks, eval_files: List[str]) -> Choice:
                             "(same namespace, plain view)", probabilities)
 
 
+def _timed(batches: Iterator[list], timer: PartSeconds) -> Iterator[list]:
+    """`batches`, their reading counted as the ``read_eval`` part."""
+    while True:
+        with timer.part("read_eval"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def _image_label_sha(record: bytes) -> Tuple[bytes, int, str]:
     import tensorflow as tf
     f = tf.train.Example.FromString(record).features.feature
@@ -144,8 +154,9 @@ def feature_batches(eval_files: List[str], probabilities: Dict[str, np.ndarray],
     """(pixels, the head's probabilities on the cached features, labels) of the raw
     eval examples; ``probabilities`` from a FEATURES :func:`choose` (every hash in it)."""
     from components.image_decode import decode_batch
-    for batch in convert.batches(convert.records(eval_files), batch_size):
-        images, labels, shas = zip(*(_image_label_sha(r) for r in batch))
+    for batch in _timed(convert.batches(convert.records(eval_files), batch_size), timer):
+        with timer.part("read_eval"):
+            images, labels, shas = zip(*(_image_label_sha(r) for r in batch))
         reference = np.stack([probabilities[s] for s in shas])
         with timer.part("decode"):
             pixels = decode_batch(images, size).numpy()
@@ -159,8 +170,9 @@ def saved_model_batches(eval_files: List[str], serving_dir: str, size: int, time
     from components.image_decode import decode_batch
     with timer.part("saved_model_load"):
         serve = tf.saved_model.load(serving_dir).signatures["serving_default"]
-    for batch in convert.batches(convert.records(eval_files), batch_size):
-        images, labels = zip(*(convert.image_and_label(r) for r in batch))
+    for batch in _timed(convert.batches(convert.records(eval_files), batch_size), timer):
+        with timer.part("read_eval"):
+            images, labels = zip(*(convert.image_and_label(r) for r in batch))
         with timer.part("reference"):
             reference = serve(examples=tf.constant(batch))["probabilities"].numpy()
         with timer.part("decode"):
