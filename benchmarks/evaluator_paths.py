@@ -26,9 +26,10 @@ from benchmarks.pipeline_throughput import machine_facts, write_result
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "evaluator_paths.json"
 
 
-def last_evaluator_io(workdir) -> Tuple[Dict[str, str], Dict[str, list], Dict[str, list]]:
+def last_evaluator_io(workdir, component: str = "Evaluator"
+                      ) -> Tuple[Dict[str, str], Dict[str, list], Dict[str, list]]:
     """(exec properties, {input key: [artifact]}, {output key: [artifact]}) of the
-    workdir's last Evaluator execution, read from its MLMD store as TFX artifacts."""
+    workdir's last `component` execution, read from its MLMD store as TFX artifacts."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
     from tfx.types import artifact_utils
@@ -37,9 +38,11 @@ def last_evaluator_io(workdir) -> Tuple[Dict[str, str], Dict[str, list], Dict[st
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
     types = {t.id: t for t in store.get_execution_types()}
-    execution = max((e for e in store.get_executions() if types[e.type_id].name.endswith(".Evaluator")),
+    execution = max((e for e in store.get_executions() if types[e.type_id].name.endswith("." + component)),
                     key=lambda e: e.id)
-    props = {k: v.string_value for k, v in execution.custom_properties.items() if v.HasField("string_value")}
+    props = {k: v.string_value if v.HasField("string_value") else v.int_value
+             for k, v in execution.custom_properties.items()
+             if v.HasField("string_value") or v.HasField("int_value")}
     events = store.get_events_by_execution_ids([execution.id])
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     artifact_types = {t.id: t for t in store.get_artifact_types()}

@@ -96,10 +96,13 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
             config.max_class_recall_drop))
     # TFLite variants of a blessed model, built from raw pixels (backbone + the
     # Trainer's head), int8-calibrated on train images, with their top-1 agreement
-    # with the SavedModel on the eval split (the parity gate the Pusher applies).
+    # with the SavedModel on the eval split (the parity gate the Pusher applies);
+    # the reference is the head on the cached eval features when every eval image
+    # joins them (components/tflite/reference.py), else a SavedModel pass.
     tflite_export = TFLiteExport(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
-        model_blessing=evaluator.outputs["blessing"], variants=config.tflite_variants,
+        model_blessing=evaluator.outputs["blessing"], bottlenecks=bottleneck_gen.outputs["bottlenecks"],
+        variants=config.tflite_variants,
         parity_bounds=config.parity_bounds, calibration_images=config.calibration_images)
     pusher = TFLitePusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

@@ -6,6 +6,7 @@
   metadata.py         tflite-support metadata: labels, normalisation, description
   runtime.py          Classifier: the interpreter wrapper (`retrain predict` loads only this)
   parity.py           ParityReport: parity.json, typed; ParityCounter
+  reference.py        parity's reference: the head on cached features, or the SavedModel
   export.py           convert + write + measure the configured variants of one model
   component.py        the TFLiteExport TFX component, its executor and TFLiteModels
 

@@ -2,16 +2,17 @@
 
 Builds on the pixel model (backbone + the Trainer's head): each variant is converted
 (:mod:`convert`), gets its metadata (:mod:`metadata`), is loaded in the interpreter
-(:mod:`runtime`) and measured against the SavedModel's ``serving_default`` on the
-eval split of the raw Examples (:mod:`parity`).  A variant that fails is reported;
-the others go on.
+(:mod:`runtime`) and measured against the reference probabilities on the eval
+split of the raw Examples (:mod:`parity`; where they come from: :mod:`reference`).
+A variant that fails is reported; the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,21 +24,45 @@ from components.tflite.variants import FILE_NAMES, INT8_INPUT_QUANTIZATION
 EvalBatch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels [B, H, W, 3], reference [B, C], labels [B]
 
 
+class PartSeconds:
+    """Wall seconds per part of one export, summed over the part's calls (logged and
+    recorded on the TFLiteModels artifact: what benchmarks/tflite_export_parts.py reads)."""
+
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> Dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, float],
                     label_names: Sequence[str], backbone: str, out_dir: str,
                     calibration_bytes: Sequence[bytes], eval_batches: Iterable[EvalBatch],
                     version: str = "", num_threads: int = 2,
-                    plan_cache: Optional[convert.PlanCache] = None) -> parity.ParityReport:
+                    plan_cache: Optional[convert.PlanCache] = None,
+                    reference_name: str = parity.REFERENCE,
+                    timer: Optional[PartSeconds] = None) -> parity.ParityReport:
     """Converts, writes and measures the variants; returns the parity report.
 
     ``eval_batches`` yields (pixels [B, H, W, 3] 0..255, reference probabilities
     [B, C], labels [B]).  Writes ``FILE_NAMES[v]``, ``labels.txt`` and ``parity.json``
     into ``out_dir`` (any tf.io.gfile path).  ``plan_cache``: where the int8
     variant's backbone quantization plan is cached (:func:`convert.convert`).
+    ``reference_name``: parity.json's ``reference``, where the reference probabilities came from;
+    ``timer``: gets each variant's ``parity[v]`` seconds (its conversion's are in the report).
     """
     import tensorflow as tf
     from components.image_decode import decode_batch
     size = int(pixel_model.input_shape[1])
+    timer = timer or PartSeconds()
 
     def calibration():
         for batch in convert.batches(calibration_bytes, 32):
@@ -83,7 +108,9 @@ def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, f
     for pixels, reference, labels in eval_batches:
         reference_counter.update(reference, reference, labels)
         for variant, (classifier, _) in classifiers.items():
-            counters[variant].update(classifier.predict(pixels), reference, labels)
+            with timer.part(f"parity[{variant}]"):
+                probs = classifier.predict(pixels)
+            counters[variant].update(probs, reference, labels)
     for variant, (_, conversion) in classifiers.items():
         entries[variant] = parity.VariantParity.judged(
             variant, float(bounds[variant]), conversion, counters[variant].result())
@@ -91,20 +118,10 @@ def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, f
     report = parity.ParityReport(
         variants=measured, passed=tuple(v.variant for v in measured if v.passed), backbone=backbone,
         label_names=tuple(label_names), calibration_examples=len(calibration_bytes),
-        eval_examples=reference_counter.n, reference_accuracy=reference_counter.result().accuracy)
+        eval_examples=reference_counter.n, reference_accuracy=reference_counter.result().accuracy,
+        reference=reference_name)
     with tf.io.gfile.GFile(os.path.join(out_dir, contracts.LABELS_FILE), "w") as f:
         f.write(metadata.labels_text(label_names))
     report.write(out_dir)
     return report
 
-
-def eval_batches(eval_files: List[str], serving_dir: str, size: int, batch_size: int = 32) -> Iterator[EvalBatch]:
-    """(pixels, SavedModel probabilities, labels) for the raw eval examples."""
-    import tensorflow as tf
-    from components.image_decode import decode_batch
-    serve = tf.saved_model.load(serving_dir).signatures["serving_default"]
-    for batch in convert.batches(convert.records(eval_files), batch_size):
-        images, labels = zip(*(convert.image_and_label(r) for r in batch))
-        reference = serve(examples=tf.constant(batch))["probabilities"].numpy()
-        pixels = decode_batch(images, size).numpy()
-        yield pixels, reference, np.asarray(labels, np.int64)

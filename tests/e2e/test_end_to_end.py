@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from conftest import copy_subset, eval_split, tflite_probabilities
-from components.tflite import metadata
+from components.tflite import metadata, reference
 from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import DEFAULT_PARITY_BOUNDS, FILE_NAMES
@@ -145,6 +145,10 @@ def test_pushed_variants_carry_metadata_and_meet_parity(runs, capsys):
     parity = ParityReport.read(str(version))
     n_eval = runs["b"]["examples"]["eval"]
     assert parity.eval_examples == n_eval and parity.calibration_examples == runs["b"]["examples"]["train"]
+    # The reference is the head on BottleneckGen's cached eval features (every eval image
+    # joined them: components/tflite/reference.py), so its accuracy is the Evaluator's.
+    assert parity.reference == reference.FEATURES_REFERENCE
+    assert parity.reference_accuracy == pytest.approx(runs["b"]["accuracy"], abs=1e-6)  # TFMA: float32
     print({e.variant: (e.agreement, e.accuracy, e.conversion and e.conversion.bytes, e.reason)
            for e in parity.variants})
     for entry in parity.variants:

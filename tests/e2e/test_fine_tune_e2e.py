@@ -2,7 +2,8 @@
 classes x 10 images, 1 epoch, the float32 TFLite variant only. The pushed model is the
 whole network (frozen lower part + trained top block + head): its TFLite predictions
 match the SavedModel's, the Evaluator's accuracy is the SavedModel's on the eval
-images, and N shows in head.json, the run record and `retrain runs`."""
+images, TFLiteExport's parity reference comes from the cached cut activations, and N
+shows in head.json, the run record and `retrain runs`."""
 
 import glob
 import json
@@ -65,3 +66,33 @@ def test_n_is_recorded_in_head_json_the_run_record_and_runs(run):
     (row,) = [r for r in history.list_runs(config) if r["kind"] == "run"]
     assert row["trainable_blocks"] == 1 and row["id"] == summary["run_id"]
     assert "(top 1 blocks fine-tuned)" in history.format_runs([row])
+
+
+def test_parity_reference_is_the_top_model_on_the_cached_cut_activations(run):
+    """TFLiteExport took its reference from BottleneckGen's cached cut activations through
+    the saved top model (no backbone pass): the SavedModel's probabilities on the same
+    eval images to float noise (both round the activation to float16), and its accuracy
+    is the Evaluator's. Observed max abs difference 1.2e-07 (2026-11-30); allowed 1e-5."""
+    from benchmarks.evaluator_paths import last_evaluator_io
+    from components import trainer
+    from components.tflite import component, export, reference
+    from components.tflite.parity import ParityReport
+    config, summary, model = run
+    _, inputs, outputs = last_evaluator_io(config.workdir, "TFLiteExport")
+    (out,) = outputs["tflite_models"]
+    assert out.get_string_custom_property(component.PARITY_REFERENCE) == reference.FEATURES, \
+        out.get_string_custom_property(component.PARITY_REFERENCE_REASON)
+    parity = ParityReport.read(out.uri)
+    assert parity.reference == reference.FEATURES_REFERENCE and parity.eval_examples > 0
+    assert parity.reference_accuracy == pytest.approx(summary["accuracy"], abs=1e-6)  # TFMA: float32
+    head, info = trainer.load_head(model)
+    eval_files = reference.split_files(inputs["examples"][0], "eval")
+    choice = reference.choose(head, info, inputs[component.BOTTLENECKS][0], eval_files)
+    assert choice.source == reference.FEATURES, choice.reason
+    timer = export.PartSeconds()
+    saved = np.concatenate([ref for _, ref, _ in reference.saved_model_batches(
+        eval_files, os.path.join(model, contracts.SERVING_MODEL_DIR), 224, timer)])
+    cached = np.concatenate([ref for _, ref, _ in reference.feature_batches(
+        eval_files, choice.probabilities, 224, timer)])
+    print("max abs difference", float(np.abs(saved - cached).max()))
+    np.testing.assert_allclose(cached, saved, atol=1e-5, rtol=0)

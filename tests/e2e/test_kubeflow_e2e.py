@@ -205,6 +205,11 @@ def test_first_run_pushes_a_working_tflite_model(kfp):
     accuracy = correct / len(eval_images)
     assert accuracy == pytest.approx(recorded["tflite"]["parity"]["float32"]["accuracy"], abs=1e-9)
     assert abs(accuracy - recorded["evaluation"]["accuracy"]) <= 1 / len(eval_images) + 1e-9
+    # The backend hands TFLiteExport BottleneckGen's bottlenecks read back from MLMD: its
+    # parity reference came from the cached features, its accuracy the Evaluator's.
+    tflite = first.artifact(_task_of(doc, "tflite.component.Executor"), "tflite_models")["metadata"]
+    assert tflite["parity_reference"] == "features", tflite.get("parity_reference_reason")
+    assert recorded["tflite"]["reference_accuracy"] == pytest.approx(recorded["evaluation"]["accuracy"], abs=1e-6)
 
 
 def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, second_run):

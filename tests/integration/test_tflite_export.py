@@ -2,9 +2,12 @@
 
 One module fixture runs the TFLiteExport executor for all four variants on a tiny
 real model (MobileNet v1 ImageNet + a head trained on 120 emoji) and raw Examples
-written like ImageExampleGen's; the other tests read what it produced.
+written like ImageExampleGen's; the other tests read what it produced.  The eval
+images' features are also written as BottleneckGen's bottlenecks, for the parity
+reference on cached features (components/tflite/reference.py).
 """
 
+import hashlib
 import json
 import os
 
@@ -13,9 +16,10 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components import contracts, evaluation, tflite_pusher, trainer
-from components.tflite import bias_correction, convert, metadata, parity, variants
-from components.tflite.component import Executor, TFLiteModels
+from components import contracts, evaluation, feature_records, tflite_pusher, trainer
+from components.tflite import bias_correction, convert, export, metadata, parity, reference, variants
+from components.tflite.component import (PARITY_REFERENCE, PARITY_REFERENCE_REASON, PART_SECONDS, Executor,
+                                         TFLiteModels)
 from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import FILE_NAMES, VARIANTS
@@ -26,11 +30,32 @@ TRAIN_PER_CLASS = 40
 EVAL_PER_CLASS = 20
 
 
+def _sha(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
+
+
 def _example(image: bytes, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        contracts.CONTENT_SHA256_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[_sha(image).encode()])),
     })).SerializeToString()
+
+
+def _write_bottlenecks(uri, rows, namespace):
+    """BottleneckGen's ``bottlenecks`` with an eval split of `rows`: (image, label,
+    features [D], view) as feature_records.bottleneck_example writes them."""
+    os.makedirs(os.path.join(uri, "Split-eval"), exist_ok=True)
+    path = os.path.join(uri, "Split-eval", "bottlenecks-00000-of-00001.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for image, label, vector, view in rows:
+            w.write(feature_records.bottleneck_example(
+                {"label": label, "sha": _sha(image), "view": view}, np.asarray(vector, "<f4").tobytes()))
+    artifact = _artifact(standard_artifacts.Examples, uri)
+    artifact.split_names = '["eval"]'
+    artifact.set_string_custom_property("namespace", namespace)
+    return artifact
 
 
 def _write_split(uri, split, rows):
@@ -58,6 +83,7 @@ def model_and_examples(tiny_transform, emoji_root, tmp_path_factory):
     classes, exported like the Trainer does (SavedModel with the tiny_transform graph,
     which has no analyzers, so it fits any data; and the head).  The Examples: those
     training images (calibration) and EVAL_PER_CLASS other images per class (parity).
+    root/eval_features.npy: the eval images' features (the `bottlenecks` fixture's).
     """
     import tensorflow_transform as tft
     from components import backbones, preprocessing
@@ -73,9 +99,11 @@ def model_and_examples(tiny_transform, emoji_root, tmp_path_factory):
         return extractor(preprocessing.decode_and_resize(tf.constant([r[0] for r in rows]), 224)).numpy()
     y_train = np.array([r[1] for r in train_rows])
     y_eval = np.array([r[1] for r in eval_rows])
-    head, _ = trainer.train_head(features(train_rows), y_train, features(eval_rows), y_eval,
+    x_eval = features(eval_rows)
+    head, _ = trainer.train_head(features(train_rows), y_train, x_eval, y_eval,
                                  len(labels), head_settings(epochs=60))
     root = tmp_path_factory.mktemp("tflite_export")
+    np.save(root / "eval_features.npy", x_eval)
     model_uri = root / "model"
     trainer.export_serving(str(model_uri / "Format-Serving"), tft.TFTransformOutput(out_dir), head, labels)
     trainer.save_head(str(model_uri), head, "mobilenet_v1", "imagenet", labels)
@@ -135,6 +163,13 @@ def test_every_variant_loads_has_labels_and_meets_its_bound(exported, model_and_
     assert open(os.path.join(out.uri, "labels.txt")).read().split() == labels
     assert open(os.path.join(out.uri, "parity.json")).read() == report.to_json()
     assert out.get_string_custom_property("passed_variants") == json.dumps(list(VARIANTS))
+    # No bottlenecks input here: the reference is the SavedModel pass, and it says why.
+    assert out.get_string_custom_property(PARITY_REFERENCE) == reference.SAVED_MODEL
+    assert out.get_string_custom_property(PARITY_REFERENCE_REASON) == "no bottlenecks input"
+    assert report.reference == parity.REFERENCE
+    parts = json.loads(out.get_string_custom_property(PART_SECONDS))
+    assert {"saved_model_load", "reference", "decode", *(f"{k}[{v}]" for k in ("convert", "parity")
+                                                         for v in VARIANTS)} <= set(parts)
 
 
 def test_int8_takes_raw_uint8_pixels_and_outputs_probabilities(exported, model_and_examples):
@@ -184,6 +219,76 @@ def test_unblessed_model_is_not_converted(model_and_examples):
     out = _run_export(model, examples, root / "unblessed", ["float32"], blessed=0)
     assert out.get_int_custom_property("converted") == 0
     assert os.listdir(out.uri) == []
+
+
+@pytest.fixture(scope="module")
+def bottlenecks(model_and_examples):
+    """(BottleneckGen's bottlenecks for the fixture's eval images, in the namespace the
+    head was trained on; their rows (image, label, features, view)), written in
+    reverse order: the join is by content hash, not by position."""
+    model, _, _, eval_rows, root = model_and_examples
+    x_eval = np.load(root / "eval_features.npy")
+    rows = [(image, label, x, 0) for (image, label), x in zip(eval_rows, x_eval)][::-1]
+    _, info = trainer.load_head(model.uri)
+    return _write_bottlenecks(str(root / "bottlenecks"), rows, info["feature_namespace"]), rows
+
+
+def test_features_reference_equals_the_saved_model_reference(model_and_examples, bottlenecks):
+    """N = 0: the saved head on the cached eval features gives the probabilities of the
+    SavedModel's serving_default on the same eval images (decode + backbone + head), in
+    the raw Examples' order, with the same pixels and labels for the variants.
+    Observed max abs difference 1.1e-06 (2026-11-30); allowed 1e-5."""
+    model, examples, _, eval_rows, _ = model_and_examples
+    head, info = trainer.load_head(model.uri)
+    eval_files = reference.split_files(examples, "eval")
+    choice = reference.choose(head, info, bottlenecks[0], eval_files)
+    assert choice.source == reference.FEATURES and choice.reason.startswith(f"all {len(eval_rows)} eval")
+    timer = export.PartSeconds()
+    saved, cached = [], []
+    for (pixels, ref, labels), (f_pixels, f_ref, f_labels) in zip(
+            reference.saved_model_batches(eval_files, os.path.join(model.uri, contracts.SERVING_MODEL_DIR),
+                                          224, timer),
+            reference.feature_batches(eval_files, choice.probabilities, 224, timer)):
+        assert np.array_equal(pixels, f_pixels) and np.array_equal(labels, f_labels)
+        saved.append(ref)
+        cached.append(f_ref)
+    saved, cached = np.concatenate(saved), np.concatenate(cached)
+    assert len(saved) == len(eval_rows) and set(timer.seconds) >= {"saved_model_load", "reference", "decode"}
+    print("max abs difference", float(np.abs(saved - cached).max()))
+    np.testing.assert_allclose(cached, saved, atol=1e-5, rtol=0)
+    assert (cached.argmax(1) == saved.argmax(1)).all()
+
+
+def test_reference_falls_back_to_the_saved_model_when_anything_does_not_join(
+        model_and_examples, bottlenecks, tmp_path):
+    """Never a partial reference: any eval example without its cached features (or
+    the reverse), another label, an augmented view, another namespace or width, or no
+    features at all -> the SavedModel pass, with the reason."""
+    from conftest import png_bytes
+    model, examples = model_and_examples[:2]
+    head, info = trainer.load_head(model.uri)
+    eval_files = reference.split_files(examples, "eval")
+    given, rows = bottlenecks
+    namespace = given.get_string_custom_property("namespace")
+    (image, label, vector, _), rest = rows[0], rows[1:]
+    cases = {
+        "one missing": (rest, namespace, "1 eval examples have no cached features and 0 cached"),
+        "one extra": (rows + [(png_bytes(0), 0, vector, 0)], namespace,
+                      "0 eval examples have no cached features and 1 cached eval features match no eval"),
+        "another label": ([(image, (label + 1) % 3, vector, 0)] + rest, namespace,
+                          "1 eval examples have no cached features and 1 cached"),
+        "augmented view": (rows + [(image, label, vector, 1)], namespace, "a view other than the plain image"),
+        "another cut": (rows, namespace + "|cut=conv_dw_13|float16", "trained on other features"),
+        "another width": ([(i, y, x[:-1], v) for i, y, x, v in rows], namespace,
+                          "not 1024-float vectors (the head's input)"),
+        "no namespace": (rows, "", "the features have no namespace"),
+    }
+    for i, (case, (case_rows, case_namespace, reason)) in enumerate(cases.items()):
+        artifact = _write_bottlenecks(str(tmp_path / str(i)), case_rows, case_namespace)
+        choice = reference.choose(head, info, artifact, eval_files)
+        assert choice.source == reference.SAVED_MODEL and choice.probabilities is None, case
+        assert reason in choice.reason and "\n" not in choice.reason, (case, choice.reason)
+    assert reference.choose(head, info, None, eval_files).reason == "no bottlenecks input"
 
 
 def test_parity_counter_and_reasons():
