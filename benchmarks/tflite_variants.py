@@ -3,7 +3,7 @@
     python -m benchmarks.tflite_variants [--backbones mobilenet_v1,efficientnet_lite0,...]
         [--variants float32,fp16,dynamic,int8] [--images DIR,DIR...] [--train-per-class 40]
         [--eval-per-class 20] [--runs 100] [--threads 2] [--calibration 100] [--output results.json]
-        [--int8-experiments learned,equalized,no-bias-correction,cal300,learned+cal50,...]
+        [--int8-experiments learned,equalized,no-bias-correction,full-calibrator,cal300,learned+cal50,...]
 
 For each backbone:
 
@@ -157,16 +157,22 @@ def bench_backbone(name: str, variants, data, args, dataset: str = "emoji-google
             row.update(max_abs_diff=float(np.abs(probs - reference).max()), **_agreement(probs, reference, y_eval))
         print(json.dumps(row), flush=True)
         rows.append(row)
+    experiments = []
     if reference is not None and "int8" in variants:
         for experiment in [e for e in args.int8_experiments.split(",") if e]:
-            rows.append(_int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval, reference,
-                                         name, dataset, args))
+            experiments.append(_int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval,
+                                                reference, name, dataset, args))
+    rows += experiments
     if "feature_step" in phases:
         export = sum(v for k, v in phases.items() if k != "feature_step")
         phase_row = {"backbone": name, "dataset": dataset, "phases": {k: round(v, 2) for k, v in phases.items()},
                      "export_seconds": round(export, 2),
                      "export_ratio": round(export / phases["feature_step"], 2),
                      "images": len(train) + len(evals), "calibration_images": len(calibration)}
+        full = [r for r in experiments if r["experiment"] == "full-calibrator"]
+        if full and "int8.converter" in phases:  # the same export with TFLite's calibrator over every image
+            before = export - phases["int8.converter"] + full[0]["converter"]
+            phase_row["export_ratio_full_calibrator"] = round(before / phases["feature_step"], 2)
         print(json.dumps(phase_row), flush=True)
         rows.append(phase_row)
     return rows
@@ -189,6 +195,8 @@ EXPERIMENTS = {  # int8 conversion options measured against the default (agreeme
     "learned": {"learned_rounding": True},
     "no-bias-correction": {"bias_correction": False},
     "equalized": {"equalize": True},
+    # TFLite's calibrator over every image (before components/tflite/calibration_ranges.py)
+    "full-calibrator": {"fast_calibration": False},
 }
 
 
@@ -230,12 +238,12 @@ def markdown(rows) -> str:
             f"{_fmt(r['parity'], '{:.3f}')} | {r.get('confident_flips', 'n/a')} / {r.get('confident', 'n/a')} |")
     experiments = [r for r in rows if "experiment" in r]
     if experiments:
-        lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds | accuracy (float) | "
-                  "agreement | flips (tied) | confident flips / confident |",
+        lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds (converter) | "
+                  "accuracy (float) | agreement | flips (tied) | confident flips / confident |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in experiments:
             lines.append(f"| {r['backbone']} | {r['dataset']} | {r['experiment']} | {r['calibration_images']} | "
-                         f"{r['seconds']:.1f} | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
+                         f"{r['seconds']:.1f} ({r.get('converter', 0.0):.1f}) | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
                          f"{r['parity']:.3f} | {r['flips']} ({r['flips_tied']}) | "
                          f"{r['confident_flips']} / {r['confident']} |")
     phase_rows = [r for r in rows if "phases" in r]
@@ -244,6 +252,8 @@ def markdown(rows) -> str:
                   "|---|---|---:|---:|---:|---|"]
         for r in phase_rows:
             detail = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "feature_step")
+            before = r.get("export_ratio_full_calibrator")
+            detail += "" if before is None else f"; ratio with the full calibrator {before:.2f}"
             lines.append(f"| {r['backbone']} | {r['dataset']} | {r['images']} | {r['phases']['feature_step']:.1f} | "
                          f"{r['export_seconds']:.1f} ({r['export_ratio']:.2f}) | {detail} |")
     return "\n".join(lines)
