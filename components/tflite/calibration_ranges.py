@@ -1,29 +1,35 @@
-"""The int8 variant's calibration without TFLite's per-image calibrator.
+"""The int8 variant's calibration without running TFLite's calibrator on every image.
 
 TFLite's calibrator runs the float TFLite model once per calibration image (about
 55 ms each for MobileNet v1) and records, per tensor, the plain union of each
 image's min and max (tensorflow/lite/tools/optimize/calibration/calibration_logger.h,
-``MinMax::Update``).  The same union comes out of one batched TensorFlow pass of the
-Keras model in a fraction of the time.  :func:`quantized_int8` therefore
+``MinMax::Update``; its max starts at FLT_MIN).  One batched TensorFlow pass of the
+Keras model gives the same per-image ranges in a fraction of the time, up to float
+rounding (about 1e-6 relative).  :func:`quantized_int8` therefore
 
 1. calibrates on the range anchor alone with TFLite's own calibrator
    (``converter._experimental_calibrate_only``), which yields the calibrated float
    flatbuffer with every tensor that needs statistics;
 2. maps each of those tensors to the TensorFlow op whose output it is (its name is
-   the ';'-joined names of the ops fused into it) and overwrites its min/max with the
-   union over the anchor and every calibration image, computed in batches;
-3. quantizes that model with ``mlir_quantize`` exactly as ``TFLiteConverter`` does
-   after calibration (tensorflow/lite/python/lite.py ``_quantize``; the same
-   calibrate-only + ``mlir_quantize`` pair as TF's QuantizationDebugger,
+   the ';'-joined names of the ops fused into it; the anchor's record checks the
+   mapping) and takes, in one batched pass, every image's range of each;
+3. runs the calibrator again on the anchor and only the images that widen some
+   tensor's range beyond the anchor's (MobileNet v1: 4 of 99 demo emoji,
+   EfficientNet-Lite0: 25): the union over a set holding every extreme is the union
+   over all images, in the calibrator's own floats, and is checked against the pass;
+4. quantizes with ``mlir_quantize`` exactly as ``TFLiteConverter`` does after
+   calibration (tensorflow/lite/python/lite.py ``_quantize``; the same calibrate-only
+   + ``mlir_quantize`` pair as TF's QuantizationDebugger,
    tensorflow/lite/tools/optimize/debugging/python/debugger.py).
 
-The calibrator logs an op's inputs again after the op ran
-(tensorflow/lite/tools/optimize/calibration/calibrator.cc, ``LoggingEval``): an op
-that runs in place (ADD, MUL: its output shares its input's buffer) adds its output's
-range to that input's record.  Aliased buffers are read from the interpreter and that
-union is reproduced.  Every mapping is checked against the anchor's own record; any
-tensor that cannot be mapped with certainty makes :func:`quantized_int8` return None,
-and the caller runs the full calibrator.
+The result is the full calibrator's file byte for byte (tests/integration/
+test_int8_calibration_ranges.py).  The calibrator logs an op's inputs again after the
+op ran (tensorflow/lite/tools/optimize/calibration/calibrator.cc, ``LoggingEval``):
+an op that runs in place (ADD, MUL: its output shares its input's buffer) adds its
+output's range to that input's record; aliased buffers are read from the
+interpreter and counted the same way.  Any tensor that cannot be mapped with
+certainty makes :func:`quantized_int8` return None (logged), and the caller runs the
+full calibrator.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ BATCH = 16
 # within this (relative to the range's magnitude, at least 1): TFLite runs the
 # BatchNorm-folded float graph, TensorFlow the unfolded one.
 ANCHOR_TOLERANCE = 1e-3
+# TensorFlow's and TFLite's per-image extremes differ by about 1e-6 (relative; measured
+# at most 2.6e-6): images within this of a range's extreme may be the calibrator's.
+TIE_TOLERANCE = 1e-5
 
 # Elementwise ops with constant operands: applied to the pixels alone, the anchor
 # (0..255 in every channel) already holds their extreme values.
@@ -72,22 +81,50 @@ def quantized_int8(model, converter, anchor: np.ndarray,
 def calibrated_model(model, converter, anchor: np.ndarray,
                      calibration: Callable[[], Iterator[np.ndarray]]) -> Optional[bytes]:
     """What ``converter`` with ``_experimental_calibrate_only`` returns for the anchor
-    plus the calibration images (the float model with every tensor's min/max), from
-    the calibrator on the anchor alone and one batched TensorFlow pass; None (logged)
-    when a tensor cannot be mapped."""
+    plus the calibration images (the float model with every tensor's min/max); None
+    (logged) when a tensor cannot be mapped.
+
+    The calibrator runs on the anchor alone; one batched TensorFlow pass gives every
+    tensor's per-image range, hence the union and the few images that widen some
+    tensor's range beyond the anchor's.  The calibrator then runs again on the anchor
+    and those images only: its records are then its own floats (the union over a set
+    holding each extreme is the union over all), checked against the pass's union."""
     from tensorflow.lite.tools import flatbuffer_utils
     calibrated = _calibrate_on(converter, anchor)
     flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     try:
-        ranges = _union_ranges(model, calibrated, flat, anchor, calibration)
+        ranges, widening = union_ranges(model, calibrated, flat, anchor, calibration)
+        if not widening:
+            return calibrated
+        chosen = set(widening)
+        logging.info("int8 calibration: %d calibration images widen a range beyond the anchor's", len(chosen))
+        exact = _recalibrate(calibrated, [anchor] + [p for i, p in enumerate(calibration()) if i in chosen])
+        _check(exact, ranges)
+        return exact
     except Unmappable as e:
         logging.warning("int8 calibration: full TFLite calibrator used (%s)", e)
         return None
-    tensors = flat.subgraphs[0].tensors
+
+
+def _recalibrate(calibrated: bytes, images: Sequence[np.ndarray]) -> bytes:
+    """``calibrated`` calibrated again by TFLite's calibrator on ``images`` (what
+    lite.py's ``_quantize`` runs, on the already converted float model)."""
+    from tensorflow.lite.python.optimize import calibrator
+    samples = [[np.asarray(p, np.float32)[None]] for p in images]
+    return bytes(calibrator.Calibrator(calibrated).calibrate(lambda: iter(samples)))
+
+
+def _check(calibrated: bytes, ranges: Dict[int, Tuple[float, float]]) -> None:
+    """Unmappable unless ``calibrated``'s records equal the TensorFlow pass's union."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    recorded = {t.index: t for t in stat_tensors(flat)}
     for index, (low, high) in ranges.items():
-        tensors[index].quantization.min = np.array([low], np.float32)
-        tensors[index].quantization.max = np.array([high], np.float32)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+        t = recorded.get(index)
+        scale = max(1.0, abs(low), abs(high))
+        if t is None or max(abs(t.recorded[0] - low), abs(t.recorded[1] - high)) > ANCHOR_TOLERANCE * scale:
+            raise Unmappable(f"tensor {index}: calibrator {None if t is None else t.recorded} against the "
+                             f"TensorFlow pass's ({low:.6g}, {high:.6g})")
 
 
 def quantize(calibrated: bytes, converter) -> bytes:
@@ -183,10 +220,12 @@ def _aliases(calibrated: bytes, flat) -> Dict[int, List[int]]:
     return out
 
 
-def _union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
-                  calibration: Callable[[], Iterator[np.ndarray]]) -> Dict[int, Tuple[float, float]]:
-    """tensor index -> (min, max) over the anchor and every calibration image, as the
-    calibrator would record it.  Unmappable when a tensor cannot be reproduced."""
+def union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
+                  calibration: Callable[[], Iterator[np.ndarray]]) -> Tuple[Dict[int, Tuple[float, float]], List[int]]:
+    """({tensor index: (min, max) over the anchor and every calibration image, as the
+    calibrator would record it}, [the calibration images, by position, that may hold
+    a range's extreme beyond the anchor's]).  Unmappable when a tensor cannot be
+    reproduced."""
     graph = flat.subgraphs[0]
     tensors = stat_tensors(flat)
     constant = {i for i, t in enumerate(graph.tensors)
@@ -216,7 +255,7 @@ def _union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
         ranges = [stats[mapped[index]]]
         ranges += [stats[mapped[a]] for a in aliases.get(index, []) if a != index]
         return np.min([r[0] for r in ranges], axis=0), np.max([r[1] for r in ranges], axis=0)
-    out = {}
+    out, widening = {}, set()
     for t in tensors:
         if t.index in fixed:
             continue  # the anchor's record is the union already
@@ -230,7 +269,20 @@ def _union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
         # Union with the calibrator's own anchor record: the anchor counts exactly once.
         out[t.index] = (min(float(mins[1:].min(initial=np.inf)), t.recorded[0]),
                         max(float(maxs[1:].max(initial=-np.inf)), t.recorded[1]))
-    return out
+        # The images that may hold this tensor's extreme beyond the anchor's record.
+        tie = 2 * TIE_TOLERANCE * scale
+        widening.update(_holders(mins[1:], mins[1:] < t.recorded[0], out[t.index][0], tie))
+        widening.update(_holders(maxs[1:], maxs[1:] > t.recorded[1], out[t.index][1], tie))
+    return out, sorted(widening)
+
+
+def _holders(values: np.ndarray, beyond: np.ndarray, extreme: float, tie: float) -> List[int]:
+    """Positions of the ``values`` (``beyond`` the anchor's record) that may be the
+    calibrator's ``extreme``: those within float noise (``tie``) of it.  Of several
+    exactly at it (a clamp such as ReLU6's 6.0, exact in TFLite too) one is enough."""
+    near = beyond & (np.abs(values - extreme) <= tie)
+    exact = np.nonzero(near & (values == extreme))[0]
+    return np.nonzero(near & (values != extreme))[0].tolist() + exact[:1].tolist()
 
 
 def _batched_stats(model, candidates: Sequence[Tuple[str, ...]], anchor: np.ndarray,
