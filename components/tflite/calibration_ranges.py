@@ -308,8 +308,8 @@ def _batched_stats(model, candidates: Sequence[Tuple[str, ...]], anchor: np.ndar
     except (KeyError, ValueError) as e:
         raise Unmappable(str(e)) from e
 
-    mins: Dict[str, List[np.ndarray]] = {c: [] for c in candidates}
-    maxs: Dict[str, List[np.ndarray]] = {c: [] for c in candidates}
+    mins: Dict[Tuple[str, ...], List[np.ndarray]] = {c: [] for c in candidates}
+    maxs: Dict[Tuple[str, ...], List[np.ndarray]] = {c: [] for c in candidates}
     pixel = [np.inf, -np.inf]
 
     def images():
@@ -320,7 +320,11 @@ def _batched_stats(model, candidates: Sequence[Tuple[str, ...]], anchor: np.ndar
     for batch in batches(images(), BATCH):
         x = np.stack(batch)
         pixel = [min(pixel[0], float(x.min())), max(pixel[1], float(x.max()))]
-        for c, (lo, hi) in concrete(tf.constant(x)).items():
+        try:
+            result = concrete(tf.constant(x))
+        except tf.errors.OpError as e:  # e.g. a model that takes one image at a time
+            raise Unmappable(f"the batched pass failed: {str(e).splitlines()[0][:200]}") from e
+        for c, (lo, hi) in result.items():
             mins[c].append(lo.numpy())
             maxs[c].append(hi.numpy())
     return {c: (np.concatenate(mins[c]), np.concatenate(maxs[c])) for c in candidates}, tuple(pixel)
