@@ -16,7 +16,9 @@ rounding (about 1e-6 relative).  :func:`quantized_int8` therefore
 3. runs the calibrator again on the anchor and only the images that widen some
    tensor's range beyond the anchor's (MobileNet v1: 4 of 99 demo emoji,
    EfficientNet-Lite0: 25): the union over a set holding every extreme is the union
-   over all images, in the calibrator's own floats, and is checked against the pass;
+   over all images, in the calibrator's own floats, and is checked against the pass
+   (a min above 0 or a max below 0 is left at the anchor's: the quantizer widens
+   every range to include 0, so it does not change the file);
 4. quantizes with ``mlir_quantize`` exactly as ``TFLiteConverter`` does after
    calibration (tensorflow/lite/python/lite.py ``_quantize``; the same calibrate-only
    + ``mlir_quantize`` pair as TF's QuantizationDebugger,
@@ -122,7 +124,10 @@ def _check(calibrated: bytes, ranges: Dict[int, Tuple[float, float]]) -> None:
     for index, (low, high) in ranges.items():
         t = recorded.get(index)
         scale = max(1.0, abs(low), abs(high))
-        if t is None or max(abs(t.recorded[0] - low), abs(t.recorded[1] - high)) > ANCHOR_TOLERANCE * scale:
+        # Sides beyond 0 are not recalibrated (union_ranges): the quantizer uses 0.
+        low_off = 0.0 if t is None or low > 0 else abs(t.recorded[0] - low)
+        high_off = 0.0 if t is None or high < 0 else abs(t.recorded[1] - high)
+        if t is None or max(low_off, high_off) > ANCHOR_TOLERANCE * scale:
             raise Unmappable(f"tensor {index}: calibrator {None if t is None else t.recorded} against the "
                              f"TensorFlow pass's ({low:.6g}, {high:.6g})")
 
@@ -269,10 +274,14 @@ def union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
         # Union with the calibrator's own anchor record: the anchor counts exactly once.
         out[t.index] = (min(float(mins[1:].min(initial=np.inf)), t.recorded[0]),
                         max(float(maxs[1:].max(initial=-np.inf)), t.recorded[1]))
-        # The images that may hold this tensor's extreme beyond the anchor's record.
+        # The images that may hold this tensor's extreme beyond the anchor's record.  A
+        # min above 0 (a max below) does not count: the quantizer's range includes 0
+        # (a softmax's near-0 minimum would otherwise tie on most images).
         tie = 2 * TIE_TOLERANCE * scale
-        widening.update(_holders(mins[1:], mins[1:] < t.recorded[0], out[t.index][0], tie))
-        widening.update(_holders(maxs[1:], maxs[1:] > t.recorded[1], out[t.index][1], tie))
+        if out[t.index][0] <= 0:
+            widening.update(_holders(mins[1:], mins[1:] < t.recorded[0], out[t.index][0], tie))
+        if out[t.index][1] >= 0:
+            widening.update(_holders(maxs[1:], maxs[1:] > t.recorded[1], out[t.index][1], tie))
     return out, sorted(widening)
 
 
