@@ -15,7 +15,7 @@ rounding (about 1e-6 relative).  :func:`quantized_int8` therefore
    mapping) and takes, in one batched pass, every image's range of each;
 3. runs the calibrator again on the anchor and only the images that widen some
    tensor's range beyond the anchor's (MobileNet v1: 4 of 99 demo emoji,
-   EfficientNet-Lite0: 25): the union over a set holding every extreme is the union
+   EfficientNet-Lite0: 26): the union over a set holding every extreme is the union
    over all images, in the calibrator's own floats, and is checked against the pass
    (a min above 0 or a max below 0 is left at the anchor's: the quantizer widens
    every range to include 0, so it does not change the file);
@@ -226,7 +226,7 @@ def _aliases(calibrated: bytes, flat) -> Dict[int, List[int]]:
 
 
 def union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
-                  calibration: Callable[[], Iterator[np.ndarray]]) -> Tuple[Dict[int, Tuple[float, float]], List[int]]:
+                 calibration: Callable[[], Iterator[np.ndarray]]) -> Tuple[Dict[int, Tuple[float, float]], List[int]]:
     """({tensor index: (min, max) over the anchor and every calibration image, as the
     calibrator would record it}, [the calibration images, by position, that may hold
     a range's extreme beyond the anchor's]).  Unmappable when a tensor cannot be
