@@ -3,7 +3,8 @@
     python -m benchmarks.tflite_variants [--backbones mobilenet_v1,efficientnet_lite0,...]
         [--variants float32,fp16,dynamic,int8] [--images DIR,DIR...] [--train-per-class 40]
         [--eval-per-class 20] [--runs 100] [--threads 2] [--calibration 100] [--output results.json]
-        [--int8-experiments learned,equalized,no-bias-correction,cal300,learned+cal50,...]
+        [--int8-experiments learned,equalized,no-bias-correction,full-calibrator,cal300,learned+cal50,...]
+        [--calibration-ab ROUNDS]
 
 For each backbone:
 
@@ -29,6 +30,10 @@ For each backbone:
    correction, the converter (int8: calibration included) and parity (the
    interpreter over the eval images); ``export_ratio`` is their sum over the
    feature step's seconds.
+   With ``--calibration-ab ROUNDS`` the int8 converter also runs alternately with
+   the fast calibration and with TFLite's calibrator over every image
+   (``convert.convert(fast_calibration=False)``), ROUNDS times each: medians, and
+   whether the two files are the same bytes.
 5. Prints Markdown tables and writes them, with machine facts, as JSON to --output.
 """
 
@@ -158,16 +163,24 @@ def bench_backbone(name: str, variants, data, args, dataset: str = "emoji-google
             row.update(max_abs_diff=float(np.abs(probs - reference).max()), **_agreement(probs, reference, y_eval))
         print(json.dumps(row), flush=True)
         rows.append(row)
+    experiments = []
     if reference is not None and "int8" in variants:
         for experiment in [e for e in args.int8_experiments.split(",") if e]:
-            rows.append(_int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval, reference,
-                                         name, dataset, args))
+            experiments.append(_int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_eval,
+                                                reference, name, dataset, args))
+    rows += experiments
+    if args.calibration_ab and "int8" in variants:
+        rows.append(_calibration_ab(pixel_model, calibration, args.calibration_ab, name, dataset))
     if "feature_step" in phases:
         export = sum(v for k, v in phases.items() if k != "feature_step")
         phase_row = {"backbone": name, "dataset": dataset, "phases": {k: round(v, 2) for k, v in phases.items()},
                      "export_seconds": round(export, 2),
                      "export_ratio": round(export / phases["feature_step"], 2),
                      "images": len(train) + len(evals), "calibration_images": len(calibration)}
+        full = [r for r in experiments if r["experiment"] == "full-calibrator"]
+        if full and "int8.converter" in phases:  # the same export with TFLite's calibrator over every image
+            before = export - phases["int8.converter"] + full[0]["converter"]
+            phase_row["export_ratio_full_calibrator"] = round(before / phases["feature_step"], 2)
         print(json.dumps(phase_row), flush=True)
         rows.append(phase_row)
     return rows
@@ -190,6 +203,8 @@ EXPERIMENTS = {  # int8 conversion options measured against the default (agreeme
     "learned": {"learned_rounding": True},
     "no-bias-correction": {"bias_correction": False},
     "equalized": {"equalize": True},
+    # TFLite's calibrator over every image (before components/tflite/calibration_ranges.py)
+    "full-calibrator": {"fast_calibration": False},
 }
 
 
@@ -214,6 +229,25 @@ def _int8_experiment(pixel_model, experiment, calibration, x_train, x_eval, y_ev
     return row
 
 
+def _calibration_ab(pixel_model, calibration, rounds: int, name: str, dataset: str) -> dict:
+    """int8 converter seconds, fast calibration against TFLite's calibrator over every
+    image, alternated ``rounds`` times (the machine's load drifts), and whether the
+    two files are the same bytes."""
+    seconds = {"fast": [], "full": []}
+    files = {}
+    for _ in range(rounds):
+        for mode in ("fast", "full"):
+            timings = {}
+            files[mode] = convert.convert(pixel_model, "int8", lambda: iter(calibration), timings=timings,
+                                          fast_calibration=mode == "fast")
+            seconds[mode].append(round(timings["converter"], 2))
+    row = {"backbone": name, "dataset": dataset, "calibration_ab": seconds,
+           "median_fast": statistics.median(seconds["fast"]), "median_full": statistics.median(seconds["full"]),
+           "identical_file": files["fast"] == files["full"], "calibration_images": len(calibration)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def _fmt(v, pattern):
     return "n/a" if v is None else pattern.format(v)
 
@@ -231,20 +265,29 @@ def markdown(rows) -> str:
             f"{_fmt(r['parity'], '{:.3f}')} | {r.get('confident_flips', 'n/a')} / {r.get('confident', 'n/a')} |")
     experiments = [r for r in rows if "experiment" in r]
     if experiments:
-        lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds | accuracy (float) | "
-                  "agreement | flips (tied) | confident flips / confident |",
+        lines += ["", "| backbone | dataset | int8 experiment | calibration | seconds (converter) | "
+                  "accuracy (float) | agreement | flips (tied) | confident flips / confident |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in experiments:
             lines.append(f"| {r['backbone']} | {r['dataset']} | {r['experiment']} | {r['calibration_images']} | "
-                         f"{r['seconds']:.1f} | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
+                         f"{r['seconds']:.1f} ({r.get('converter', 0.0):.1f}) | {r['accuracy']:.3f} ({r['reference_accuracy']:.3f}) | "
                          f"{r['parity']:.3f} | {r['flips']} ({r['flips_tied']}) | "
                          f"{r['confident_flips']} / {r['confident']} |")
+    ab_rows = [r for r in rows if "calibration_ab" in r]
+    if ab_rows:
+        lines += ["", "| backbone | dataset | int8 converter s, fast (median of alternated runs) | "
+                  "TFLite's calibrator over every image | same file |", "|---|---|---:|---:|---|"]
+        for r in ab_rows:
+            lines.append(f"| {r['backbone']} | {r['dataset']} | {r['median_fast']:.1f} {r['calibration_ab']['fast']} | "
+                         f"{r['median_full']:.1f} {r['calibration_ab']['full']} | {r['identical_file']} |")
     phase_rows = [r for r in rows if "phases" in r]
     if phase_rows:
         lines += ["", "| backbone | dataset | images | feature step s | export s (ratio) | phases s |",
                   "|---|---|---:|---:|---:|---|"]
         for r in phase_rows:
             detail = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if k != "feature_step")
+            before = r.get("export_ratio_full_calibrator")
+            detail += "" if before is None else f"; ratio with the full calibrator {before:.2f}"
             lines.append(f"| {r['backbone']} | {r['dataset']} | {r['images']} | {r['phases']['feature_step']:.1f} | "
                          f"{r['export_seconds']:.1f} ({r['export_ratio']:.2f}) | {detail} |")
     return "\n".join(lines)
@@ -263,6 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--int8-experiments", default="",
                    help="comma-separated extra int8 conversions to measure (agreement only): "
                    f"{', '.join(EXPERIMENTS)}, calN (N calibration images), combined with +")
+    p.add_argument("--calibration-ab", type=int, default=0, metavar="ROUNDS",
+                   help="also time the int8 converter with fast calibration and with TFLite's "
+                   "calibrator over every image, alternated ROUNDS times")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     p.add_argument("--save-dir", default=None, help="also write the .tflite files here (<dir>/<backbone>/)")
