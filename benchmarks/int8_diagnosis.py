@@ -246,13 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
-    names = [n for n in args.backbones.split(",") if n]
-    for n in names:
-        backbones.get_spec(n)
-        try:
-            backbones.weights_fingerprint(n, "imagenet")
-        except backbones.BackboneWeightsError as e:
-            p.error(f"--backbones: {n} has no ImageNet weights here ({e})")
+    names = tv.backbones_with_weights(p, args.backbones)
     roots = [pathlib.Path(d) for d in args.images.split(",") if d] or [pathlib.Path(datasets.emoji_dataset())]
     for root in roots:
         if not root.is_dir():

@@ -43,7 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.tflite_variants import _agreement, _dataset, _decode  # noqa: E402
+from benchmarks.tflite_variants import (_agreement, _dataset, _decode, backbones_with_weights,  # noqa: E402
+                                        write_json)
 from components import backbones, contracts, trainer  # noqa: E402
 from components.backbones import quant_cache  # noqa: E402
 from components.image_decode import decode_batch  # noqa: E402
@@ -160,13 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
-    names = [n for n in args.backbones.split(",") if n]
-    for n in names:
-        backbones.get_spec(n)
-        try:
-            backbones.weights_fingerprint(n, "imagenet")
-        except backbones.BackboneWeightsError as e:
-            p.error(f"--backbones: {n} has no ImageNet weights here ({e})")
+    names = backbones_with_weights(p, args.backbones)
     if not 0 < args.added < 1 or args.seeds < 1 or args.calibration < 1:
         p.error("--added must be in (0, 1), --seeds and --calibration >= 1")
     root = pathlib.Path(args.images) if args.images else pathlib.Path(datasets.emoji_dataset())
@@ -178,15 +173,8 @@ def main(argv=None) -> int:
         rows += bench(name, data, args)
     table = markdown(rows)
     print(table)
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "rows": rows, "table": table, "settings": vars(args), "dataset": root.name,
-        "load_average": os.getloadavg(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "tensorflow": tf.__version__, "python": platform.python_version()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }, indent=2))
+    write_json(args.output, {"rows": rows, "table": table, "settings": vars(args),
+                             "dataset": root.name, "load_average": os.getloadavg()})
     return 0
 
 

@@ -315,8 +315,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     names = [n for n in args.backbones.split(",") if n]
     for n in names:
-        backbones.get_spec(n)
-    variants = tflite_variants.check_variants(args.variants.split(","))
+        try:
+            backbones.get_spec(n)
+        except ValueError as e:
+            p.error(f"--backbones: {e}")
+    try:
+        variants = tflite_variants.check_variants(args.variants.split(","))
+    except ValueError as e:
+        p.error(f"--variants: {e}")
     for experiment in [e for e in args.int8_experiments.split(",") if e]:
         for part in experiment.split("+"):
             if part not in EXPERIMENTS and not (part.startswith("cal") and part[3:].isdigit() and int(part[3:]) > 0):
@@ -332,17 +338,39 @@ def main(argv=None) -> int:
             rows += bench_backbone(name, variants, data, args, dataset)
     table = markdown(rows)
     print(table)
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    write_json(args.output, {
         "rows": rows, "table": table, "settings": vars(args),
         "datasets": {d: {"classes": data[0], "train_images": len(data[1]), "eval_images": len(data[2])}
-                     for d, data in sets},
+                     for d, data in sets}})
+    return 0
+
+
+def backbones_with_weights(parser: argparse.ArgumentParser, csv: str) -> list:
+    """The --backbones list, each known and with ImageNet weights here, else a parser error."""
+    names = [n for n in csv.split(",") if n]
+    for n in names:
+        try:
+            backbones.get_spec(n)
+        except ValueError as e:
+            parser.error(f"--backbones: {e}")
+        try:
+            backbones.weights_fingerprint(n, "imagenet")
+        except backbones.BackboneWeightsError as e:
+            parser.error(f"--backbones: {n} has no ImageNet weights here ({e})")
+    return names
+
+
+def write_json(output: str, payload: dict) -> pathlib.Path:
+    """Writes a TFLite benchmark's result with the machine's facts and the date."""
+    out = pathlib.Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        **payload,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__, "python": platform.python_version()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }, indent=2))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
