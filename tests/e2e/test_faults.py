@@ -18,6 +18,7 @@ tests/unit/test_run_status.py; kill -9 mid-copy: tests/integration/test_push_fau
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,14 @@ def _command(images, workdir, epochs=2):
             "--workdir", str(workdir), "--epochs", str(epochs), "--min-accuracy", "0",
             "--max-accuracy-drop", "1", "--tflite-variants", "float32", "--enable-cache",
             "--quiet", "--json"]
+
+
+def _ctrl_c_reaches_python():
+    """Child set-up: SIGINT back to its default, as in a terminal. A runner started in
+    the background of a non-interactive shell ignores SIGINT, its children inherit
+    that, and Python then installs no KeyboardInterrupt handler: a ":int" kill point
+    would be ignored and the run would complete (seen in a `nohup ... &` CI run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _env(kill_at=None):
@@ -76,6 +85,7 @@ def chaos(tmp_path_factory, emoji_root, imagenet_weights):
     out = {"config": config, "workdir": workdir, "kills": []}
     for kill_at, _ in KILLS:
         child = subprocess.run(_command(images, workdir), cwd=ROOT, env=_env(kill_at),
+                               preexec_fn=_ctrl_c_reaches_python,
                                capture_output=True, text=True, timeout=600)
         out["kills"].append((child, _runs(config), _serving(workdir)))
     with open(root / "final.out", "w") as stdout, open(root / "final.err", "w") as stderr:
