@@ -313,12 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     p.add_argument("--save-dir", default=None, help="also write the .tflite files here (<dir>/<backbone>/)")
     args = p.parse_args(argv)
-    names = [n for n in args.backbones.split(",") if n]
-    for n in names:
-        try:
-            backbones.get_spec(n)
-        except ValueError as e:
-            p.error(f"--backbones: {e}")
+    names = known_backbones(p, args.backbones)
     try:
         variants = tflite_variants.check_variants(args.variants.split(","))
     except ValueError as e:
@@ -345,14 +340,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def backbones_with_weights(parser: argparse.ArgumentParser, csv: str) -> list:
-    """The --backbones list, each known and with ImageNet weights here, else a parser error."""
+def known_backbones(parser: argparse.ArgumentParser, csv: str) -> list:
+    """The --backbones list, each a registry entry, else a parser error."""
     names = [n for n in csv.split(",") if n]
     for n in names:
         try:
             backbones.get_spec(n)
         except ValueError as e:
             parser.error(f"--backbones: {e}")
+    return names
+
+
+def backbones_with_weights(parser: argparse.ArgumentParser, csv: str) -> list:
+    """The --backbones list, each known and with ImageNet weights here, else a parser error."""
+    names = known_backbones(parser, csv)
+    for n in names:
         try:
             backbones.weights_fingerprint(n, "imagenet")
         except backbones.BackboneWeightsError as e:
