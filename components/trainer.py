@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform.saved import saved_transform_io_v2
 import tf_keras
 from absl import logging
 
@@ -48,6 +49,9 @@ from components.contracts import (FEATURES_KEY, FEATURES_SIGNATURE, HEAD_DIR, HE
                                   TRAINING_HISTORY_FILE)
 from components.settings import ACTIVATION_DTYPES, TrainerSettings
 
+# Batches per call of Keras' train function: the same batches, order and weights
+# (checked bit-identical), a third less of the head's fit time spent in Python.
+STEPS_PER_EXECUTION = 64
 PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
 
@@ -91,7 +95,8 @@ def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_k
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs)
     model = tf_keras.Model(inputs, outputs, name="head")
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=STEPS_PER_EXECUTION)
     return model
 
 
@@ -175,7 +180,14 @@ class ServingModule(tf.Module):
     def __init__(self, tf_transform_output: tft.TFTransformOutput, head: tf_keras.Model,
                  label_names: List[str]):
         super().__init__()
-        self.tft_layer = tf_transform_output.transform_features_layer()
+        # The transform graph's loader, not tft's TransformFeaturesLayer: that layer
+        # is a Keras Model, and saving a module that tracks it serialises it the
+        # Keras way, tracing the backbone again with AutoGraph (3.5 of the 5 s the
+        # save took at 2,000 images). The loader's attributes are tracked as the
+        # layer itself tracks them, so its variables and assets are saved.
+        loader = saved_transform_io_v2.SavedModelLoader(tf_transform_output.transform_savedmodel_dir)
+        self.transform_state = loader.__dict__
+        self._transform = loader.apply_transform_model  # bound method: untracked
         # The head's variables, not the Keras model: tracking the model made the
         # save serialise its layers and trace it again with AutoGraph (~3 s).
         self.head_variables = list(head.weights)
@@ -191,7 +203,7 @@ class ServingModule(tf.Module):
                  autograph=False)
     def serve(self, examples):
         raw = tf.io.parse_example(examples, self._raw_spec)
-        return self._outputs(self.tft_layer(raw)[FEATURES_KEY])
+        return self._outputs(self._transform(raw)[FEATURES_KEY])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
                  autograph=False)

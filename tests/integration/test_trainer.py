@@ -36,6 +36,23 @@ def test_head_learns_separable_features_deterministically():
     assert history == history2
 
 
+def test_several_steps_per_call_fit_the_same_head_as_one(monkeypatch):
+    """STEPS_PER_EXECUTION only batches Keras' calls: with a split that does not divide
+    into whole calls, class weights and early stopping, the weights and history equal
+    those of one step per call."""
+    x, y = _blobs(301, spread=2.0)
+    cfg = head_settings(epochs=12, seed=3, learning_rate=0.01, class_weights="balanced")
+    runs = []
+    for steps in (1, trainer.STEPS_PER_EXECUTION):
+        monkeypatch.setattr(trainer, "STEPS_PER_EXECUTION", steps)
+        runs.append(trainer.train_head(x[:237], y[:237], x[237:], y[237:], 3, cfg))
+    (one, history_one), (many, history_many) = runs
+    assert trainer.STEPS_PER_EXECUTION > 1 and many._steps_per_execution.numpy() > 1
+    for a, b in zip(one.get_weights(), many.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert history_one == history_many
+
+
 def test_early_stopping_on_eval_loss():
     x, y = _blobs(200, spread=3.0)
     rng = np.random.default_rng(1)
