@@ -126,8 +126,8 @@ _TF_DECODE: Optional[Any] = None
 def _tf_decodes(data: bytes) -> bool:
     """Whether the decoding every later step shares (image_decode) reads these bytes."""
     global _TF_DECODE
-    if _TF_DECODE is None:  # one graph per worker process: eagerly, its ~15 ops cost 2x
-        _TF_DECODE = tf.function(lambda b: tf.shape(image_decode.decode_rgb(b)), autograph=False,
+    if _TF_DECODE is None:  # one graph per worker process: eagerly, its ops cost 2x
+        _TF_DECODE = tf.function(lambda b: tf.shape(image_decode.decode_rgba(b)), autograph=False,
                                  input_signature=[tf.TensorSpec([], tf.string)])
     try:
         _TF_DECODE(tf.constant(data))
