@@ -165,13 +165,17 @@ def run_dataset(name: str, args) -> dict:
                 activation_dtype=args.activation_dtype).trainer_settings()
             start = time.time()
             y_fit = np.tile(y_train, 1 + args.augment_views)  # views follow their images' order
-            head, history = trainer.train_head(x_train, y_fit, x_eval, y_eval, len(labels), settings,
-                                                recipe=args.recipe)
+            head, history, choice = trainer.train(x_train, y_fit, x_eval, y_eval, len(labels), settings,
+                                                  recipe=args.recipe)
             train_s = time.time() - start
             reference = head.predict(x_eval, batch_size=256, verbose=0)
             row = {"blocks": blocks, "accuracy": float((reference.argmax(1) == y_eval).mean()),
                    "train_s": round(train_s, 1), "epochs": len(history["loss"]),
                    "cache_s": round(cache_s, 1), "cache_kb": round(x_train.shape[1] * itemsize / 1024, 1)}
+            if choice is not None:  # N > 0: the fine-tuned top or the head alone (trainer.FineTuneChoice)
+                row["kept"] = choice.kept
+                row["fine_tuned_eval_loss"] = choice.fine_tuned_eval_loss
+                row["head_only_eval_loss"] = choice.head_only_eval_loss
             if blocks and args.activation_dtype == "float16":  # what the float16 rounding costs
                 exact = head.predict(activations(args.backbone, blocks, "float32", eval_images, spec.input_size),
                                      batch_size=256, verbose=0)
@@ -198,12 +202,12 @@ def _f3(value) -> str:
 def table(result: dict) -> str:
     lines = [f"### {result['dataset']}: {result['classes']} classes, {result['train']} train / "
              f"{result['eval']} eval images",
-             "| N | eval acc | gain (points) | train s | epochs | cache KB/image | cache s | int8 agree | int8 acc |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| N | eval acc | gain (points) | kept | train s | epochs | cache KB/image | cache s | int8 agree | int8 acc |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['blocks']} | {r['accuracy']:.3f} | {r['gain_points']} | {r['train_s']} | "
-                     f"{r['epochs']} | {r['cache_kb']} | {r['cache_s']} | {_f3(r.get('int8_agree'))} | "
-                     f"{_f3(r.get('int8_acc'))} |")
+        lines.append(f"| {r['blocks']} | {r['accuracy']:.3f} | {r['gain_points']} | {r.get('kept', '-')} | "
+                     f"{r['train_s']} | {r['epochs']} | {r['cache_kb']} | {r['cache_s']} | "
+                     f"{_f3(r.get('int8_agree'))} | {_f3(r.get('int8_acc'))} |")
     return "\n".join(lines)
 
 

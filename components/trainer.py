@@ -141,37 +141,89 @@ def _early_stopping(settings: TrainerSettings) -> tf_keras.callbacks.EarlyStoppi
                                             restore_best_weights=True)
 
 
-def _warm_start(top: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int,
-                settings: TrainerSettings, epochs: int = fine_tune.DEFAULT_RECIPE.warm_start_epochs) -> None:
-    """Trains ``top``'s head alone on the frozen top blocks' pooled output (cheap: the
-    blocks run once), as the head-only path trains it, before the blocks unfreeze."""
-    pooled_train = fine_tune.frozen_top_features(top, x_train)
-    pooled_eval = fine_tune.frozen_top_features(top, x_eval)
-    warm = build_head(pooled_train.shape[1], num_classes, settings.learning_rate)
-    _fit(warm, pooled_train, y_train, pooled_eval, y_eval, num_classes,
-         dataclasses.replace(settings, epochs=epochs), [_early_stopping(settings)])
-    top.get_layer("head").set_weights(warm.get_layer("head").get_weights())
+def _frozen_top_head(top: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int,
+                     settings: TrainerSettings, epochs: int,
+                     pooled: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                     ) -> Tuple[tf_keras.Model, Optional[float]]:
+    """(head, its best eval loss): a head trained alone on the frozen top blocks' pooled
+    output (cheap: the blocks run once), as the head-only path trains it. ``pooled``:
+    that output for (x_train, x_eval), when computed before the blocks trained."""
+    pooled_train, pooled_eval = pooled or (fine_tune.frozen_top_features(top, x_train),
+                                           fine_tune.frozen_top_features(top, x_eval))
+    head = build_head(pooled_train.shape[1], num_classes, settings.learning_rate)
+    history = _fit(head, pooled_train, y_train, pooled_eval, y_eval, num_classes,
+                   dataclasses.replace(settings, epochs=epochs), [_early_stopping(settings)])
+    return head, _best_eval_loss(history.history)
 
 
-def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
-               log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
-               ) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
-    """Fits the head with early stopping on eval loss; returns (head, history).
+def _best_eval_loss(history: Dict[str, List[float]]) -> Optional[float]:
+    losses = [v for v in history.get("val_loss") or [] if np.isfinite(v)]
+    return float(min(losses)) if losses else None
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneChoice:
+    """With N > 0, which top model the Trainer kept (head.json ``fine_tune``): the
+    fine-tuned blocks, or the head alone on the frozen top blocks when fine-tuning did
+    not lower the best eval loss (its blocks then keep their ImageNet weights: the
+    same predictions as a head-only model, so N > 0 never serves a worse model by
+    the loss early stopping itself judges by)."""
+    kept: str                          # "fine-tuned" or "head only"
+    fine_tuned_eval_loss: Optional[float]
+    head_only_eval_loss: Optional[float]
+
+    def to_json(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def train(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
+          log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
+          ) -> Tuple[tf_keras.Model, Dict[str, List[float]], Optional[FineTuneChoice]]:
+    """Fits the head (N > 0: the top blocks and the head) with early stopping on eval
+    loss; returns (head, history, the fine-tuning choice: None for N = 0).
     ``recipe``: how top blocks train when ``settings.trainable_blocks`` > 0."""
     tf_keras.utils.set_random_seed(settings.seed)
+    alone = alone_loss = start = pooled = None
     if settings.trainable_blocks:  # the top blocks + the head, two learning rates
         fit, head = fine_tune.build_trainable(settings.backbone, settings.weights, settings.trainable_blocks,
                                               num_classes, settings.learning_rate, recipe)
         if recipe.warm_start:
-            _warm_start(head, x_train, y_train, x_eval, y_eval, num_classes, settings, recipe.warm_start_epochs)
+            alone, alone_loss = _frozen_top_head(head, x_train, y_train, x_eval, y_eval, num_classes,
+                                                 settings, recipe.warm_start_epochs)
+            head.get_layer("head").set_weights(alone.get_layer("head").get_weights())
+        else:  # the head-alone candidate trains after the fine-tuning, whose run is unchanged
+            pooled = (fine_tune.frozen_top_features(head, x_train), fine_tune.frozen_top_features(head, x_eval))
+        start = head.get_weights()  # ImageNet blocks (BatchNorm statistics included)
     else:
         fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
     callbacks = [_early_stopping(settings)]
     if log_dir:
         callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
     callbacks.append(_EpochProgress(settings.epochs))
-    history = _fit(fit, x_train, y_train, x_eval, y_eval, num_classes, settings, callbacks)
-    return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    history = {k: [float(v) for v in vals] for k, vals in
+               _fit(fit, x_train, y_train, x_eval, y_eval, num_classes, settings, callbacks).history.items()}
+    if start is None:
+        return head, history, None
+    if alone is None:
+        alone, alone_loss = _frozen_top_head(head, x_train, y_train, x_eval, y_eval, num_classes,
+                                             settings, recipe.warm_start_epochs, pooled)
+    tuned_loss = _best_eval_loss(history)
+    if tuned_loss is None or alone_loss is None or tuned_loss < alone_loss:
+        return head, history, FineTuneChoice("fine-tuned", tuned_loss, alone_loss)
+    head.set_weights(start)
+    head.get_layer("head").set_weights(alone.get_layer("head").get_weights())
+    logging.warning("Fine-tuning %d blocks did not lower the best eval loss (%.4f against %.4f for "
+                    "the head alone on the frozen blocks): keeping the head alone",
+                    settings.trainable_blocks, tuned_loss, alone_loss)
+    return head, history, FineTuneChoice("head only", tuned_loss, alone_loss)
+
+
+def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
+               log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
+               ) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
+    """(head, history) of :func:`train`."""
+    head, history, _ = train(x_train, y_train, x_eval, y_eval, num_classes, settings, log_dir, recipe)
+    return head, history
 
 
 class ServingModule(tf.Module):
@@ -261,7 +313,8 @@ def feature_namespace(backbone: str, weights: str, trainable_blocks: int = 0,
 
 def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
               label_names: List[str], training: Optional[Dict[str, str]] = None,
-              trainable_blocks: int = 0, activation_dtype: str = ACTIVATION_DTYPES[0]) -> str:
+              trainable_blocks: int = 0, activation_dtype: str = ACTIVATION_DTYPES[0],
+              fine_tune_choice: Optional[FineTuneChoice] = None) -> str:
     """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir.
     `training`: {"data": training_data_fingerprint, "settings": TrainerSettings JSON},
     what the Pusher compares with the served version's (components/tflite_pusher.py)."""
@@ -282,6 +335,8 @@ def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
             "training": dict(training) if training else None}
     if trainable_blocks:  # head-only models' head.json stays as it was
         info.update(trainable_blocks=trainable_blocks, activation_dtype=activation_dtype)
+        if fine_tune_choice is not None:
+            info["fine_tune"] = fine_tune_choice.to_json()
     with tf.io.gfile.GFile(os.path.join(out, HEAD_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return out
@@ -322,8 +377,8 @@ def run_fn(fn_args) -> None:
                  len(y_train), len(y_eval), len(label_names), x_train.shape[1])
 
     training_dir = os.path.join(fn_args.model_run_dir, TRAINING_DIR)
-    head, history = train_head(x_train, y_train, x_eval, y_eval, len(label_names), settings,
-                               log_dir=training_dir)
+    head, history, choice = train(x_train, y_train, x_eval, y_eval, len(label_names), settings,
+                                  log_dir=training_dir)
     tf.io.gfile.makedirs(training_dir)
     with tf.io.gfile.GFile(os.path.join(training_dir, TRAINING_HISTORY_FILE), "w") as f:
         json.dump(history, f)
@@ -336,4 +391,4 @@ def run_fn(fn_args) -> None:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
     save_head(model_uri, head, settings.backbone, settings.weights, label_names, training,
-              settings.trainable_blocks, settings.activation_dtype)
+              settings.trainable_blocks, settings.activation_dtype, choice)

@@ -60,7 +60,8 @@ def section_builders(record: RunRecord, config: PipelineConfig,
 
     def backbone() -> str:
         export = None if record.trainer_settings.get("backbone") else sources.export_backbone(record)
-        return sections.section_backbone(record, export, config)
+        fine_tune = sources.fine_tune_choice(record) if record.trainer_settings.get("trainable_blocks") else None
+        return sections.section_backbone(record, export, config, fine_tune)
 
     return {
         "verdict": lambda: sections.section_verdict(record, sources.served_models(config.serving_dir)),

@@ -252,7 +252,7 @@ def section_tflite(files: Optional[TFLiteFiles]) -> str:
 
 
 def section_backbone(record: RunRecord, export_backbone: Optional[str],
-                     settings: PipelineConfig) -> str:
+                     settings: PipelineConfig, fine_tune: Optional[Dict] = None) -> str:
     """The frozen CNN: from the Trainer's settings, else the TFLite export's
     record (`export_backbone`), else `settings` (the run settings)."""
     from components import backbones
@@ -277,6 +277,15 @@ def section_backbone(record: RunRecord, export_backbone: Optional[str],
     if cfg.get("trainable_blocks"):  # --trainable-blocks N (components/fine_tune.py)
         rows.append(["trainable blocks", e(f"top {cfg['trainable_blocks']} fine-tuned with the head "
                                            f"(activations cached as {cfg.get('activation_dtype')})")])
+        if fine_tune:  # components/trainer.py FineTuneChoice
+            def loss(key):
+                value = fine_tune.get(key)
+                return "n/a" if value is None else f"{float(value):.4f}"
+            losses = (f"best eval loss {loss('fine_tuned_eval_loss')} fine-tuned, "
+                      f"{loss('head_only_eval_loss')} for the head alone")
+            rows.append(["kept", e(f"the fine-tuned blocks ({losses})") if fine_tune.get("kept") == "fine-tuned"
+                         else '<span class="bad">' + e(f"the head alone on the ImageNet blocks: fine-tuning "
+                                                       f"did not lower the eval loss ({losses})") + "</span>"])
     for key in ("epochs", "batch_size", "learning_rate", "patience", "seed"):
         if key in cfg:
             rows.append([e(key), e(cfg[key])])

@@ -116,6 +116,15 @@ def served_models(serving_dir: str) -> Dict[int, str]:
     return out
 
 
+def fine_tune_choice(record: RunRecord) -> Optional[Dict[str, Any]]:
+    """With N > 0, what the Trainer kept: head.json's ``fine_tune`` (components/trainer.py
+    FineTuneChoice), None when absent."""
+    if record.uris.model is None:
+        return None
+    info = _read_json(os.path.join(record.uris.model, contracts.HEAD_DIR, contracts.HEAD_INFO_FILE))
+    return info.get("fine_tune") if isinstance(info, dict) else None
+
+
 def export_backbone(record: RunRecord) -> Optional[str]:
     """The backbone the TFLite export recorded in its parity.json."""
     if record.uris.tflite_models is None:

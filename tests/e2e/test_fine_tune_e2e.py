@@ -63,6 +63,10 @@ def test_n_is_recorded_in_head_json_the_run_record_and_runs(run):
         info = json.load(f)
     assert info["trainable_blocks"] == 1 and info["activation_dtype"] == "float16"
     assert info["feature_namespace"].endswith("|cut=conv_dw_13|float16")
+    # Which top model the Trainer kept, by the best eval losses it compared (trainer.FineTuneChoice).
+    choice = info["fine_tune"]
+    assert choice["kept"] == ("fine-tuned" if choice["fine_tuned_eval_loss"] < choice["head_only_eval_loss"]
+                              else "head only")
     (row,) = [r for r in history.list_runs(config) if r["kind"] == "run"]
     assert row["trainable_blocks"] == 1 and row["id"] == summary["run_id"]
     assert "(top 1 blocks fine-tuned)" in history.format_runs([row])

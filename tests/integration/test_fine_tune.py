@@ -71,8 +71,11 @@ def test_warm_start_fits_the_head_on_the_frozen_top_and_leaves_the_blocks(imagen
     blocks_before = [w.numpy().copy() for w in top.weights if not w.name.startswith("head/")]
     loss = tf_keras.losses.SparseCategoricalCrossentropy()
     before = float(loss(y, top(cut, training=False)))
-    trainer._warm_start(top, cut, y, cut, y, 2, head_settings(trainable_blocks=1, learning_rate=0.01))
+    alone, alone_loss = trainer._frozen_top_head(top, cut, y, cut, y, 2,
+                                                 head_settings(trainable_blocks=1, learning_rate=0.01), 100)
+    top.get_layer("head").set_weights(alone.get_layer("head").get_weights())
     after = float(loss(y, top(cut, training=False)))
+    assert alone_loss is not None and alone_loss < before / 2
     assert after < before / 2, (before, after)
     for w, old in zip([w for w in top.weights if not w.name.startswith("head/")], blocks_before):
         np.testing.assert_array_equal(w.numpy(), old)
@@ -99,3 +102,37 @@ def test_a_recipe_reaches_the_top_model_and_the_default_is_the_documented_one(im
     assert "head_dropout" in [layer.name for layer in fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2, recipe).layers]
     fit, _ = fine_tune.build_trainable("mobilenet_v1", "imagenet", 1, 2, 0.01, recipe)
     assert float(fit.block_optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_fine_tuning_that_does_not_beat_the_head_alone_keeps_the_head_alone(imagenet_weights):
+    """When the fine-tuned top's best eval loss is not below that of a head trained
+    alone on the frozen top blocks, the Trainer keeps that head on the ImageNet
+    blocks: the same predictions as the head-only model on the same pixels, never a
+    worse fine-tuned one. Provoked here with a block step size that wrecks the blocks."""
+    from components import fine_tune, trainer
+    from conftest import head_settings
+    x = synthetic_images(24, 224, seed=11)
+    y = np.arange(24) % 2
+    lower, _ = backbone_model.build_split("mobilenet_v1", 1)
+    cut = lower(x).numpy().reshape(24, -1)
+    cfg = head_settings(trainable_blocks=1, learning_rate=0.01, epochs=4, patience=1)
+    wrecking = fine_tune.Recipe(block_learning_rate_factor=1000.0)
+    top, history, choice = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2, cfg, recipe=wrecking)
+    assert choice.kept == "head only", choice
+    assert choice.fine_tuned_eval_loss >= choice.head_only_eval_loss
+    assert min(history["val_loss"]) == choice.fine_tuned_eval_loss
+    # The kept top model: ImageNet blocks, so the head sees exactly the head-only features.
+    fresh = fine_tune.build_top("mobilenet_v1", "imagenet", 1, 2)
+    kept_blocks = [w.numpy() for w in top.weights if not w.name.startswith("head/")]
+    for w, fresh_w in zip([w for w in fresh.weights if not w.name.startswith("head/")], kept_blocks):
+        np.testing.assert_array_equal(w.numpy(), fresh_w)
+    pooled = backbones.build_feature_extractor("mobilenet_v1")(x[16:]).numpy()
+    np.testing.assert_allclose(top(cut[16:], training=False).numpy(),
+                               top.get_layer("head")(pooled).numpy(), atol=1e-4, rtol=0)
+    # The default recipe: the rule decides, and fine-tuned blocks are kept as trained.
+    tuned, _, choice = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2, cfg)
+    assert choice.kept == ("fine-tuned" if choice.fine_tuned_eval_loss < choice.head_only_eval_loss
+                           else "head only"), choice
+    moved = any(not np.array_equal(w.numpy(), f.numpy()) for w, f in zip(tuned.weights, fresh.weights)
+                if not w.name.startswith("head/"))
+    assert moved == (choice.kept == "fine-tuned")

@@ -172,6 +172,21 @@ def test_backbone_section_sources(tmp_path):
     assert "unavailable" in html
 
 
+def test_backbone_section_says_which_top_model_a_fine_tuned_run_kept(tmp_path):
+    config = _config(tmp_path)
+    record = _record(trainer_settings={"backbone": "mobilenet_v1", "trainable_blocks": 2,
+                                       "activation_dtype": "float16"})
+    kept = sections.section_backbone(record, None, config, {
+        "kept": "fine-tuned", "fine_tuned_eval_loss": 0.41, "head_only_eval_loss": 0.5})
+    assert "<td>kept</td><td>the fine-tuned blocks (best eval loss 0.4100 fine-tuned, 0.5000 for " \
+           "the head alone)</td>" in kept
+    fell_back = sections.section_backbone(record, None, config, {
+        "kept": "head only", "fine_tuned_eval_loss": 0.6, "head_only_eval_loss": None})
+    assert '<span class="bad">the head alone on the ImageNet blocks: fine-tuning did not lower the eval ' \
+           'loss (best eval loss 0.6000 fine-tuned, n/a for the head alone)</span>' in fell_back
+    assert "<td>kept</td>" not in sections.section_backbone(record, None, config)
+
+
 def test_timing_section():
     html = sections.section_timing(_record())
     assert "<td>Trainer</td><td>COMPLETE</td><td>7.2</td>" in html  # 7.25 rounded half-even
