@@ -53,6 +53,22 @@ def test_several_steps_per_call_fit_the_same_head_as_one(monkeypatch):
     assert history_one == history_many
 
 
+def test_the_head_alone_candidate_of_fine_tuning_is_the_head_only_model():
+    """With N > 0 the Trainer's fallback (a head alone on the frozen top's pooled
+    features) trains as the N = 0 path does on the same features: same seed, start,
+    batches, so the same weights and eval loss."""
+    x, y = _blobs(200, spread=2.0)
+    cfg = head_settings(epochs=20, seed=5, learning_rate=0.01)
+    head, history = trainer.train_head(x[:150], y[:150], x[150:], y[150:], 3, cfg)
+    np.random.default_rng(0).random(10)  # other draws in between change nothing: it re-seeds
+    tf.random.uniform([3])
+    alone, loss = trainer._frozen_top_head(None, x[:150], y[:150], x[150:], y[150:], 3, cfg,
+                                           cfg.epochs, pooled=(x[:150], x[150:]))
+    for a, b in zip(head.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert loss == min(history["val_loss"])
+
+
 def test_early_stopping_on_eval_loss():
     x, y = _blobs(200, spread=3.0)
     rng = np.random.default_rng(1)
