@@ -5,7 +5,7 @@
 
 Every run validates every image (components/image_example_gen.py): Pillow checks
 the header and decodes it (image_io.decode), then TF's own decoders must read it
-(`_tf_decodes`, as Transform and BottleneckGen will). The emoji benchmarks have
+(`image_decode.decodes`, as Transform and BottleneckGen will). The emoji benchmarks have
 5 KB images, where none of this shows; photos of a few megapixels make it the
 cost of a rerun. Builds a JPEG and a PNG of `side` x 2/3 `side` pixels from
 scikit-learn's offline sample photo (load_sample_image), then times, per image:
@@ -25,7 +25,7 @@ import tensorflow as tf
 from PIL import Image
 
 from benchmarks.pipeline_throughput import machine_facts, write_result
-from components import image_decode, image_example_gen, image_io
+from components import image_decode, image_io
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "ingest_check.json"
 
@@ -57,11 +57,11 @@ def main(argv=None) -> Dict:
     rows = {}
     for fmt in ("JPEG", "PNG"):
         data = _photo(args.side, fmt)
-        assert image_example_gen._tf_decodes(data)
+        assert image_decode.decodes(data)
         rows[fmt] = {
             "bytes": len(data),
             "pillow_ms": _ms(lambda: image_io.decode(data, max_pixels=10 * args.side ** 2), args.repeat),
-            "tf_check_ms": _ms(lambda: image_example_gen._tf_decodes(data), args.repeat),
+            "tf_check_ms": _ms(lambda: image_decode.decodes(data), args.repeat),
             "tf_full_decode_ms": _ms(lambda: full_decode(tf.constant(data)), args.repeat),
         }
         r = rows[fmt]

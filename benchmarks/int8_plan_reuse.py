@@ -29,12 +29,10 @@ backbone and seed:
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
 import pathlib
-import platform
 import tempfile
 import time
 

@@ -40,11 +40,9 @@ For each backbone:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -53,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.pipeline_throughput import machine_facts, write_result  # noqa: E402
 from components import backbones, preprocessing, trainer  # noqa: E402
 from components.tflite import convert, metadata, variants as tflite_variants  # noqa: E402
 from components.tflite.runtime import Classifier  # noqa: E402
@@ -364,15 +363,7 @@ def backbones_with_weights(parser: argparse.ArgumentParser, csv: str) -> list:
 
 def write_json(output: str, payload: dict) -> pathlib.Path:
     """Writes a TFLite benchmark's result with the machine's facts and the date."""
-    out = pathlib.Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        **payload,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "tensorflow": tf.__version__, "python": platform.python_version()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }, indent=2))
-    return out
+    return write_result({**payload, "machine": machine_facts()}, output)
 
 
 if __name__ == "__main__":

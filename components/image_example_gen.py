@@ -109,7 +109,7 @@ class _DecodeFn(beam.DoFn):
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, f"unreadable file: {e}"))
             return
-        if not img.reencoded and not _tf_decodes(img.data):
+        if not img.reencoded and not image_decode.decodes(img.data):
             # Pillow read it but TF's decoder would fail in Transform: hand TF a PNG.
             img = image_io.decode(raw, self._max_pixels, keep_original=False, min_side=self._min_side)
         self._decoded.inc()
@@ -118,22 +118,6 @@ class _DecodeFn(beam.DoFn):
             "image": img.data, "label": self._label_index[cand.label], "label_name": cand.label,
             "relpath": cand.relpath, "height": img.height, "width": img.width, "sha256": sha,
         }
-
-
-_TF_DECODE: Optional[Any] = None
-
-
-def _tf_decodes(data: bytes) -> bool:
-    """Whether the decoding every later step shares (image_decode) reads these bytes."""
-    global _TF_DECODE
-    if _TF_DECODE is None:  # one graph per worker process: eagerly, its ops cost 2x
-        _TF_DECODE = tf.function(lambda b: tf.shape(image_decode.decode_rgba(b)), autograph=False,
-                                 input_signature=[tf.TensorSpec([], tf.string)])
-    try:
-        _TF_DECODE(tf.constant(data))
-        return True
-    except (tf.errors.InvalidArgumentError, tf.errors.OpError):
-        return False
 
 
 def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:

@@ -37,6 +37,7 @@ full calibrator.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -180,11 +181,16 @@ def _calibrate_on(converter, anchor: np.ndarray) -> bytes:
         converter.representative_dataset, converter._experimental_calibrate_only = saved  # pylint: disable=protected-access
 
 
-def _op_name(flat, op) -> str:
+@functools.lru_cache(maxsize=None)
+def _builtin_names() -> Dict[int, str]:
+    """TFLite builtin operator code -> its name (the schema's BuiltinOperator)."""
     from tensorflow.lite.python import schema_py_generated as schema
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _op_name(flat, op) -> str:
     code = flat.operatorCodes[op.opcodeIndex]
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}.get(builtin, "")
+    return _builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
 
 def stat_tensors(flat) -> List[_Tensor]:

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import image_decode, image_example_gen, image_io
+from components import image_decode, image_io
 
 
 def _smooth(mode: str, size=(40, 30)) -> Image.Image:
@@ -41,7 +41,7 @@ def test_kept_formats_decode_to_pillows_pixels(mode, fmt, kw):
     assert ours.shape == pillow.shape
     # Same libjpeg family: observed max difference 0 here; allow 1 level of IDCT rounding.
     assert np.abs(ours - pillow).max() <= 1.0
-    assert image_example_gen._tf_decodes(data)
+    assert image_decode.decodes(data)
 
 
 def test_transparent_png_is_composited_on_white():
