@@ -39,6 +39,7 @@ FEATURES = "features"  # the Evaluator's extra input: BottleneckGen's bottleneck
 EVAL_INPUT = "eval_input"  # the evaluation's custom property: "features" or "images"
 EVAL_INPUT_REASON = "eval_input_reason"
 EVAL_SPLIT = "eval"
+KERAS_METADATA = "keras_metadata.pb"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,30 @@ def features_eval_config(eval_config_json: str) -> str:
     return proto_utils.proto_to_json(config)
 
 
+def is_keras_saved_model(model_uri: str) -> bool:
+    """Whether the Model artifact's SavedModel was written by Keras (``keras_metadata.pb``;
+    the Trainer saves a tf.Module, which has none)."""
+    import tensorflow as tf
+    return tf.io.gfile.exists(contracts.join(model_uri, contracts.SERVING_MODEL_DIR, KERAS_METADATA))
+
+
+def typed_eval_config(eval_config_json: str, models: Dict[str, types.Artifact]) -> str:
+    """The eval config with each model spec that names no type typed TF_GENERIC when its
+    model (``models``: "candidate"/"baseline" -> Model artifact) is not a Keras SavedModel.
+
+    That is the type TFMA finds for those models itself, but to find it
+    (tensorflow_model_analysis/utils/model_util.py ``get_model_type``) it first tries
+    ``tf.keras.models.load_model`` on each one and fails: about 0.5 s per model per run."""
+    import tensorflow_model_analysis as tfma
+    config = tfma.EvalConfig()
+    proto_utils.json_to_proto(eval_config_json, config)
+    for spec in config.model_specs:
+        model = models.get("baseline" if spec.is_baseline else "candidate")
+        if not spec.model_type and model is not None and not is_keras_saved_model(model.uri):
+            spec.model_type = tfma.TF_GENERIC
+    return proto_utils.proto_to_json(config)
+
+
 def eval_class_ids(examples: List[types.Artifact]) -> List[int]:
     """The labels present in the eval split of `examples` (ImageExampleGen's images or
     BottleneckGen's features: both carry contracts.LABEL_KEY)."""
@@ -116,6 +141,21 @@ def gate_present_classes(eval_config_json: str, examples: List[types.Artifact]) 
         return eval_config_json  # gate off: the config as given
     evaluation.keep_class_recall_classes(config, eval_class_ids(examples))
     return proto_utils.proto_to_json(config)
+
+
+def eager_metrics(do):
+    """``do`` with AutoGraph off for the eager calls it makes (tf.function tracing turns it
+    back on: tensorflow/python/eager/polymorphic_function/tracing_compilation.py).
+
+    TFMA updates Keras metrics (SparseCategoricalAccuracy) eagerly, batch by batch
+    (tensorflow_model_analysis/metrics/tf_metric_wrapper.py ``_process_batch``), and
+    Keras wraps every ``update_state`` in ``tf_convert`` (tf_keras/src/metrics/
+    base_metric.py ``Metric.__new__``): with AutoGraph on, the first call converts the
+    metric's Python source, about 2 s a run, for eager ops that compute the same values
+    either way. The Beam runner runs in this thread (in-memory DirectRunner); other
+    runners' workers convert as before."""
+    import tensorflow as tf
+    return tf.autograph.experimental.do_not_convert(do)
 
 
 @as_resolved("baseline_model")
@@ -144,7 +184,9 @@ class EvaluatorExecutor(evaluator_executor.Executor):
         if exec_properties.get("eval_config") and input_dict.get("examples"):
             exec_properties["eval_config"] = gate_present_classes(
                 exec_properties["eval_config"], input_dict["examples"])
-        result = super().Do(input_dict, output_dict, exec_properties)
+        if exec_properties.get("eval_config"):
+            exec_properties["eval_config"] = typed_eval_config(exec_properties["eval_config"], models)
+        result = eager_metrics(super().Do)(input_dict, output_dict, exec_properties)
         if output_dict.get("evaluation"):
             evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
             evaluation.set_string_custom_property(EVAL_INPUT, "features" if chosen.features else "images")

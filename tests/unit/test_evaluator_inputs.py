@@ -86,3 +86,29 @@ def test_features_eval_config_changes_the_signatures_alone():
     for spec in swapped.model_specs:
         spec.signature_name = contracts.SERVING_SIGNATURE
     assert swapped == config  # thresholds, metrics, keys: unchanged
+
+
+def test_models_are_typed_as_tfma_would_find_them(saved, tmp_path):
+    """typed_eval_config gives each spec the type TFMA's own probe finds
+    (model_util.get_model_type loads each model with tf.keras first), without the probe;
+    a Keras SavedModel and an explicit type are left to TFMA."""
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.utils import model_util
+    config = evaluation.make_eval_config(["a", "b"], 0.6, 0.02)
+    text = json_format.MessageToJson(config)
+    models = {"candidate": _model(saved["both"]), "baseline": _model(saved["both2"])}
+    typed = json_format.Parse(evaluator.typed_eval_config(text, models), type(config)())
+    for spec in typed.model_specs:
+        path = str(saved["both2" if spec.is_baseline else "both"] / contracts.SERVING_MODEL_DIR)
+        probed = tfma.ModelSpec(signature_name=spec.signature_name)
+        assert spec.model_type == model_util.get_model_type(probed, path) == tfma.TF_GENERIC
+        spec.model_type = ""
+    assert typed == config  # nothing else changed
+    keras_dir = tmp_path / "keras"
+    (keras_dir / contracts.SERVING_MODEL_DIR).mkdir(parents=True)
+    (keras_dir / contracts.SERVING_MODEL_DIR / evaluator.KERAS_METADATA).write_bytes(b"")
+    config.model_specs[1].model_type = "tf_keras"
+    mixed = json_format.Parse(evaluator.typed_eval_config(json_format.MessageToJson(config), {
+        "candidate": tfx_artifact(standard_artifacts.Model, keras_dir), "baseline": models["baseline"]}),
+        type(config)())
+    assert [s.model_type for s in mixed.model_specs] == ["", "tf_keras"]
