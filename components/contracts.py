@@ -20,9 +20,10 @@ RELATIVE_PATH_KEY = "relative_path"    # bytes: path under the images root
 HEIGHT_KEY = "height"                  # int64
 WIDTH_KEY = "width"                    # int64
 CONTENT_SHA256_KEY = "content_sha256"  # bytes: sha256 of the original file (split + cache key)
+PIXEL_SIGNATURE_KEY = "pixel_signature"  # bytes: pixel_signature.signature() (DataAudit); b"": none
 # Everything but the image: what the serving signature passes through untouched.
 NON_INPUT_KEYS = (LABEL_KEY, LABEL_NAME_KEY, RELATIVE_PATH_KEY, HEIGHT_KEY, WIDTH_KEY,
-                  CONTENT_SHA256_KEY)
+                  CONTENT_SHA256_KEY, PIXEL_SIGNATURE_KEY)
 # Bottleneck Examples (BottleneckGen) and the Transform graph's output.
 FEATURES_KEY = "features"              # float32[feature_dim]: the backbone's vector
 

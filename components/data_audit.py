@@ -59,8 +59,9 @@ class ImageInfo:
 
 
 def _example_fields(examples_uri: str, splits: List[str], keys: Tuple[str, ...]):
-    """Yields each Example's `keys` (bytes features) as a tuple, over `splits`."""
-    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in keys}
+    """Yields each Example's `keys` (bytes features; b"" where one is absent) as a
+    tuple, over `splits`."""
+    spec = {k: tf.io.FixedLenFeature([], tf.string, default_value=b"") for k in keys}
     for split in splits:
         for batch in split_records(examples_uri, split):
             parsed = tf.io.parse_example(batch, spec)
@@ -74,11 +75,14 @@ def read_paths(examples_uri: str, splits: List[str]) -> Dict[str, str]:
 
 
 def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
-    """content sha256 -> path and pixel signature, from the canonical image bytes
-    ImageExampleGen stored. Signatures are computed READ_BATCH images at a time on
-    a few threads (Pillow decodes without the GIL): 18 ms for a 12 MP JPEG here,
-    a fifth of the ingestion's own decode of it (benchmarks/audit_quality.py)."""
-    keys = (contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY, contracts.IMAGE_KEY)
+    """content sha256 -> path and pixel signature. ImageExampleGen stores each image's
+    signature (contracts.PIXEL_SIGNATURE_KEY, from the pixels it decoded anyway);
+    Examples written before it did are signed here from the canonical image bytes,
+    READ_BATCH images at a time on a few threads (Pillow decodes without the GIL):
+    18 ms for a 12 MP JPEG here, a fifth of the ingestion's own decode of it
+    (benchmarks/audit_quality.py)."""
+    keys = (contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY,
+            contracts.PIXEL_SIGNATURE_KEY, contracts.IMAGE_KEY)
     found: Dict[str, ImageInfo] = {}
     batch: List[Tuple[bytes, bytes, bytes]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=SIGNATURE_THREADS) as pool:
@@ -87,8 +91,12 @@ def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
                                                             [b[2] for b in batch])):
                 found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
             batch.clear()
-        for row in _example_fields(examples_uri, splits, keys):
-            batch.append(row)
+        for sha, path, stored, image in _example_fields(examples_uri, splits, keys):
+            sig = pixel_signature.from_feature(stored)  # None: unsigned (b"") or older Examples
+            if sig is not None:
+                found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
+                continue
+            batch.append((sha, path, image))
             if len(batch) >= READ_BATCH:
                 flush()
         flush()

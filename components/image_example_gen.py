@@ -38,7 +38,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
-from components import contracts, image_decode, image_io, progress_counts
+from components import contracts, image_decode, image_io, pixel_signature, progress_counts
 from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
 from components.settings import IngestSettings
 
@@ -76,6 +76,7 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
         contracts.HEIGHT_KEY: i(record["height"]),
         contracts.WIDTH_KEY: i(record["width"]),
         contracts.CONTENT_SHA256_KEY: b(record["sha256"].encode()),
+        contracts.PIXEL_SIGNATURE_KEY: b(record["signature"]),
     }))
 
 
@@ -117,6 +118,8 @@ class _DecodeFn(beam.DoFn):
         yield sha, {
             "image": img.data, "label": self._label_index[cand.label], "label_name": cand.label,
             "relpath": cand.relpath, "height": img.height, "width": img.width, "sha256": sha,
+            # DataAudit's thumbnail, from the pixels just decoded: it need not decode again.
+            "signature": pixel_signature.to_feature(pixel_signature.of_decoded(img)),
         }
 
 

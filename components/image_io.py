@@ -74,6 +74,9 @@ class DecodedImage:
     height: int
     source_format: str
     reencoded: bool
+    # The loaded pixels: the original image when kept, the RGB image `data` encodes
+    # when re-encoded (components/pixel_signature.of_decoded reuses them).
+    pixels: Optional[Image.Image] = dataclasses.field(default=None, compare=False, repr=False)
 
 
 class ImageRejected(ValueError):
@@ -279,14 +282,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageRejected(f"corrupt or truncated image data ({fmt}): {e}") from None
 
     if keep_original and _can_keep_original(img, fmt):
-        return DecodedImage(data, width, height, fmt, reencoded=False)
+        return DecodedImage(data, width, height, fmt, reencoded=False, pixels=img)
     try:
         rgb = to_rgb(img)
     except Exception as e:
         raise ImageRejected(f"cannot convert {fmt} mode {img.mode} to RGB: {e}") from None
     out = io.BytesIO()
     rgb.save(out, format="PNG")
-    return DecodedImage(out.getvalue(), rgb.width, rgb.height, fmt, reencoded=True)
+    return DecodedImage(out.getvalue(), rgb.width, rgb.height, fmt, reencoded=True, pixels=rgb)
 
 
 def _can_keep_original(img: Image.Image, fmt: str) -> bool:

@@ -39,10 +39,38 @@ def signature(data: bytes, max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> Opt
         if img.width * img.height > max_pixels:
             return None
         img.draft("RGB", (SIDE * 4, SIDE * 4))  # JPEG only: scale down in the DCT domain
-        thumb = image_io.to_rgb(img).resize((SIDE, SIDE), Image.BOX)
+        return thumbnail(img)
     except Exception:  # noqa: BLE001 - Pillow raises many types on bad data
         return None
+
+
+def thumbnail(img: Image.Image) -> np.ndarray:
+    """The signature of an opened image (``signature`` without the decode)."""
+    thumb = image_io.to_rgb(img).resize((SIDE, SIDE), Image.BOX)
     return np.asarray(thumb, dtype=np.uint8).reshape(-1)
+
+
+def of_decoded(decoded: image_io.DecodedImage) -> Optional[np.ndarray]:
+    """``signature(decoded.data)``, from the pixels ``image_io.decode`` already loaded
+    where they are the ones ``signature`` would decode: a re-encoded image's RGB pixels
+    (the PNG holds exactly them) or a kept PNG's. A kept JPEG decodes again, at the
+    reduced scale ``signature`` uses (a full decode gives other thumbnail pixels)."""
+    if decoded.pixels is None or decoded.source_format == "JPEG" and not decoded.reencoded:
+        return signature(decoded.data)
+    try:
+        return thumbnail(decoded.pixels)
+    except Exception:  # noqa: BLE001 - as signature()
+        return None
+
+
+def to_feature(sig: Optional[np.ndarray]) -> bytes:
+    """The Example feature (contracts.PIXEL_SIGNATURE_KEY) of a signature; b"" for none."""
+    return b"" if sig is None else np.asarray(sig, np.uint8).tobytes()
+
+
+def from_feature(value: bytes) -> Optional[np.ndarray]:
+    """The signature a feature holds; None when it holds none (or not DIM bytes)."""
+    return np.frombuffer(value, np.uint8).copy() if len(value) == DIM else None
 
 
 def views(signatures: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":

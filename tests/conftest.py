@@ -232,6 +232,7 @@ def read_examples(uri):
                 "path": f["relative_path"].bytes_list.value[0].decode(),
                 "sha": f["content_sha256"].bytes_list.value[0].decode(),
                 "hw": (f["height"].int64_list.value[0], f["width"].int64_list.value[0]),
+                "signature": f["pixel_signature"].bytes_list.value[0],
             })
         out[split] = rows
     return out

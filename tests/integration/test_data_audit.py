@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import audit_math, contracts, data_audit, feature_records
+from components import audit_math, contracts, data_audit, feature_records, pixel_signature
 from components.image_example_gen import _example
 
 LABELS = ["cat", "dog", "owl"]
@@ -67,9 +67,14 @@ def artifacts(tmp_path_factory):
     for split in ("train", "eval"):
         mine = [r for r in rows if r[0] == split]
         shas = [f"{hash(r[2]) & 0xFFFFFFFF:064x}" for r in mine]
+        # Train as ImageExampleGen writes it (signed); eval unsigned (b"", as Examples
+        # written before it signed them): DataAudit signs those itself.
+        signed = {p: pixel_signature.to_feature(pixel_signature.signature(pixels[p]) if split == "train" else None)
+                  for (_, _, p, _) in mine}
         _write(str(examples / f"Split-{split}" / "data.gz"), [_example({
             "image": pixels[p], "label": c, "label_name": LABELS[c], "relpath": p, "height": 8,
-            "width": 8, "sha256": sha}).SerializeToString() for (_, c, p, _), sha in zip(mine, shas)])
+            "width": 8, "sha256": sha, "signature": signed[p]}).SerializeToString()
+            for (_, c, p, _), sha in zip(mine, shas)])
         views = 2 if split == "train" else 0
         _write(str(bottlenecks / f"Split-{split}" / "bottlenecks.gz"), [
             feature_records.bottleneck_example(
@@ -97,6 +102,22 @@ def test_audit_finds_flips_and_ranks_the_leaked_copy_first(artifacts, tmp_path):
     assert result["small_classes"] == {} and result["label_names"] == LABELS
     data_audit.write_audit(str(tmp_path), result)
     assert json.loads((tmp_path / contracts.AUDIT_FILE).read_text()) == result
+
+
+def test_stored_signatures_are_read_not_recomputed(artifacts, tmp_path):
+    """A signed Example's signature is the one DataAudit uses (it does not decode the
+    image again); an unsigned one is signed from its image bytes."""
+    examples, _, _ = artifacts
+    images = data_audit.read_images(str(examples), ["train", "eval"])
+    assert len(images) == 92 and all(i.signature is not None for i in images.values())
+    planted = np.full(pixel_signature.DIM, 7, np.uint8)
+    image = _picture(np.random.default_rng(9))
+    for sig, expected in ((planted, planted), (None, pixel_signature.signature(image))):
+        _write(str(tmp_path / str(sig is None) / "Split-train" / "data.gz"), [_example({
+            "image": image, "label": 0, "label_name": "cat", "relpath": "cat/x.png", "height": 48,
+            "width": 48, "sha256": "ab" * 32, "signature": pixel_signature.to_feature(sig)}).SerializeToString()])
+        (info,) = data_audit.read_images(str(tmp_path / str(sig is None)), ["train"]).values()
+        np.testing.assert_array_equal(info.signature, expected)
 
 
 def test_read_audit_refuses_a_corrupt_file_in_one_line(tmp_path):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components import image_example_gen, image_io
+from components import image_example_gen, image_io, pixel_signature
 from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes, read_examples, run_example_gen
 
@@ -46,6 +46,22 @@ def test_features_and_vocabulary(messy_run):
         assert r["path"].startswith(r["label_name"] + "/")
         assert r["image"][:8] == b"\x89PNG\r\n\x1a\n"
         assert r["hw"] == ((24, 32) if r["label_name"] == "ant" else (16, 20))
+        # DataAudit's thumbnail, made from the decoded pixels: that of the stored bytes.
+        assert r["signature"] == pixel_signature.to_feature(pixel_signature.signature(r["image"]))
+
+
+def test_examples_hold_the_image_and_the_non_input_keys_alone(messy_run):
+    """The serving signature parses every raw feature but contracts.NON_INPUT_KEYS:
+    a feature outside both would be required of every serving request."""
+    import glob
+
+    import tensorflow as tf
+    from components import contracts
+    _, uri, _ = messy_run
+    files = glob.glob(os.path.join(uri, "Split-train", "*.gz"))
+    record = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP")))
+    keys = set(tf.train.Example.FromString(record.numpy()).features.feature)
+    assert keys == {contracts.IMAGE_KEY, *contracts.NON_INPUT_KEYS}
 
 
 def test_every_good_image_kept_once_bad_ones_reported(messy_run):

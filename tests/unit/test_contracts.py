@@ -41,7 +41,7 @@ def test_join_keeps_uris_posix_and_paths_native():
 def test_non_input_keys_are_every_raw_key_but_the_image():
     raw = {contracts.IMAGE_KEY, contracts.LABEL_KEY, contracts.LABEL_NAME_KEY,
            contracts.RELATIVE_PATH_KEY, contracts.HEIGHT_KEY, contracts.WIDTH_KEY,
-           contracts.CONTENT_SHA256_KEY}
+           contracts.CONTENT_SHA256_KEY, contracts.PIXEL_SIGNATURE_KEY}
     assert set(contracts.NON_INPUT_KEYS) == raw - {contracts.IMAGE_KEY}
     assert len(set(contracts.NON_INPUT_KEYS)) == len(contracts.NON_INPUT_KEYS)
 

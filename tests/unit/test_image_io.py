@@ -187,3 +187,49 @@ def test_manifest_header_is_optional(tmp_path, header):
     items = list(image_io.read_manifest(str(tmp_path / "list.csv")))
     assert [(i.relpath, i.label) for i in items] == [("pics/x0.png", "apple"), ("pics/x1.png", "pear")]
     assert all(isinstance(i, image_io.Candidate) for i in items)
+
+
+def _signature_cases():
+    """(name, encoded bytes): kept (PNG modes, JPEG RGB/L) and re-encoded images."""
+    rgb = _rgb(5, size=(64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = np.asarray(rgb.convert("RGBA")).copy()
+    rgba[:20, :, 3] = 0
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16))
+    return [
+        ("png-rgb", _encode(rgb, "PNG")),
+        ("png-rgba", _encode(Image.fromarray(rgba, "RGBA"), "PNG")),
+        ("png-la", _encode(Image.fromarray(rgba, "RGBA").convert("LA"), "PNG")),
+        ("png-palette-transparent", _encode(Image.fromarray(rgba, "RGBA").quantize(), "PNG")),
+        ("png-16-bit-grey", _encode(grey16, "PNG")),
+        ("jpeg-rgb", _encode(rgb, "JPEG", quality=90)),
+        ("jpeg-grey", _encode(rgb.convert("L"), "JPEG")),
+        ("jpeg-exif-rotated", _encode(rgb, "JPEG", exif=exif.tobytes())),
+        ("jpeg-cmyk", _encode(rgb.convert("CMYK"), "JPEG")),
+        ("jpeg-large", _encode(_rgb(6, size=(1200, 900)), "JPEG", quality=85)),
+        ("gif", _encode(rgb.convert("P"), "GIF")),
+        ("webp", _encode(rgb, "WEBP", lossless=True)),
+        ("bmp", _encode(rgb, "BMP")),
+        ("tiff", _encode(rgb, "TIFF")),
+    ]
+
+
+@pytest.mark.parametrize("name,data", _signature_cases(), ids=[c[0] for c in _signature_cases()])
+def test_signature_from_decoded_pixels_equals_signature_of_the_stored_bytes(name, data):
+    """ImageExampleGen signs each image from the pixels image_io.decode loaded
+    (pixel_signature.of_decoded); DataAudit used to sign the bytes ImageExampleGen
+    stored: the signature must be the same, byte for byte."""
+    from components import pixel_signature
+    decoded = image_io.decode(data)
+    ours = pixel_signature.of_decoded(decoded)
+    assert ours is not None and ours.dtype == np.uint8 and ours.shape == (pixel_signature.DIM,)
+    np.testing.assert_array_equal(ours, pixel_signature.signature(decoded.data))
+    assert np.array_equal(pixel_signature.from_feature(pixel_signature.to_feature(ours)), ours)
+
+
+def test_signature_feature_round_trip_and_absence():
+    from components import pixel_signature
+    assert pixel_signature.to_feature(None) == b""
+    assert pixel_signature.from_feature(b"") is None
+    assert pixel_signature.from_feature(b"\x00" * (pixel_signature.DIM - 1)) is None
