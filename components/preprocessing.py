@@ -24,8 +24,11 @@ PREPROCESSING_VERSION = 1
 # tf.Transform traces preprocessing_fn several times per run (analysis, export,
 # apply); building the backbone and reading its weights each time cost ~10 s.
 # make_and_track_object creates objects eagerly, so one instance per process
-# can be shared by every trace.
-_EXTRACTORS: dict = {}
+# can be shared by every trace, and by BottleneckGen before them. TFX imports
+# preprocessing_fn with importlib.reload (tfx/utils/import_utils.py
+# import_func_from_module), which runs this module again in the same namespace:
+# the cache is kept across that, or Transform builds the backbone again (~0.8 s).
+_EXTRACTORS: dict = globals().get("_EXTRACTORS", {})
 
 
 def shared_extractor(name: str, weights: str, trainable_blocks: int = 0):

@@ -81,6 +81,18 @@ def test_shared_extractor_follows_a_rewritten_weights_file(tmp_path, imagenet_we
         after, backbones.build_feature_extractor("mobilenet_v1", str(path))(x).numpy())
 
 
+def test_the_shared_extractor_survives_tfx_importing_preprocessing_fn(tmp_path, imagenet_weights):
+    """TFX's Transform imports preprocessing_fn through import_func_from_module, which
+    reloads an already imported module: BottleneckGen's backbone (built before, in the
+    same process) must still be the one Transform's traces get."""
+    from tfx.utils import import_utils
+    path = tmp_path / "weights.h5"
+    path.write_bytes(imagenet_weights.read_bytes())
+    built = preprocessing.shared_extractor("mobilenet_v1", str(path))
+    import_utils.import_func_from_module("components.preprocessing", "preprocessing_fn")  # reloads
+    assert preprocessing.shared_extractor("mobilenet_v1", str(path)) is built
+
+
 def test_preprocessing_fn_refuses_an_unreadable_config():
     """custom_config is TransformSettings: a missing key is an error, not "imagenet"."""
     import pytest
