@@ -30,13 +30,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 import tensorflow as tf
 from tfx import types
-from tfx.components.example_gen import driver, utils
+from tfx.components.example_gen import driver, utils, write_split
+from tfx.components.util import examples_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import proto_utils
 
 from components import contracts, image_decode, image_io, pixel_signature, progress_counts
 from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
@@ -80,8 +82,56 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
     }))
 
 
+class _HashFn(beam.DoFn):
+    """Pass 1. Candidate -> (sha, (relpath, label)), or a report row when unreadable.
+    Only the hash travels on: the bytes are read again in pass 2."""
+
+    def __init__(self, settings: IngestSettings):
+        self._max_file_bytes = settings.max_file_bytes
+        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
+
+    def setup(self):
+        self._progress = progress_counts.Counter(PROGRESS_STAGE)
+
+    def finish_bundle(self):
+        self._progress.close()
+
+    def process(self, cand: image_io.Candidate):
+        try:
+            raw = image_io.read_bytes(cand.path, self._max_file_bytes)
+        except image_io.ImageRejected as e:
+            yield from self._reject(cand, str(e))
+            return
+        except Exception as e:  # permissions, vanished file, remote error
+            yield from self._reject(cand, f"unreadable file: {e}")
+            return
+        yield image_io.content_hash(raw), (cand.relpath, cand.label, cand.path)
+
+    def _reject(self, cand, reason):
+        self._rejected.inc()
+        self._progress.add()
+        yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, reason))
+
+
+def _resolve_duplicates(item, exclude_conflicts: bool):
+    """One content hash, all files with it -> (sha, kept file, its duplicates) or, for
+    a label conflict, its report rows. Hashes and paths only: no image bytes."""
+    sha, files = item
+    files = sorted(files)
+    labels = sorted({label for _, label, _ in files})
+    if len(labels) > 1 and exclude_conflicts:
+        paths = ", ".join(relpath for relpath, _, _ in files)
+        for relpath, label, _ in files:
+            yield beam.pvalue.TaggedOutput("report", _row(
+                relpath, label, f"label conflict: identical content filed under labels {labels} ({paths})"))
+        return
+    yield sha, files[0], [(relpath, label) for relpath, label, _ in files[1:]]
+
+
 class _DecodeFn(beam.DoFn):
-    """Candidate -> (sha, record) on the main output, or a report row when rejected."""
+    """Pass 2. (sha, kept file, duplicates) -> the record to write, and the report
+    rows of the file and its duplicates. The bytes are read again and must still
+    hash to ``sha``; an image is decoded and checked here, once per content."""
 
     def __init__(self, label_index: Dict[str, int], settings: IngestSettings):
         self._label_index = label_index
@@ -97,30 +147,40 @@ class _DecodeFn(beam.DoFn):
     def finish_bundle(self):
         self._progress.close()
 
-    def process(self, cand: image_io.Candidate):
-        self._progress.add()
+    def process(self, group):
+        sha, (relpath, label, path), duplicates = group
+        self._progress.add(1 + len(duplicates))
         try:
-            raw = image_io.read_bytes(cand.path, self._max_file_bytes)
+            raw = image_io.read_bytes(path, self._max_file_bytes)
+            if image_io.content_hash(raw) != sha:
+                raise image_io.ImageRejected("the file changed while it was being ingested")
             img = image_io.decode(raw, self._max_pixels, min_side=self._min_side)
         except image_io.ImageRejected as e:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, str(e)))
+            yield from self._reject(relpath, label, duplicates, str(e))
             return
         except Exception as e:  # permissions, vanished file, remote error
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, f"unreadable file: {e}"))
+            yield from self._reject(relpath, label, duplicates, f"unreadable file: {e}")
             return
         if not img.reencoded and not image_decode.decodes(img.data):
             # Pillow read it but TF's decoder would fail in Transform: hand TF a PNG.
             img = image_io.decode(raw, self._max_pixels, keep_original=False, min_side=self._min_side)
         self._decoded.inc()
-        sha = image_io.content_hash(raw)
-        yield sha, {
-            "image": img.data, "label": self._label_index[cand.label], "label_name": cand.label,
-            "relpath": cand.relpath, "height": img.height, "width": img.width, "sha256": sha,
+        yield {
+            "image": img.data, "label": self._label_index[label], "label_name": label,
+            "relpath": relpath, "height": img.height, "width": img.width, "sha256": sha,
             # DataAudit's thumbnail, from the pixels just decoded: it need not decode again.
             "signature": pixel_signature.to_feature(pixel_signature.of_decoded(img)),
         }
+        yield beam.pvalue.TaggedOutput("report", _row(relpath, label, None))
+        for dup_path, dup_label in duplicates:
+            yield beam.pvalue.TaggedOutput("report", _row(
+                dup_path, dup_label, f"duplicate of {relpath} (identical content)"))
+
+    def _reject(self, relpath, label, duplicates, reason):
+        """The same content, the same verdict: the kept file and each duplicate."""
+        for path, lab in [(relpath, label), *duplicates]:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput("report", _row(path, lab, reason))
 
 
 def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:
@@ -129,31 +189,17 @@ def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:
                       ensure_ascii=False, sort_keys=True)
 
 
-def _resolve_duplicates(item, exclude_conflicts: bool):
-    """One content hash, all files with it -> kept record + report rows."""
-    _, records = item
-    records = sorted(records, key=lambda r: r["relpath"])
-    labels = sorted({r["label_name"] for r in records})
-    if len(labels) > 1 and exclude_conflicts:
-        paths = ", ".join(r["relpath"] for r in records)
-        for r in records:
-            yield beam.pvalue.TaggedOutput("report", _row(
-                r["relpath"], r["label_name"],
-                f"label conflict: identical content filed under labels {labels} ({paths})"))
-        return
-    keep = records[0]
-    yield keep
-    yield beam.pvalue.TaggedOutput("report", _row(keep["relpath"], keep["label_name"], None))
-    for r in records[1:]:
-        yield beam.pvalue.TaggedOutput("report", _row(
-            r["relpath"], r["label_name"], f"duplicate of {keep['relpath']} (identical content)"))
-
-
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
 def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                      split_pattern: str) -> beam.pvalue.PCollection:
+    """Two streaming passes over the files, so that no image's bytes are ever held
+    for a shuffle (Beam's in-memory runner holds a shuffled collection whole: with
+    the bytes in it, ingestion needed about 5 x the dataset's size in memory).
+    Pass 1 hashes every file and groups the hashes (duplicates, label conflicts);
+    pass 2 reads each kept file again, checks it and emits its Example, written
+    without a shuffle (Executor.Do)."""
     del split_pattern  # we walk the tree ourselves: gfile.glob has no '**'
     settings = IngestSettings.from_json(exec_properties[INGEST_CONFIG_KEY])
     label_index = {name: i for i, name in enumerate(settings.label_names)}
@@ -170,23 +216,24 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
             candidates.append(item)
 
     progress_counts.set_total(PROGRESS_STAGE, len(candidates), "images read")
-    decoded = (pipeline
-               | "ListImages" >> beam.Create(candidates)
-               | "Spread" >> beam.Reshuffle()
-               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings))
-               .with_outputs("report", main="ok"))
-    resolved = (decoded.ok
+    hashed = (pipeline
+              | "ListImages" >> beam.Create(candidates)
+              | "Spread" >> beam.Reshuffle()
+              | "Hash" >> beam.ParDo(_HashFn(settings)).with_outputs("report", main="ok"))
+    resolved = (hashed.ok
                 | "GroupByContent" >> beam.GroupByKey()
                 | "ResolveDuplicates" >> beam.FlatMap(
                     _resolve_duplicates, settings.exclude_label_conflicts)
                 .with_outputs("report", main="kept"))
+    decoded = (resolved.kept
+               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings)).with_outputs("report", main="ok"))
 
     report_uri = exec_properties[_URI_KEY]
-    ((decoded.report, resolved.report, pipeline | "ListingSkips" >> beam.Create(listing_skips))
+    ((hashed.report, resolved.report, decoded.report, pipeline | "ListingSkips" >> beam.Create(listing_skips))
      | "MergeReport" >> beam.Flatten()
      | "WriteReport" >> beam.io.WriteToText(
          os.path.join(report_uri, INGESTION_REPORT_FILE), shard_name_template="", num_shards=1))
-    return resolved.kept | "ToExample" >> beam.Map(_example)
+    return decoded.ok | "ToExample" >> beam.Map(_example)
 
 
 class Executor(BaseExampleGenExecutor):
@@ -206,12 +253,36 @@ class Executor(BaseExampleGenExecutor):
                  shard_name_template="", num_shards=1))
         return splits
 
+    def _write_examples(self, examples: types.Artifact, exec_properties: Dict[str, Any]) -> None:
+        """TFX's BaseExampleGenExecutor.Do (tfx/components/example_gen/
+        base_example_gen_executor.py) without the shuffle its WriteSplit puts before
+        each split's TFRecord writer (write_split.py: a Reshuffle, marked "TODO make
+        shuffle optional"): on Beam's in-memory runner that held every image's bytes
+        at once. The examples already come in content-hash order, not folder order.
+        Same files (``Split-<name>/data_tfrecord-*.gz``), split names and properties."""
+        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+        split_names = utils.generate_output_split_names(input_config, output_config)
+        examples.split_names = artifact_utils.encode_split_names(split_names)
+        with self._make_beam_pipeline() as pipeline:
+            for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                (split
+                 | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString())
+                 | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+                     os.path.join(artifact_utils.get_split_uri([examples], name),
+                                  write_split.DEFAULT_FILE_NAME), file_name_suffix=".gz"))
+        examples_utils.set_payload_format(examples, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
+        examples_utils.set_file_format(examples, write_split.to_file_format_str(
+            exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
+
     def Do(self, input_dict, output_dict, exec_properties):
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
         exec_properties = dict(exec_properties)
         exec_properties[_URI_KEY] = examples.uri
-        super().Do(input_dict, output_dict, exec_properties)
+        self._log_startup(input_dict, output_dict, exec_properties)
+        self._write_examples(examples, exec_properties)
 
         label_names = list(IngestSettings.from_json(exec_properties[INGEST_CONFIG_KEY]).label_names)
         with tf.io.gfile.GFile(os.path.join(examples.uri, LABELS_FILE), "w") as f:
