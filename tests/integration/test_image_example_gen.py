@@ -134,3 +134,47 @@ def test_ingest_config_is_written_as_before():
          # added by issue 17 (IngestSettings.ADDED_LATER: older specs still load)
          "max_file_bytes": 50_000_000, "min_image_side": 16, "follow_external_symlinks": False},
         sort_keys=True)
+
+
+def _pass_two(group):
+    """ImageExampleGen's pass 2 (_DecodeFn) on one group: (records, report rows)."""
+    from apache_beam.pvalue import TaggedOutput
+    from components.settings import IngestSettings
+    settings = IngestSettings(source="/unused", label_names=("ant", "bee"), max_pixels=image_io.DEFAULT_MAX_PIXELS,
+                              extensions=tuple(image_io.DEFAULT_EXTENSIONS), exclude_label_conflicts=True,
+                              max_file_bytes=image_io.DEFAULT_MAX_FILE_BYTES,
+                              min_image_side=image_io.DEFAULT_MIN_IMAGE_SIDE, follow_external_symlinks=False)
+    fn = image_example_gen._DecodeFn({"ant": 0, "bee": 1}, settings)
+    fn.setup()
+    out = list(fn.process(group))
+    fn.finish_bundle()
+    rows = [json.loads(o.value) for o in out if isinstance(o, TaggedOutput)]
+    return [o for o in out if not isinstance(o, TaggedOutput)], rows
+
+
+def test_a_file_changed_between_the_passes_is_skipped_with_its_duplicates(tmp_path):
+    """Pass 2 reads each kept file again: bytes that no longer hash to what pass 1
+    grouped are not written, and the file and its duplicates say why."""
+    path = tmp_path / "ant_1.png"
+    path.write_bytes(png_bytes(1))
+    sha = image_io.content_hash(png_bytes(1))
+    records, rows = _pass_two((sha, ("ant/ant_1.png", "ant", str(path)), [("ant/copy.png", "ant")]))
+    assert len(records) == 1 and records[0]["sha256"] == sha and records[0]["image"] == png_bytes(1)
+    assert [(r["path"], r["status"]) for r in rows] == [("ant/ant_1.png", "used"), ("ant/copy.png", "skipped")]
+    path.write_bytes(png_bytes(2))  # rewritten after pass 1 hashed it
+    records, rows = _pass_two((sha, ("ant/ant_1.png", "ant", str(path)), [("ant/copy.png", "ant")]))
+    assert records == []
+    assert [(r["path"], r["status"]) for r in rows] == [("ant/ant_1.png", "skipped"), ("ant/copy.png", "skipped")]
+    assert all(r["reason"] == "the file changed while it was being ingested" for r in rows)
+
+
+def test_a_corrupt_file_and_its_copies_get_the_same_reason(tmp_path):
+    """Duplicates are grouped before decoding: a kept file that fails its check takes
+    its identical copies with it, each reported with the check's reason."""
+    data = b"\x89PNG\r\n\x1a\nnot really"
+    path = tmp_path / "broken.png"
+    path.write_bytes(data)
+    records, rows = _pass_two((image_io.content_hash(data), ("bee/broken.png", "bee", str(path)),
+                               [("bee/broken_copy.png", "bee")]))
+    assert records == [] and [r["path"] for r in rows] == ["bee/broken.png", "bee/broken_copy.png"]
+    assert len({r["reason"] for r in rows}) == 1 and rows[0]["status"] == "skipped"
