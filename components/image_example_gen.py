@@ -31,9 +31,9 @@ import apache_beam as beam
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import driver, utils, write_split
-from tfx.components.util import examples_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
@@ -83,8 +83,8 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
 
 
 class _HashFn(beam.DoFn):
-    """Pass 1. Candidate -> (sha, (relpath, label)), or a report row when unreadable.
-    Only the hash travels on: the bytes are read again in pass 2."""
+    """Pass 1. Candidate -> (sha, (relpath, label, path)), or a report row when
+    unreadable. Only the hash travels on: the bytes are read again in pass 2."""
 
     def __init__(self, settings: IngestSettings):
         self._max_file_bytes = settings.max_file_bytes
@@ -113,19 +113,31 @@ class _HashFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, reason))
 
 
-def _resolve_duplicates(item, exclude_conflicts: bool):
+class _ResolveFn(beam.DoFn):
     """One content hash, all files with it -> (sha, kept file, its duplicates) or, for
     a label conflict, its report rows. Hashes and paths only: no image bytes."""
-    sha, files = item
-    files = sorted(files)
-    labels = sorted({label for _, label, _ in files})
-    if len(labels) > 1 and exclude_conflicts:
-        paths = ", ".join(relpath for relpath, _, _ in files)
-        for relpath, label, _ in files:
-            yield beam.pvalue.TaggedOutput("report", _row(
-                relpath, label, f"label conflict: identical content filed under labels {labels} ({paths})"))
-        return
-    yield sha, files[0], [(relpath, label) for relpath, label, _ in files[1:]]
+
+    def __init__(self, exclude_conflicts: bool):
+        self._exclude_conflicts = exclude_conflicts
+
+    def setup(self):
+        self._progress = progress_counts.Counter(PROGRESS_STAGE)
+
+    def finish_bundle(self):
+        self._progress.close()
+
+    def process(self, item):
+        sha, files = item
+        files = sorted(files)
+        labels = sorted({label for _, label, _ in files})
+        if len(labels) > 1 and self._exclude_conflicts:
+            self._progress.add(len(files))  # pass 2 counts the files it decides on
+            paths = ", ".join(relpath for relpath, _, _ in files)
+            for relpath, label, _ in files:
+                yield beam.pvalue.TaggedOutput("report", _row(
+                    relpath, label, f"label conflict: identical content filed under labels {labels} ({paths})"))
+            return
+        yield sha, files[0], [(relpath, label) for relpath, label, _ in files[1:]]
 
 
 class _DecodeFn(beam.DoFn):
@@ -222,8 +234,7 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
               | "Hash" >> beam.ParDo(_HashFn(settings)).with_outputs("report", main="ok"))
     resolved = (hashed.ok
                 | "GroupByContent" >> beam.GroupByKey()
-                | "ResolveDuplicates" >> beam.FlatMap(
-                    _resolve_duplicates, settings.exclude_label_conflicts)
+                | "ResolveDuplicates" >> beam.ParDo(_ResolveFn(settings.exclude_label_conflicts))
                 .with_outputs("report", main="kept"))
     decoded = (resolved.kept
                | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings)).with_outputs("report", main="ok"))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components import image_example_gen, image_io, pixel_signature
+from components import image_example_gen, image_io, pixel_signature, progress_counts
 from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes, read_examples, run_example_gen
 
@@ -33,8 +33,22 @@ def messy_run(tmp_path_factory):
     _write(root / "outside", "elsewhere.png", png_bytes(9))
     (images / "bee" / "link.png").symlink_to(root / "outside" / "elsewhere.png")
     (images / "wasp").mkdir()                                            # empty class folder
-    uri = run_example_gen(images, root / "work", ["ant", "bee"])
+    progress = root / "progress"
+    os.environ[progress_counts.ENV] = str(progress)  # the live bar's counts, checked below
+    try:
+        uri = run_example_gen(images, root / "work", ["ant", "bee"])
+    finally:
+        del os.environ[progress_counts.ENV]
     return root, uri, read_examples(uri)
+
+
+def test_the_progress_count_reaches_every_file_read(messy_run):
+    """Both passes share the bar: pass 1 counts what it cannot read, conflicts are
+    counted where they are found, pass 2 a kept file with its duplicates."""
+    root, _, _ = messy_run
+    stage = progress_counts.read(str(root / "progress"))[image_example_gen.PROGRESS_STAGE]
+    assert stage["total"] == 66  # 60 + copy + conflict + broken + empty + huge + pixel
+    assert stage["done"] == stage["total"]
 
 
 def test_features_and_vocabulary(messy_run):
