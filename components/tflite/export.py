@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,36 @@ from components.tflite.runtime import Classifier
 from components.tflite.variants import FILE_NAMES, INT8_INPUT_QUANTIZATION
 
 EvalBatch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels [B, H, W, 3], reference [B, C], labels [B]
+# The int8 conversion reads the calibration images up to three times (bias correction,
+# the ranges' batched pass, the calibrator on the images that widen a range): they are
+# decoded once and kept, up to this many bytes of float32 pixels (100 images at 224 px:
+# 60 MB); more are decoded again on each read. With 1920 x 1280 JPEGs, decoding took
+# about 3 s of each read.
+CALIBRATION_CACHE_BYTES = 512 * 2 ** 20
+
+
+def calibration_source(calibration_bytes: Sequence[bytes], size: int,
+                       limit: int = CALIBRATION_CACHE_BYTES) -> Callable[[], Iterator[np.ndarray]]:
+    """What convert.convert takes as ``calibration``: a callable giving each calibration
+    image's [size, size, 3] float32 pixels, decoded on the first call and kept when
+    they fit in ``limit`` bytes (the same arrays every call), else decoded every call."""
+    from components.image_decode import decode_batch
+
+    def decoded() -> Iterator[np.ndarray]:
+        for batch in convert.batches(calibration_bytes, 32):
+            yield from decode_batch(batch, size).numpy()
+
+    if len(calibration_bytes) * size * size * 3 * 4 > limit:
+        return decoded
+    kept: List[np.ndarray] = []
+
+    def cached() -> Iterator[np.ndarray]:
+        if not kept:
+            for pixels in decoded():
+                pixels.setflags(write=False)  # shared by every read: no reader may change it
+                kept.append(pixels)
+        return iter(kept)
+    return cached
 
 
 class PartSeconds:
@@ -60,14 +90,9 @@ def export_variants(pixel_model, variants: Sequence[str], bounds: Mapping[str, f
     ``timer``: gets each variant's ``parity[v]`` seconds (its conversion's are in the report).
     """
     import tensorflow as tf
-    from components.image_decode import decode_batch
     size = int(pixel_model.input_shape[1])
     timer = timer or PartSeconds()
-
-    def calibration():
-        for batch in convert.batches(calibration_bytes, 32):
-            for pixels in decode_batch(batch, size).numpy():
-                yield pixels
+    calibration = calibration_source(calibration_bytes, size)
 
     tf.io.gfile.makedirs(out_dir)
     entries: Dict[str, parity.VariantParity] = {}

@@ -692,3 +692,19 @@ def test_learned_rounding_integers_are_what_the_converter_writes():
     folded, _, _ = rounding.folded_scale(kernel, gamma / np.sqrt(var + 1e-3), True)
     assert (learned != np.clip(np.round(folded), -127, 127)).any()
     assert np.array_equal(dw.get_weights()[0], kernel)  # the model is unchanged afterwards
+
+
+def test_calibration_images_are_decoded_once_and_give_the_same_int8_file(emoji_root):
+    """The int8 conversion reads the calibration images several times: export keeps
+    them decoded (read-only, the same arrays every read) when they fit its limit, and
+    decodes on every read past it; the file is the same byte for byte either way."""
+    images = [f.read_bytes() for f in sorted((emoji_root / "flags").iterdir())[:12]]
+    kept, again = export.calibration_source(images, 16), export.calibration_source(images, 16, limit=0)
+    first, second = list(kept()), list(kept())
+    assert len(first) == 12 and all(a is b for a, b in zip(first, second))
+    assert all(not p.flags.writeable for p in first)
+    fresh = list(again())
+    assert all(a is not b and np.array_equal(a, b) for a, b in zip(fresh, again()))
+    assert all(np.array_equal(a, b) for a, b in zip(first, fresh))
+    model = _tiny_conv_bn_model()
+    assert convert.convert(model, "int8", kept) == convert.convert(model, "int8", again)
