@@ -2,6 +2,10 @@
 
     python -m benchmarks.ingest_memory [--images 100 400] [--side 1920]
         [--output benchmarks/results/ingest_memory.json]
+    python -m benchmarks.ingest_memory --images 440 --build-only DIR
+
+``--build-only`` writes the photos (the first N of the same sequence: 400 of them
+are the first 400 of 440) for a whole `retrain run` on photos, and exits.
 
 The emoji benchmarks' images are 5 KB each: a step that holds every image's bytes
 at once shows there as a few MB. Photos show it. For each count this builds that
@@ -76,10 +80,15 @@ def main(argv=None) -> Dict:
     ap.add_argument("--images", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--side", type=int, default=1920, help="photo width; height is 2/3 of it")
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    ap.add_argument("--build-only", metavar="DIR", help="write the photos of the first --images count to DIR")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(_child(*args.child)))
+        return {}
+    if args.build_only:
+        mb = build_photos(pathlib.Path(args.build_only), args.images[0], args.side) / 2 ** 20
+        print(f"wrote {args.images[0]} photos ({mb:.1f} MB) under {args.build_only}")
         return {}
     points: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="ingest-memory-") as tmp:
