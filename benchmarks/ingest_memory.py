@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 import tempfile
 from typing import Dict, List
 
 from benchmarks.pipeline_throughput import machine_facts, write_result
+from benchmarks.speed import in_child, peak_rss_mb
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "ingest_memory.json"
 CLASSES = ("china", "flower")
@@ -52,7 +51,7 @@ def build_photos(dest: pathlib.Path, n: int, side: int) -> int:
     return total
 
 
-def _child(images: str, workdir: str) -> Dict:
+def ingest(images: str, workdir: str) -> Dict:
     """Runs ImageExampleGen alone; its seconds and this process's peak RSS."""
     import resource
     import time
@@ -70,8 +69,7 @@ def _child(images: str, workdir: str) -> Dict:
                         metadata.sqlite_metadata_connection_config(f"{workdir}/mlmd.sqlite"))
     t0 = time.perf_counter()
     LocalDagRunner().run(pipeline)
-    return {"seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb(),
             "rss_before_run_mb": round(before, 1)}
 
 
@@ -81,10 +79,12 @@ def main(argv=None) -> Dict:
     ap.add_argument("--side", type=int, default=1920, help="photo width; height is 2/3 of it")
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
     ap.add_argument("--build-only", metavar="DIR", help="write the photos of the first --images count to DIR")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: speed.in_child's process
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(*args.child)))
+        with open(args.child) as f:
+            job = json.load(f)
+        print(json.dumps(ingest(**job["spec"])))
         return {}
     if args.build_only:
         mb = build_photos(pathlib.Path(args.build_only), args.images[0], args.side) / 2 ** 20
@@ -95,9 +95,9 @@ def main(argv=None) -> Dict:
         for n in sorted(args.images):
             images, work = pathlib.Path(tmp) / f"photos_{n}", pathlib.Path(tmp) / f"work_{n}"
             data_mb = build_photos(images, n, args.side) / 2 ** 20
-            out = subprocess.run([sys.executable, "-m", "benchmarks.ingest_memory", "--child",
-                                  str(images), str(work)], capture_output=True, text=True, check=True)
-            point = {"images": n, "data_mb": round(data_mb, 1), **json.loads(out.stdout.strip().splitlines()[-1])}
+            run = in_child("ingest", module="benchmarks.ingest_memory", images=str(images), workdir=str(work))
+            run.pop("process_seconds")
+            point = {"images": n, "data_mb": round(data_mb, 1), **run}
             points.append(point)
             print(f"{n} photos ({point['data_mb']} MB): ImageExampleGen {point['seconds']} s, "
                   f"peak RSS {point['peak_rss_mb']} MB")

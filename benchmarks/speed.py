@@ -54,13 +54,15 @@ from pipeline.config import PipelineConfig
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "speed.json"
 
 
-def in_child(task: str, **spec) -> dict:
-    """Runs _CHILD_TASKS[task](**spec) in a fresh Python process; returns its result."""
+def in_child(task: str, module: str = "benchmarks.speed", **spec) -> dict:
+    """Runs `task`(**spec) in a fresh Python process; returns its result. `module`
+    runs it: ``python -m <module> --child FILE`` prints the result of the task FILE
+    names (as this module's main does with _CHILD_TASKS)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"task": task, "spec": spec}, f)
     try:
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--child", f.name],
+        out = subprocess.run([sys.executable, "-m", module, "--child", f.name],
                              check=True, stdout=subprocess.PIPE, text=True).stdout
         process_seconds = time.perf_counter() - t0
     finally:

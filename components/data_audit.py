@@ -77,28 +77,32 @@ def read_paths(examples_uri: str, splits: List[str]) -> Dict[str, str]:
 def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
     """content sha256 -> path and pixel signature. ImageExampleGen stores each image's
     signature (contracts.PIXEL_SIGNATURE_KEY, from the pixels it decoded anyway);
-    Examples written before it did are signed here from the canonical image bytes,
-    READ_BATCH images at a time on a few threads (Pillow decodes without the GIL):
+    Examples written before it did are signed here from the canonical image bytes
+    (parsed in a second read, for those alone), READ_BATCH images at a time on a few threads (Pillow decodes without the GIL):
     18 ms for a 12 MP JPEG here, a fifth of the ingestion's own decode of it
     (benchmarks/audit_quality.py)."""
-    keys = (contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY,
-            contracts.PIXEL_SIGNATURE_KEY, contracts.IMAGE_KEY)
     found: Dict[str, ImageInfo] = {}
-    batch: List[Tuple[bytes, bytes, bytes]] = []
+    unsigned: Dict[bytes, str] = {}  # sha -> path
+    for sha, path, stored in _example_fields(examples_uri, splits, (
+            contracts.CONTENT_SHA256_KEY, contracts.RELATIVE_PATH_KEY, contracts.PIXEL_SIGNATURE_KEY)):
+        sig = pixel_signature.from_feature(stored)  # None: unsigned (b"") or older Examples
+        if sig is None:
+            unsigned[sha] = path.decode("utf-8", "replace")
+        else:
+            found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
+    if not unsigned:
+        return found  # the image bytes are not even parsed
+    batch: List[Tuple[bytes, bytes]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=SIGNATURE_THREADS) as pool:
         def flush():
-            for (sha, path, _), sig in zip(batch, pool.map(pixel_signature.signature,
-                                                            [b[2] for b in batch])):
-                found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
+            for (sha, _), sig in zip(batch, pool.map(pixel_signature.signature, [b[1] for b in batch])):
+                found[sha.decode()] = ImageInfo(unsigned[sha], sig)
             batch.clear()
-        for sha, path, stored, image in _example_fields(examples_uri, splits, keys):
-            sig = pixel_signature.from_feature(stored)  # None: unsigned (b"") or older Examples
-            if sig is not None:
-                found[sha.decode()] = ImageInfo(path.decode("utf-8", "replace"), sig)
-                continue
-            batch.append((sha, path, image))
-            if len(batch) >= READ_BATCH:
-                flush()
+        for sha, image in _example_fields(examples_uri, splits, (contracts.CONTENT_SHA256_KEY, contracts.IMAGE_KEY)):
+            if sha in unsigned:
+                batch.append((sha, image))
+                if len(batch) >= READ_BATCH:
+                    flush()
         flush()
     return found
 

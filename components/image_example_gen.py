@@ -82,19 +82,23 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
     }))
 
 
-class _HashFn(beam.DoFn):
-    """Pass 1. Candidate -> (sha, (relpath, label, path)), or a report row when
-    unreadable. Only the hash travels on: the bytes are read again in pass 2."""
-
-    def __init__(self, settings: IngestSettings):
-        self._max_file_bytes = settings.max_file_bytes
-        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
+class _CountingFn(beam.DoFn):
+    """A DoFn that adds to the live bar's count of files read (``self._progress``)."""
 
     def setup(self):
         self._progress = progress_counts.Counter(PROGRESS_STAGE)
 
     def finish_bundle(self):
         self._progress.close()
+
+
+class _HashFn(_CountingFn):
+    """Pass 1. Candidate -> (sha, (relpath, label, path)), or a report row when
+    unreadable. Only the hash travels on: the bytes are read again in pass 2."""
+
+    def __init__(self, settings: IngestSettings):
+        self._max_file_bytes = settings.max_file_bytes
+        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
 
     def process(self, cand: image_io.Candidate):
         try:
@@ -113,18 +117,12 @@ class _HashFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, reason))
 
 
-class _ResolveFn(beam.DoFn):
+class _ResolveFn(_CountingFn):
     """One content hash, all files with it -> (sha, kept file, its duplicates) or, for
     a label conflict, its report rows. Hashes and paths only: no image bytes."""
 
     def __init__(self, exclude_conflicts: bool):
         self._exclude_conflicts = exclude_conflicts
-
-    def setup(self):
-        self._progress = progress_counts.Counter(PROGRESS_STAGE)
-
-    def finish_bundle(self):
-        self._progress.close()
 
     def process(self, item):
         sha, files = item
@@ -140,7 +138,7 @@ class _ResolveFn(beam.DoFn):
         yield sha, files[0], [(relpath, label) for relpath, label, _ in files[1:]]
 
 
-class _DecodeFn(beam.DoFn):
+class _DecodeFn(_CountingFn):
     """Pass 2. (sha, kept file, duplicates) -> the record to write, and the report
     rows of the file and its duplicates. The bytes are read again and must still
     hash to ``sha``; an image is decoded and checked here, once per content."""
@@ -152,12 +150,6 @@ class _DecodeFn(beam.DoFn):
         self._min_side = settings.min_image_side
         self._decoded = beam.metrics.Metrics.counter("image_example_gen", "decoded")
         self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
-
-    def setup(self):
-        self._progress = progress_counts.Counter(PROGRESS_STAGE)
-
-    def finish_bundle(self):
-        self._progress.close()
 
     def process(self, group):
         sha, (relpath, label, path), duplicates = group

@@ -11,7 +11,7 @@ import statistics
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from components import contracts
+from components import contracts, model_info
 from pipeline.run_record import RunRecord
 
 LATENCY_RUNS = 20
@@ -121,8 +121,8 @@ def fine_tune_choice(record: RunRecord) -> Optional[Dict[str, Any]]:
     FineTuneChoice), None when absent."""
     if record.uris.model is None:
         return None
-    info = _read_json(os.path.join(record.uris.model, contracts.HEAD_DIR, contracts.HEAD_INFO_FILE))
-    return info.get("fine_tune") if isinstance(info, dict) else None
+    info = model_info.read_head_info(record.uris.model)
+    return info.get("fine_tune") if info else None
 
 
 def export_backbone(record: RunRecord) -> Optional[str]:
