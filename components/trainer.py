@@ -42,7 +42,7 @@ from tensorflow_transform.saved import saved_transform_io_v2
 import tf_keras
 from absl import logging
 
-from components import backbones, fine_tune, progress_counts
+from components import backbones, fine_tune, keras_steps, progress_counts
 from components.contracts import (FEATURES_KEY, FEATURES_SIGNATURE, HEAD_DIR, HEAD_FILE,
                                   HEAD_INFO_FILE, LABEL_KEY, LABEL_SPACE_FILE,
                                   NON_INPUT_KEYS, SERVING_SIGNATURE, TRAINING_DIR,
@@ -123,12 +123,10 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> Dict[int, fl
 
 def _fit(fit: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
          callbacks: List[tf_keras.callbacks.Callback]):
-    # Keras traces its train/test steps with AutoGraph, which converts Keras' own
-    # code (about 6 s of every fit here); the steps run eagerly too, so they need
+    # Without AutoGraph (keras_steps.py): Keras' steps run eagerly too, so they need
     # no conversion, and a step that did would fail loudly at trace time.
-    fit.train_step = tf.autograph.experimental.do_not_convert(fit.train_step)
-    fit.test_step = tf.autograph.experimental.do_not_convert(fit.test_step)
-    return fit.fit(
+    return keras_steps.fit(
+        fit, 
         x_train, y_train, validation_data=(x_eval, y_eval),
         epochs=settings.epochs, batch_size=settings.batch_size,
         class_weight=balanced_class_weights(y_train, num_classes)
