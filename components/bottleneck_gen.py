@@ -31,10 +31,10 @@ retrain.py whose distortions disabled its bottleneck cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import uuid
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -45,7 +45,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components import (backbones, contracts, feature_records, fine_tune, image_example_gen,
-                        preprocessing, previous_artifacts, progress_counts)
+                        preprocessing, previous_artifacts, progress_counts, record_sink)
 from components.augmentation import augment
 from components.previous_artifacts import FeatureCache
 from components.settings import ACTIVATION_DTYPES
@@ -205,89 +205,18 @@ _CACHE_OUTPUT = "cache"
 _TEMP_DIR = ".writing"
 
 
-def _record_options(output: str) -> tf.io.TFRecordOptions:
-    """Bottlenecks: gzip, as TFX Examples are, at level 1 (half the time of the
-    default level here, 3 % larger). The cache: uncompressed, as it is read whole every run."""
-    if output == _CACHE_OUTPUT:
-        return tf.io.TFRecordOptions()
-    return tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+# Bottlenecks: gzip, as TFX Examples are, at level 1 (half the time of the default
+# level here, 3 % larger). The cache: uncompressed, as it is read whole every run.
+_SPLIT_COMPRESSION: record_sink.Compression = ("GZIP", 1)
 
 
-class _WriteRows(beam.DoFn):
-    """(key, record, features) rows -> this bundle's files under a temp folder, one per output.
-
-    Yields {output: temp path}. Nothing is final until _commit renames the files
-    of the bundles Beam committed; a failed attempt's files stay in the temp
-    folder, which is deleted. One sink instead of Beam's WriteToTFRecord per
-    output: each of those costs several stages and side inputs (about 1 s a run).
-    """
-
-    def __init__(self, temp_dir: str, cache: bool, dtype: str):
-        self._temp_dir, self._cache, self._dtype = temp_dir, cache, dtype
-
-    def setup(self):
-        tf.io.gfile.makedirs(self._temp_dir)
-
-    def start_bundle(self):
-        self._writers, self._paths = {}, {}
-
-    def _writer(self, output: str) -> tf.io.TFRecordWriter:
-        if output not in self._writers:
-            path = os.path.join(self._temp_dir, f"{output}-{uuid.uuid4().hex}")
-            self._writers[output] = tf.io.TFRecordWriter(path, _record_options(output))
-            self._paths[output] = path
-        return self._writers[output]
-
-    def process(self, row):
-        key, record, vec = row
-        self._writer(record["split"]).write(
-            feature_records.bottleneck_example(record, feature_records.as_float32(vec, self._dtype)))
-        if self._cache:
-            self._writer(_CACHE_OUTPUT).write(feature_records.cache_record(key, vec))
-
-    def finish_bundle(self):
-        for writer in self._writers.values():
-            writer.close()
-        if self._paths:
-            yield beam.transforms.window.GlobalWindows.windowed_value(dict(self._paths))
-
-
-def _commit(bundles: List[Dict[str, str]], destinations: Dict[str, Tuple[str, str]]) -> None:
-    """Renames the committed bundles' files to <prefix>-NNNNN-of-MMMMM<suffix>."""
-    paths: Dict[str, List[str]] = {}
-    for bundle in bundles:
-        for output, path in bundle.items():
-            paths.setdefault(output, []).append(path)
-    for output, files in paths.items():
-        prefix, suffix = destinations[output]
-        tf.io.gfile.makedirs(os.path.dirname(prefix))
-        for i, path in enumerate(sorted(files)):
-            final = f"{prefix}-{i:05d}-of-{len(files):05d}{suffix}"
-            if tf.io.gfile.exists(path) or not tf.io.gfile.exists(final):  # a retried commit skips
-                tf.io.gfile.rename(path, final, overwrite=True)
-
-
-def _drop_temp(temp_dir: str) -> None:
-    if tf.io.gfile.exists(temp_dir):
-        tf.io.gfile.rmtree(temp_dir)
-
-
-def _clear_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
-    """An execution retried on the same URIs must not keep an earlier attempt's shards."""
-    _drop_temp(temp_dir)
-    for prefix, suffix in destinations.values():
-        for path in tf.io.gfile.glob(f"{prefix}-*{suffix}"):
-            tf.io.gfile.remove(path)
-
-
-def _finish_outputs(temp_dir: str, destinations: Dict[str, Tuple[str, str]]) -> None:
-    """Drops the temp folder; an output that got no rows gets one empty file, as readers expect."""
-    _drop_temp(temp_dir)
-    for output, (prefix, suffix) in destinations.items():
-        if not tf.io.gfile.glob(f"{prefix}-*{suffix}"):
-            tf.io.gfile.makedirs(os.path.dirname(prefix))
-            with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001{suffix}", _record_options(output)):
-                pass
+def _records(dtype: str, cache: bool, row) -> Iterator[Tuple[str, bytes]]:
+    """A (key, record, features) row -> its bottleneck Example (in its split's output)
+    and, when caching, its cache record."""
+    key, record, vec = row
+    yield record["split"], feature_records.bottleneck_example(record, feature_records.as_float32(vec, dtype))
+    if cache:
+        yield _CACHE_OUTPUT, feature_records.cache_record(key, vec)
 
 
 def _report_total(examples, splits: List[str], augment_views: int) -> None:
@@ -347,24 +276,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                     | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
                     | "Features" >> beam.ParDo(
                         _ComputeFeatures(backbone, weights, augment_views > 0, blocks, dtype)))
-        temp_dir = os.path.join(cache_out.uri, _TEMP_DIR)
-        destinations = {split: (os.path.join(out.uri, f"Split-{split}", "bottlenecks"), ".gz")
-                        for split in splits}
+        outputs = {split: record_sink.Output(os.path.join(out.uri, f"Split-{split}", "bottlenecks"), ".gz",
+                                             _SPLIT_COMPRESSION) for split in splits}
         if namespace:  # random weights are never cached
-            destinations[_CACHE_OUTPUT] = (os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
-                                           CACHE_FILE_SUFFIX)
-        _clear_outputs(temp_dir, destinations)
+            outputs[_CACHE_OUTPUT] = record_sink.Output(os.path.join(cache_out.uri, CACHE_FILE_PREFIX),
+                                                        CACHE_FILE_SUFFIX, record_sink.UNCOMPRESSED)
+        sink = record_sink.Sink(os.path.join(cache_out.uri, _TEMP_DIR), outputs)
+        sink.clear()
         # Each branch writes where it is produced: a Flatten of the two would make
         # the runner buffer every row (and pickle its features) for one more stage.
-        write = _WriteRows(temp_dir, cache=bool(namespace), dtype=dtype)
-        written = (found | "WriteCached" >> beam.ParDo(write),
-                   computed | "WriteComputed" >> beam.ParDo(write))
-        _ = (written | "Written" >> beam.Flatten()
-             | "AllWritten" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
-             | "Commit" >> beam.Map(_commit, destinations))
+        write = sink.writer(functools.partial(_records, dtype, bool(namespace)))
+        sink.commit_after((found | "WriteCached" >> beam.ParDo(write),
+                           computed | "WriteComputed" >> beam.ParDo(write)))
         result = p.run()
         result.wait_until_finish()
-        _finish_outputs(temp_dir, destinations)
+        sink.finish()
 
         counters: Dict[str, int] = {}  # one result per step using the counter: add them up
         for m in result.metrics().query(

@@ -165,37 +165,6 @@ def test_other_weights_invalidate_and_views_are_cached(runs, tmp_path):
         np.testing.assert_array_equal(vec, views["train"][key][1])
 
 
-def test_outputs_are_cleared_then_committed_and_never_left_without_a_file(tmp_path):
-    temp = tmp_path / "cache" / bottleneck_gen._TEMP_DIR
-    temp.mkdir(parents=True)
-    destinations = {"train": (str(tmp_path / "b" / "Split-train" / "bottlenecks"), ".gz"),
-                    "eval": (str(tmp_path / "b" / "Split-eval" / "bottlenecks"), ".gz")}
-    stale = tmp_path / "b" / "Split-train" / "bottlenecks-00002-of-00003.gz"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"an earlier attempt's shard")
-    bottleneck_gen._clear_outputs(str(temp), destinations)
-    assert not stale.exists()
-    temp.mkdir(parents=True)
-    bundles = []
-    for i in range(2):  # two committed bundles of train rows
-        path = str(temp / f"train-{i}")
-        with tf.io.TFRecordWriter(path, bottleneck_gen._record_options("train")) as w:
-            w.write(f"row{i}".encode())
-        bundles.append({"train": path})
-    (temp / "train-failed-attempt").write_bytes(b"partial")  # never committed
-    bottleneck_gen._commit(bundles, destinations)
-    bottleneck_gen._commit(bundles, destinations)  # a retried commit changes nothing
-    bottleneck_gen._finish_outputs(str(temp), destinations)
-    assert not temp.exists()
-    train = sorted(os.listdir(tmp_path / "b" / "Split-train"))
-    assert train == ["bottlenecks-00000-of-00002.gz", "bottlenecks-00001-of-00002.gz"]
-    rows = tf.data.TFRecordDataset([str(tmp_path / "b" / "Split-train" / f) for f in train], "GZIP")
-    assert sorted(r.numpy() for r in rows) == [b"row0", b"row1"]
-    # eval got no rows: one empty, readable file, as Beam's sinks leave
-    (empty,) = glob.glob(str(tmp_path / "b" / "Split-eval" / "*.gz"))
-    assert list(tf.data.TFRecordDataset(empty, "GZIP")) == []
-
-
 def test_cache_namespace_names_the_record_format(monkeypatch):
     """A cache written in another record layout is never reused, so never misparsed."""
     before = bottleneck_gen.cache_namespace("mobilenet_v1", "imagenet")

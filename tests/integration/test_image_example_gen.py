@@ -150,18 +150,19 @@ def test_ingest_config_is_written_as_before():
         sort_keys=True)
 
 
-def _pass_two(group):
-    """ImageExampleGen's pass 2 (_DecodeFn) on one group: (records, report rows)."""
+def _pass_two(*groups, threads=1):
+    """ImageExampleGen's pass 2 (_DecodeFn) on one batch of groups: (records, report rows)."""
     from apache_beam.pvalue import TaggedOutput
     from components.settings import IngestSettings
     settings = IngestSettings(source="/unused", label_names=("ant", "bee"), max_pixels=image_io.DEFAULT_MAX_PIXELS,
                               extensions=tuple(image_io.DEFAULT_EXTENSIONS), exclude_label_conflicts=True,
                               max_file_bytes=image_io.DEFAULT_MAX_FILE_BYTES,
                               min_image_side=image_io.DEFAULT_MIN_IMAGE_SIDE, follow_external_symlinks=False)
-    fn = image_example_gen._DecodeFn({"ant": 0, "bee": 1}, settings)
+    fn = image_example_gen._DecodeFn({"ant": 0, "bee": 1}, settings, threads)
     fn.setup()
-    out = list(fn.process(group))
+    out = list(fn.process(list(groups)))
     fn.finish_bundle()
+    fn.teardown()
     rows = [json.loads(o.value) for o in out if isinstance(o, TaggedOutput)]
     return [o for o in out if not isinstance(o, TaggedOutput)], rows
 
@@ -192,3 +193,24 @@ def test_a_corrupt_file_and_its_copies_get_the_same_reason(tmp_path):
                                [("bee/broken_copy.png", "bee")]))
     assert records == [] and [r["path"] for r in rows] == ["bee/broken.png", "bee/broken_copy.png"]
     assert len({r["reason"] for r in rows}) == 1 and rows[0]["status"] == "skipped"
+
+
+def test_pass_two_on_threads_gives_the_same_records_and_rows_in_order(tmp_path):
+    """A batch checked on several threads: the same records and report rows, in the
+    batch's order, as one thread gives (good, corrupt and changed files mixed)."""
+    groups = []
+    for i in range(12):
+        data = png_bytes(i) if i % 4 else b"\x89PNG\r\n\x1a\nbroken %d" % i
+        path = tmp_path / f"img_{i}.png"
+        path.write_bytes(data)
+        label = ("ant", "bee")[i % 2]
+        groups.append((image_io.content_hash(data), (f"{label}/img_{i}.png", label, str(path)),
+                       [(f"{label}/copy_{i}.png", label)] if i % 3 == 0 else []))
+    (tmp_path / "img_5.png").write_bytes(png_bytes(99))  # changed after pass 1
+    one = _pass_two(*groups)
+    assert one == _pass_two(*groups, threads=3)
+    records, rows = one
+    assert [r["relpath"] for r in records] == [f"{('ant', 'bee')[i % 2]}/img_{i}.png"
+                                               for i in range(12) if i % 4 and i != 5]
+    assert [r["path"].split("/")[1] for r in rows] == [
+        name for i in range(12) for name in [f"img_{i}.png"] + ([f"copy_{i}.png"] if i % 3 == 0 else [])]
