@@ -50,16 +50,15 @@ INGEST_CONFIG_KEY = "ingest_config"
 PROGRESS_STAGE = "ImageExampleGen"  # the live bar's name for this step (components.progress_counts)
 _URI_KEY = "_examples_uri"
 _TEMP_DIR = ".writing"  # in the Examples folder, beside the splits, until committed
-# Pass 2 checks files in batches of this many, on decode_threads() threads: at most
-# that many decoded images in memory at once, and a batch's records until written.
-DECODE_BATCH = 16
-MAX_DECODE_THREADS = 4
+# Pass 2 checks batches of DECODE_BATCH files on decode_threads() threads: one decoded
+# image per thread in memory at once, and a batch's records until they are written.
+DECODE_BATCH, MAX_DECODE_THREADS = 16, 4
 
 
 def decode_threads() -> int:
     """Threads for pass 2: one per core (this process's), at most MAX_DECODE_THREADS."""
-    return max(1, min(MAX_DECODE_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_DECODE_THREADS, cores))
 
 
 class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
@@ -297,14 +296,11 @@ class Executor(BaseExampleGenExecutor):
         return splits
 
     def _write_examples(self, examples: types.Artifact, exec_properties: Dict[str, Any]) -> None:
-        """TFX's BaseExampleGenExecutor.Do (tfx/components/example_gen/
-        base_example_gen_executor.py) without the shuffle its WriteSplit puts before
-        each split's TFRecord writer (write_split.py: a Reshuffle, marked "TODO make
-        shuffle optional"): on Beam's in-memory runner that held every image's bytes
-        at once. The examples already come in content-hash order, not folder order.
-        Same files (``Split-<name>/data_tfrecord-*.gz``), split names and properties;
-        the gzip is stored (level 0, components/record_sink.py): image bytes do not
-        compress, and compressing them was a third of this step on photos."""
+        """TFX's BaseExampleGenExecutor.Do (tfx/components/example_gen/base_example_gen_executor.py)
+        without the shuffle its WriteSplit puts before each split's writer (write_split.py,
+        "TODO make shuffle optional"), which held every image's bytes on Beam's in-memory
+        runner. Same files (``Split-<name>/data_tfrecord-*.gz``), split names and properties,
+        in content-hash order; gzip at level 0 (record_sink): image bytes do not compress."""
         input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
