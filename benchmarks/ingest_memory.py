@@ -20,13 +20,12 @@ ingestion keeps it near 0; holding the images in a shuffle costs a multiple of 1
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import tempfile
 from typing import Dict, List
 
 from benchmarks.pipeline_throughput import machine_facts, write_result
-from benchmarks.speed import in_child, peak_rss_mb
+from benchmarks.speed import in_child, run_child_job, peak_rss_mb
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "ingest_memory.json"
 CLASSES = ("china", "flower")
@@ -82,9 +81,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: speed.in_child's process
     args = ap.parse_args(argv)
     if args.child:
-        with open(args.child) as f:
-            job = json.load(f)
-        print(json.dumps(ingest(**job["spec"])))
+        run_child_job(args.child, {"ingest": ingest})
         return {}
     if args.build_only:
         mb = build_photos(pathlib.Path(args.build_only), args.images[0], args.side) / 2 ** 20

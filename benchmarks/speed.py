@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 import tf_keras
@@ -70,6 +70,14 @@ def in_child(task: str, module: str = "benchmarks.speed", **spec) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result["process_seconds"] = round(process_seconds, 1)  # start-up included
     return result
+
+
+def run_child_job(path: str, tasks: Dict[str, Callable[..., dict]]) -> None:
+    """The child side of :func:`in_child`: runs the task the job file at ``path`` names
+    (``tasks``: name -> function) and prints its result as the last JSON line."""
+    with open(path) as f:
+        job = json.load(f)
+    print(json.dumps(tasks[job["task"]](**job["spec"]), default=str))
 
 
 def retrain_run(images, workdir, batch_size: int, overrides: Optional[dict] = None) -> dict:
@@ -225,9 +233,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: in_child's process
     args = ap.parse_args(argv)
     if args.child:
-        with open(args.child) as f:
-            job = json.load(f)
-        print(json.dumps(_CHILD_TASKS[job["task"]](**job["spec"]), default=str))
+        run_child_job(args.child, _CHILD_TASKS)
         return None
     backbones.fetch_weights("mobilenet_v1")
     root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="speed-")).resolve()

@@ -22,7 +22,7 @@ import types
 from typing import Dict
 
 from benchmarks.evaluator_paths import last_evaluator_io
-from benchmarks.speed import in_child
+from benchmarks.speed import in_child, run_child_job
 
 
 def fit_once(workdir: str) -> Dict:
@@ -53,9 +53,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: speed.in_child's process
     args = ap.parse_args(argv)
     if args.child:
-        with open(args.child) as f:
-            job = json.load(f)
-        print(json.dumps(fit_once(**job["spec"])))
+        run_child_job(args.child, {"fit": fit_once})
         return {}
     if not args.workdir:
         ap.error("--workdir is required")

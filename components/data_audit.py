@@ -78,9 +78,9 @@ def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
     """content sha256 -> path and pixel signature. ImageExampleGen stores each image's
     signature (contracts.PIXEL_SIGNATURE_KEY, from the pixels it decoded anyway);
     Examples written before it did are signed here from the canonical image bytes
-    (parsed in a second read, for those alone), READ_BATCH images at a time on a few threads (Pillow decodes without the GIL):
-    18 ms for a 12 MP JPEG here, a fifth of the ingestion's own decode of it
-    (benchmarks/audit_quality.py)."""
+    (parsed in a second read, for those alone), READ_BATCH images at a time on a few
+    threads (Pillow decodes without the GIL): 18 ms for a 12 MP JPEG here, a fifth
+    of the ingestion's own decode of it (benchmarks/audit_quality.py)."""
     found: Dict[str, ImageInfo] = {}
     unsigned: Dict[bytes, str] = {}  # sha -> path
     for sha, path, stored in _example_fields(examples_uri, splits, (
