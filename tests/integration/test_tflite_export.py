@@ -542,6 +542,35 @@ def test_bias_correction_cancels_the_int8_weight_shift_in_one_walk_and_is_undone
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
+def test_variants_share_one_trace_that_reads_the_weights_at_conversion_time():
+    """convert._inference_function traces a model once for all its variants; the
+    converter freezes the variables when it runs, so a conversion after a weight change
+    (bias correction's, and its undoing) equals a fresh model's conversion, byte for byte."""
+    import tf_keras
+    model = _tiny_conv_bn_model()
+    rng = np.random.default_rng(1)
+    calibration = [rng.uniform(0, 255, (16, 16, 3)).astype(np.float32) for _ in range(8)]
+    traced = convert._inference_function(model)
+    assert convert._inference_function(model) is traced
+
+    def fresh(weights):
+        twin = tf_keras.models.clone_model(model)
+        twin.set_weights(weights)
+        return twin
+
+    float_before = convert.convert(model, "float32")
+    int8 = convert.convert(model, "int8", lambda: iter(calibration))  # bias correction entered and undone
+    assert convert.convert(model, "float32") == float_before
+    assert int8 == convert.convert(fresh(model.get_weights()), "int8", lambda: iter(calibration))
+    bn = model.get_layer("bn1")
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([gamma, beta + 1.0, mean, var])
+    changed = convert.convert(model, "float32")
+    assert convert._inference_function(model) is traced
+    assert changed != float_before
+    assert changed == convert.convert(fresh(model.get_weights()), "float32")
+
+
 def test_relu6_equalization_keeps_the_float_function_and_is_undone():
     """Conv/BN -> ReLU6 -> (padding) -> depthwise, nested: each ReLU6 channel is scaled
     up to reach 6 on the calibration images and scaled back in the next kernel; the
