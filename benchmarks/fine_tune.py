@@ -15,7 +15,8 @@ folder under <cache>/bench-datasets/, or a path):
    the first K files of each class, to run small).
 2. Per N: the frozen lower part computes every image's activation at the cut (what
    BottleneckGen caches, float16-rounded as cached by default): ``cache_s`` and the
-   cache's bytes per image (``cache_kb``: N = 0 is the pooled feature vector, float32).
+   cache's bytes per image (``cache_kb``: N = 0 is the pooled feature vector, float32;
+   with ``--activation-cache DIR`` they are kept there, and ``cache_s`` is then the load).
 3. The Trainer's own ``train_head`` (trainer settings of a default run, N and
    ``--epochs`` changed; early stopping as in a run): ``train_s``, eval ``accuracy``.
 4. int8: the whole network (lower + trained top + head, trainer.build_pixel_model)
@@ -124,6 +125,27 @@ def activations(backbone: str, blocks: int, dtype: str, images, size: int, view:
     return np.concatenate(out).astype(np.float32)
 
 
+def cached_activations(cache_dir, backbone: str, blocks: int, dtype: str, images, size: int,
+                       view: int = 0) -> np.ndarray:
+    """:func:`activations`, kept in ``cache_dir`` (None: not kept) as .npy keyed by the
+    images' content, the backbone, N, the dtype and the view: a sweep of recipes
+    computes each activation once."""
+    if cache_dir is None:
+        return activations(backbone, blocks, dtype, images, size, view)
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(hashlib.sha256(image).digest())
+    path = pathlib.Path(cache_dir) / f"{backbone}-{blocks}-{dtype}-{view}-{digest.hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    x = activations(backbone, blocks, dtype, images, size, view)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial.npy")
+    np.save(tmp, x.astype(np.float16) if blocks and dtype == "float16" else x)  # float16: exact
+    tmp.replace(path)
+    return x
+
+
 def int8_scores(backbone, head, blocks, train_split_uri, calibration, eval_images, reference, labels, size):
     pixel_model = trainer.build_pixel_model(backbone, "imagenet", head, blocks)
     calib = convert.calibration_images(convert.examples_files(train_split_uri), calibration)
@@ -151,12 +173,16 @@ def run_dataset(name: str, args) -> dict:
         rows = []
         for blocks in args.blocks:
             start = time.time()
-            x_train = activations(args.backbone, blocks, args.activation_dtype, train_images, spec.input_size)
+            cache = args.activation_cache
+            x_train = cached_activations(cache, args.backbone, blocks, args.activation_dtype, train_images,
+                                         spec.input_size)
             if args.augment_views:  # the views join the train split, as in a run (eval: images only)
                 x_train = np.concatenate([x_train] + [
-                    activations(args.backbone, blocks, args.activation_dtype, train_images, spec.input_size, v)
+                    cached_activations(cache, args.backbone, blocks, args.activation_dtype, train_images,
+                                       spec.input_size, v)
                     for v in range(1, args.augment_views + 1)])
-            x_eval = activations(args.backbone, blocks, args.activation_dtype, eval_images, spec.input_size)
+            x_eval = cached_activations(cache, args.backbone, blocks, args.activation_dtype, eval_images,
+                                        spec.input_size)
             cache_s = time.time() - start
             itemsize = 2 if blocks and args.activation_dtype == "float16" else 4
             settings = PipelineConfig(
@@ -232,12 +258,23 @@ def main(argv=None) -> dict:
     p.add_argument("--batchnorm-training", action="store_true",
                    help="N > 0: the top blocks' BatchNorm in training mode (an experiment)")
     p.add_argument("--augment-views", type=int, default=0, help="cached augmented views per train image")
+    p.add_argument("--shift", type=int, default=0, help="N > 0: random shift of the cut activation, in cells")
+    p.add_argument("--flip", action="store_true", help="N > 0: random mirror of the cut activation")
+    p.add_argument("--mixup", type=float, default=0.0, help="N > 0: mixup's Beta(a, a) on the cut activations")
+    p.add_argument("--head-lr-factor", type=float, default=1.0,
+                   help="N > 0: the head's learning rate / the run's while the blocks train")
+    p.add_argument("--tune", choices=fine_tune.TUNE_CHOICES, default="all",
+                   help="N > 0: which of the top blocks' weights train")
     p.add_argument("--patience", type=int, default=PipelineConfig(images="", workdir="").patience)
+    p.add_argument("--activation-cache", default=None,
+                   help="folder keeping the computed activations for the next invocation (a recipe sweep)")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = p.parse_args(argv)
     args.recipe = fine_tune.Recipe(block_learning_rate_factor=args.block_lr_factor,
                                    warm_start=bool(args.warm_start), dropout=args.dropout,
-                                   batchnorm_training=args.batchnorm_training)
+                                   batchnorm_training=args.batchnorm_training, shift=args.shift,
+                                   flip=args.flip, mixup=args.mixup,
+                                   head_learning_rate_factor=args.head_lr_factor, tune=args.tune)
     try:
         args.blocks = [int(b) for b in args.blocks.split(",")]
         for blocks in args.blocks:
@@ -266,6 +303,9 @@ def _report(argv, args, load_before, results) -> dict:
                            "block_learning_rate_factor": args.recipe.block_learning_rate_factor,
                            "warm_start": args.recipe.warm_start, "dropout": args.recipe.dropout,
                            "batchnorm_training": args.recipe.batchnorm_training,
+                           "shift": args.recipe.shift, "flip": args.recipe.flip, "mixup": args.recipe.mixup,
+                           "head_learning_rate_factor": args.recipe.head_learning_rate_factor,
+                           "tune": args.recipe.tune,
                            "patience": args.patience, "augment_views": args.augment_views},
               "results": results}
     out = pathlib.Path(args.output)

@@ -27,6 +27,9 @@ from components.backbones import model as backbone_model
 from components.contracts import FEATURES_KEY
 from components.settings import ACTIVATION_DTYPES
 
+TUNE_CHOICES = ("all", "bn", "bn_dw")
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How the top blocks train. The defaults are what every run uses; the other
@@ -45,6 +48,24 @@ class Recipe:
     # BatchNorm of the top blocks in training mode (batch statistics, moving averages
     # updated) instead of inference mode, as Keras' fine-tuning guide advises.
     batchnorm_training: bool = False
+    # Augmentation of the cut activation while training, in place of the on-the-fly
+    # image augmentation a cache of one activation per image rules out. A shift of the
+    # map approximates a shift of the image (convolutions commute with translation, up
+    # to borders and stride); a mirrored map is not the mirrored image's activation.
+    shift: int = 0                # random translation by up to this many cells, per image
+    flip: bool = False            # random left-right mirror of the activation map
+    mixup: float = 0.0            # mixup's Beta(a, a) (0: none)
+    # The head's step size while the blocks train is the run's learning rate times this.
+    head_learning_rate_factor: float = 1.0
+    # Which of the top blocks' weights train: "all", "bn" (BatchNorm scale and offset
+    # only), "bn_dw" (those and the depthwise kernels): 1-2 % of the weights of "all".
+    tune: str = "all"
+
+    def __post_init__(self):
+        if self.tune not in TUNE_CHOICES:
+            raise ValueError(f"Recipe: tune must be one of {', '.join(TUNE_CHOICES)}, got {self.tune!r}")
+        if self.shift < 0 or self.mixup < 0:
+            raise ValueError(f"Recipe: shift and mixup must be >= 0, got {self.shift} and {self.mixup}")
 
 
 DEFAULT_RECIPE = Recipe()
@@ -114,11 +135,24 @@ def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: i
     _, upper = backbone_model.build_split(backbone, trainable_blocks, weights)
     inputs = tf_keras.Input([activation_dim(backbone, trainable_blocks)], name=FEATURES_KEY)
     shaped = tf_keras.layers.Reshape(upper.input_shape[1:], name="cut_shape")(inputs)
+    if recipe.tune != "all":
+        for layer in _layers(upper):
+            kind = type(layer).__name__
+            if kind == "Conv2D" or (kind == "DepthwiseConv2D" and recipe.tune == "bn"):
+                layer.trainable = False
     pooled = upper(shaped) if recipe.batchnorm_training else upper(shaped, training=False)
     if recipe.dropout:
         pooled = tf_keras.layers.Dropout(recipe.dropout, name="head_dropout")(pooled)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(pooled)
     return tf_keras.Model(inputs, outputs, name="head")
+
+
+def _layers(model):
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.Model):
+            yield from _layers(layer)
+        else:
+            yield layer
 
 
 def frozen_top_features(top: tf_keras.Model, x: np.ndarray) -> np.ndarray:
@@ -131,9 +165,12 @@ class TwoRateModel(tf_keras.Model):
     """Fits ``top`` with Adam at ``learning_rate`` for the head and at
     ``block_factor`` x that for the blocks (Keras has no per-layer rate)."""
 
-    def __init__(self, top: tf_keras.Model, learning_rate: float, block_factor: float):
+    def __init__(self, top: tf_keras.Model, learning_rate: float, block_factor: float,
+                 recipe: Recipe = DEFAULT_RECIPE):
         super().__init__(name="fine_tune")
         self.top = top
+        self._recipe = recipe
+        self._cut = tuple(int(d) for d in top.get_layer("cut_shape").output_shape[1:])
         head = top.get_layer("head")
         self._head_vars: List[tf.Variable] = list(head.trainable_weights)
         head_ids = {id(v) for v in self._head_vars}
@@ -145,9 +182,17 @@ class TwoRateModel(tf_keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        x = augment_activation(x, self._cut, self._recipe)
+        mix = self._recipe.mixup
+        if mix:
+            x, lam, order = mixup(x, mix)
         with tf.GradientTape() as tape:
             predicted = self(x, training=True)
             loss = self.compiled_loss(y, predicted, sample_weight, regularization_losses=self.losses)
+            if mix:
+                other = None if sample_weight is None else tf.gather(sample_weight, order)
+                loss = lam * loss + (1.0 - lam) * self.compiled_loss(
+                    tf.gather(y, order), predicted, other, regularization_losses=self.losses)
         grads = tape.gradient(loss, self._block_vars + self._head_vars)
         k = len(self._block_vars)
         self.block_optimizer.apply_gradients(zip(grads[:k], self._block_vars))
@@ -155,12 +200,41 @@ class TwoRateModel(tf_keras.Model):
         return self.compute_metrics(x, y, predicted, sample_weight)
 
 
+def mixup(x: tf.Tensor, a: float) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(lam x + (1 - lam) x[order], lam, order): lam ~ Beta(a, a), one per batch, and a
+    random order of the batch; the loss is then lam L(y) + (1 - lam) L(y[order])."""
+    g1, g2 = tf.random.gamma([], a), tf.random.gamma([], a)
+    lam = g1 / (g1 + g2)
+    order = tf.random.shuffle(tf.range(tf.shape(x)[0]))
+    return lam * x + (1.0 - lam) * tf.gather(x, order), lam, order
+
+
+def augment_activation(x: tf.Tensor, cut: Tuple[int, int, int], recipe: Recipe) -> tf.Tensor:
+    """Flattened cut activations [B, D], shifted and/or mirrored per image (recipe)."""
+    if not (recipe.shift or recipe.flip):
+        return x
+    h, w, c = cut
+    maps = tf.reshape(x, [-1, h, w, c])
+    if recipe.flip:
+        flip = tf.random.uniform([tf.shape(maps)[0], 1, 1, 1]) < 0.5
+        maps = tf.where(flip, tf.reverse(maps, [2]), maps)
+    if recipe.shift:
+        s = recipe.shift
+        padded = tf.pad(maps, [[0, 0], [s, s], [s, s], [0, 0]], mode="SYMMETRIC")
+        b = tf.shape(maps)[0]
+        dy = tf.random.uniform([b, 1], 0, 2 * s + 1, dtype=tf.int32)
+        dx = tf.random.uniform([b, 1], 0, 2 * s + 1, dtype=tf.int32)
+        maps = tf.gather(padded, dy + tf.range(h)[None], axis=1, batch_dims=1)
+        maps = tf.gather(maps, dx + tf.range(w)[None], axis=2, batch_dims=1)
+    return tf.reshape(maps, [-1, h * w * c])
+
+
 def build_trainable(backbone: str, weights: str, trainable_blocks: int, num_classes: int,
                     learning_rate: float, recipe: Recipe = DEFAULT_RECIPE
                     ) -> Tuple[tf_keras.Model, tf_keras.Model]:
     """(model to fit, top model to save and serve), compiled as the head is."""
     top = build_top(backbone, weights, trainable_blocks, num_classes, recipe)
-    fit = TwoRateModel(top, learning_rate, recipe.block_learning_rate_factor)
-    fit.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+    fit = TwoRateModel(top, learning_rate, recipe.block_learning_rate_factor, recipe)
+    fit.compile(optimizer=tf_keras.optimizers.Adam(learning_rate * recipe.head_learning_rate_factor),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return fit, top
