@@ -147,6 +147,13 @@ def cached_activations(cache_dir, backbone: str, blocks: int, dtype: str, images
 
 
 def int8_scores(backbone, head, blocks, train_split_uri, calibration, eval_images, reference, labels, size):
+    # Through head.h5, as TFLiteExport gets it: the in-memory top model's blocks were
+    # also called while build_split cut the application, and bias correction leaves
+    # out layers with more than one call (bias_correction.conv_bn_pairs).
+    with tempfile.TemporaryDirectory(prefix="fine-tune-head-") as tmp:
+        trainer.save_head(tmp, head, backbone, "imagenet", [str(i) for i in range(head.output_shape[-1])],
+                          trainable_blocks=blocks)
+        head, _ = trainer.load_head(tmp)
     pixel_model = trainer.build_pixel_model(backbone, "imagenet", head, blocks)
     calib = convert.calibration_images(convert.examples_files(train_split_uri), calibration)
 

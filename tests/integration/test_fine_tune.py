@@ -136,3 +136,23 @@ def test_fine_tuning_that_does_not_beat_the_head_alone_keeps_the_head_alone(imag
     moved = any(not np.array_equal(w.numpy(), f.numpy()) for w, f in zip(tuned.weights, fresh.weights)
                 if not w.name.startswith("head/"))
     assert moved == (choice.kept == "fine-tuned")
+
+
+def test_the_exported_top_blocks_get_bias_correction_like_the_rest(imagenet_weights, tmp_path):
+    """TFLiteExport builds the whole network from head.h5: every conv/BatchNorm pair of
+    the top blocks is then corrected for the int8 weight shift, as with N = 0. The top
+    model still in memory after training is not equivalent: build_split called its
+    blocks' layers a second time, and bias correction leaves shared layers out (why
+    benchmarks/fine_tune.py converts through head.h5 too)."""
+    from components import fine_tune, trainer
+    from components.tflite import bias_correction
+
+    def corrected(pixel_model):
+        return {bn.name for _, _, bn in bias_correction.conv_bn_pairs(pixel_model)}
+    top = fine_tune.build_top("mobilenet_v1", "imagenet", 2, 3)
+    trainer.save_head(str(tmp_path), top, "mobilenet_v1", "imagenet", ["a", "b", "c"], trainable_blocks=2)
+    loaded, _ = trainer.load_head(str(tmp_path))
+    head_only = corrected(trainer.build_pixel_model("mobilenet_v1", "imagenet", trainer.build_head(1024, 3, 1e-3)))
+    assert corrected(trainer.build_pixel_model("mobilenet_v1", "imagenet", loaded, 2)) == head_only
+    in_memory = corrected(trainer.build_pixel_model("mobilenet_v1", "imagenet", top, 2))
+    assert head_only - in_memory == {"conv_dw_12_bn", "conv_pw_12_bn", "conv_dw_13_bn", "conv_pw_13_bn"}
