@@ -31,7 +31,6 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from components import audit_math, contracts, image_example_gen, pixel_signature
 
 READ_BATCH = 1024
-SIGNATURE_THREADS = min(4, os.cpu_count() or 1)
 
 
 class DataAuditReport(Artifact):
@@ -93,7 +92,7 @@ def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
     if not unsigned:
         return found  # the image bytes are not even parsed
     batch: List[Tuple[bytes, bytes]] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=SIGNATURE_THREADS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=image_example_gen.decode_threads()) as pool:
         def flush():
             for (sha, _), sig in zip(batch, pool.map(pixel_signature.signature, [b[1] for b in batch])):
                 found[sha.decode()] = ImageInfo(unsigned[sha], sig)

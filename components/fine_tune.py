@@ -135,24 +135,16 @@ def build_top(backbone: str, weights: str, trainable_blocks: int, num_classes: i
     _, upper = backbone_model.build_split(backbone, trainable_blocks, weights)
     inputs = tf_keras.Input([activation_dim(backbone, trainable_blocks)], name=FEATURES_KEY)
     shaped = tf_keras.layers.Reshape(upper.input_shape[1:], name="cut_shape")(inputs)
-    if recipe.tune != "all":
-        for layer in _layers(upper):
-            kind = type(layer).__name__
-            if kind == "Conv2D" or (kind == "DepthwiseConv2D" and recipe.tune == "bn"):
-                layer.trainable = False
+    frozen = {"all": (), "bn_dw": (tf_keras.layers.Conv2D,),
+              "bn": (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D)}[recipe.tune]
+    for layer in upper.submodules:
+        if isinstance(layer, frozen):
+            layer.trainable = False
     pooled = upper(shaped) if recipe.batchnorm_training else upper(shaped, training=False)
     if recipe.dropout:
         pooled = tf_keras.layers.Dropout(recipe.dropout, name="head_dropout")(pooled)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(pooled)
     return tf_keras.Model(inputs, outputs, name="head")
-
-
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, tf_keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
 
 
 def frozen_top_features(top: tf_keras.Model, x: np.ndarray) -> np.ndarray:

@@ -56,7 +56,8 @@ DECODE_BATCH, MAX_DECODE_THREADS = 16, 4
 
 
 def decode_threads() -> int:
-    """Threads for pass 2: one per core (this process's), at most MAX_DECODE_THREADS."""
+    """Threads for decoding images (pass 2, DataAudit's signatures of older Examples):
+    one per core this process may use, at most MAX_DECODE_THREADS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(MAX_DECODE_THREADS, cores))
 
