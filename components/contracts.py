@@ -39,6 +39,7 @@ SERVING_MODEL_DIR = "Format-Serving"   # TFX's SavedModel folder in a Model arti
 LABELS_FILE = "labels.txt"             # label vocabulary, one per line, index = line
 LABEL_SPACE_FILE = "label_space.json"  # a Model's classes and class shares (LabelGuard)
 INGESTION_REPORT_FILE = "ingestion_report.jsonl"  # every file, used or skipped, and why
+INGEST_CHECKS_FILE = "image_checks.jsonl.gz"  # what the next ingestion need not decode again
 # ImageExampleGen's examples per split: file <prefix>_<split>.txt beside the
 # splits and the Examples artifact's custom property <prefix>_<split>.
 SPLIT_COUNT_PREFIX = "split_count"

@@ -28,7 +28,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import audit_math, contracts, image_example_gen, pixel_signature
+from components import audit_math, contracts, image_example_gen, ingest_passes, pixel_signature
 
 READ_BATCH = 1024
 
@@ -92,7 +92,7 @@ def read_images(examples_uri: str, splits: List[str]) -> Dict[str, ImageInfo]:
     if not unsigned:
         return found  # the image bytes are not even parsed
     batch: List[Tuple[bytes, bytes]] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=image_example_gen.decode_threads()) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=ingest_passes.decode_threads()) as pool:
         def flush():
             for (sha, _), sig in zip(batch, pool.map(pixel_signature.signature, [b[1] for b in batch])):
                 found[sha.decode()] = ImageInfo(unsigned[sha], sig)

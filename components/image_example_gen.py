@@ -26,8 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -42,30 +41,22 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
-from components import contracts, image_decode, image_io, pixel_signature, progress_counts, record_sink
+from components import contracts, image_io, ingest_checks, ingest_passes, progress_counts, record_sink
+from components.ingest_passes import CHECKS_TAG, DECODED, METRICS_NAMESPACE, PROGRESS_STAGE, REPORT_TAG, REUSED
 from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
 from components.settings import IngestSettings
 
 INGEST_CONFIG_KEY = "ingest_config"
-PROGRESS_STAGE = "ImageExampleGen"  # the live bar's name for this step (components.progress_counts)
+CHECKS_LOCATION_KEY = "checks_location"  # where runs record their checks (ingest_checks.location; "": none kept)
 _URI_KEY = "_examples_uri"
 _TEMP_DIR = ".writing"  # in the Examples folder, beside the splits, until committed
-# Pass 2 checks batches of DECODE_BATCH files on decode_threads() threads: one decoded
-# image per thread in memory at once, and a batch's records until they are written.
-DECODE_BATCH, MAX_DECODE_THREADS = 16, 4
-
-
-def decode_threads() -> int:
-    """Threads for decoding images (pass 2, DataAudit's signatures of older Examples):
-    one per core this process may use, at most MAX_DECODE_THREADS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_DECODE_THREADS, cores))
 
 
 class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
         INGEST_CONFIG_KEY: ExecutionParameter(type=str),  # IngestSettings.to_json()
+        CHECKS_LOCATION_KEY: ExecutionParameter(type=str, optional=True),  # components/ingest_checks.py
     }
 
 
@@ -95,138 +86,6 @@ def _example(record: Dict[str, Any]) -> tf.train.Example:
     }))
 
 
-class _CountingFn(beam.DoFn):
-    """A DoFn that adds to the live bar's count of files read (``self._progress``)."""
-
-    def setup(self):
-        self._progress = progress_counts.Counter(PROGRESS_STAGE)
-
-    def finish_bundle(self):
-        self._progress.close()
-
-
-class _HashFn(_CountingFn):
-    """Pass 1. Candidate -> (sha, (relpath, label, path)), or a report row when
-    unreadable. Only the hash travels on: the bytes are read again in pass 2."""
-
-    def __init__(self, settings: IngestSettings):
-        self._max_file_bytes = settings.max_file_bytes
-        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
-
-    def process(self, cand: image_io.Candidate):
-        try:
-            raw = image_io.read_bytes(cand.path, self._max_file_bytes)
-        except image_io.ImageRejected as e:
-            yield from self._reject(cand, str(e))
-            return
-        except Exception as e:  # permissions, vanished file, remote error
-            yield from self._reject(cand, f"unreadable file: {e}")
-            return
-        yield image_io.content_hash(raw), (cand.relpath, cand.label, cand.path)
-
-    def _reject(self, cand, reason):
-        self._rejected.inc()
-        self._progress.add()
-        yield beam.pvalue.TaggedOutput("report", _row(cand.relpath, cand.label, reason))
-
-
-class _ResolveFn(_CountingFn):
-    """One content hash, all files with it -> (sha, kept file, its duplicates) or, for
-    a label conflict, its report rows. Hashes and paths only: no image bytes."""
-
-    def __init__(self, exclude_conflicts: bool):
-        self._exclude_conflicts = exclude_conflicts
-
-    def process(self, item):
-        sha, files = item
-        files = sorted(files)
-        labels = sorted({label for _, label, _ in files})
-        if len(labels) > 1 and self._exclude_conflicts:
-            self._progress.add(len(files))  # pass 2 counts the files it decides on
-            paths = ", ".join(relpath for relpath, _, _ in files)
-            for relpath, label, _ in files:
-                yield beam.pvalue.TaggedOutput("report", _row(
-                    relpath, label, f"label conflict: identical content filed under labels {labels} ({paths})"))
-            return
-        yield sha, files[0], [(relpath, label) for relpath, label, _ in files[1:]]
-
-
-class _DecodeFn(_CountingFn):
-    """Pass 2. Batches of (sha, kept file, duplicates) -> the records to write, and the
-    report rows of each file and its duplicates, in order. The bytes are read again and
-    must still hash to ``sha``; an image is decoded and checked here, once per content.
-
-    The files of a batch are checked on ``threads`` threads (default: decode_threads()
-    of the machine the DoFn runs on): reading, hashing and Pillow's and TensorFlow's
-    decoders release the GIL, and Beam's in-memory runner otherwise runs this step on
-    one core (a photo takes some 50 ms). Beam's metrics and the live count are updated
-    from the DoFn's own thread (a metric updated from another thread is lost)."""
-
-    def __init__(self, label_index: Dict[str, int], settings: IngestSettings, threads: Optional[int] = None):
-        self._label_index = label_index
-        self._max_pixels = settings.max_pixels
-        self._max_file_bytes = settings.max_file_bytes
-        self._min_side = settings.min_image_side
-        self._threads = threads  # None: decode_threads() where the DoFn runs
-        self._decoded = beam.metrics.Metrics.counter("image_example_gen", "decoded")
-        self._rejected = beam.metrics.Metrics.counter("image_example_gen", "rejected")
-
-    def setup(self):
-        super().setup()
-        threads = self._threads or decode_threads()
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
-
-    def teardown(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def process(self, groups):
-        results = self._pool.map(self._check, groups) if self._pool else map(self._check, groups)
-        for group, outputs in zip(groups, results):
-            self._progress.add(1 + len(group[2]))
-            if isinstance(outputs[0], dict):
-                self._decoded.inc()
-            else:  # rejected: the kept file and each duplicate
-                self._rejected.inc(len(outputs))
-            yield from outputs
-
-    def _check(self, group) -> List[Any]:
-        """One kept file's outputs: its record and report row, or the rejection rows."""
-        sha, (relpath, label, path), duplicates = group
-        try:
-            raw = image_io.read_bytes(path, self._max_file_bytes)
-            if image_io.content_hash(raw) != sha:
-                raise image_io.ImageRejected("the file changed while it was being ingested")
-            img = image_io.decode(raw, self._max_pixels, min_side=self._min_side)
-        except image_io.ImageRejected as e:
-            return self._reject(relpath, label, duplicates, str(e))
-        except Exception as e:  # permissions, vanished file, remote error
-            return self._reject(relpath, label, duplicates, f"unreadable file: {e}")
-        if not img.reencoded and not image_decode.decodes(img.data):
-            # Pillow read it but TF's decoder would fail in Transform: hand TF a PNG.
-            img = image_io.decode(raw, self._max_pixels, keep_original=False, min_side=self._min_side)
-        return [{
-            "image": img.data, "label": self._label_index[label], "label_name": label,
-            "relpath": relpath, "height": img.height, "width": img.width, "sha256": sha,
-            # DataAudit's thumbnail, from the pixels just decoded: it need not decode again.
-            "signature": pixel_signature.to_feature(pixel_signature.of_decoded(img)),
-        }, beam.pvalue.TaggedOutput("report", _row(relpath, label, None))] + [
-            beam.pvalue.TaggedOutput("report", _row(dup_path, dup_label, f"duplicate of {relpath} (identical content)"))
-            for dup_path, dup_label in duplicates]
-
-    @staticmethod
-    def _reject(relpath, label, duplicates, reason) -> List[Any]:
-        """The same content, the same verdict: the kept file and each duplicate."""
-        return [beam.pvalue.TaggedOutput("report", _row(path, lab, reason))
-                for path, lab in [(relpath, label), *duplicates]]
-
-
-def _row(relpath: str, label: Optional[str], reason: Optional[str]) -> str:
-    status = "skipped" if reason else "used"
-    return json.dumps({"path": relpath, "label": label, "status": status, "reason": reason},
-                      ensure_ascii=False, sort_keys=True)
-
-
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
@@ -246,9 +105,9 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     for item in image_io.find_images(settings.source, settings.extensions,
                                      settings.follow_external_symlinks):
         if isinstance(item, image_io.Skipped):
-            listing_skips.append(_row(item.relpath, item.label, item.reason))
+            listing_skips.append(ingest_passes.row(item.relpath, item.label, item.reason))
         elif item.label not in label_index:
-            listing_skips.append(_row(item.relpath, item.label,
+            listing_skips.append(ingest_passes.row(item.relpath, item.label,
                                       f"class '{item.label}' is not in the pipeline's label vocabulary"))
         else:
             candidates.append(item)
@@ -257,22 +116,33 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     hashed = (pipeline
               | "ListImages" >> beam.Create(candidates)
               | "Spread" >> beam.Reshuffle()
-              | "Hash" >> beam.ParDo(_HashFn(settings)).with_outputs("report", main="ok"))
+              | "Hash" >> beam.ParDo(ingest_passes.HashFn(settings)).with_outputs(REPORT_TAG, main="ok"))
     resolved = (hashed.ok
                 | "GroupByContent" >> beam.GroupByKey()
-                | "ResolveDuplicates" >> beam.ParDo(_ResolveFn(settings.exclude_label_conflicts))
-                .with_outputs("report", main="kept"))
+                | "ResolveDuplicates" >> beam.ParDo(ingest_passes.ResolveFn(settings.exclude_label_conflicts))
+                .with_outputs(REPORT_TAG, main="kept"))
+    where = exec_properties.get(CHECKS_LOCATION_KEY) or ""
+    checks = (where, checks_key(settings)) if where else None
     decoded = (resolved.kept
-               | "Batch" >> beam.BatchElements(min_batch_size=DECODE_BATCH, max_batch_size=DECODE_BATCH)
-               | "Decode" >> beam.ParDo(_DecodeFn(label_index, settings))
-               .with_outputs("report", main="ok"))
+               | "Batch" >> beam.BatchElements(min_batch_size=ingest_passes.DECODE_BATCH, max_batch_size=ingest_passes.DECODE_BATCH)
+               | "Decode" >> beam.ParDo(ingest_passes.DecodeFn(label_index, settings, checks=checks))
+               .with_outputs(REPORT_TAG, CHECKS_TAG, main="ok"))
 
     report_uri = exec_properties[_URI_KEY]
+    (decoded[CHECKS_TAG]
+     | "WriteChecks" >> beam.io.WriteToText(
+         os.path.join(report_uri, contracts.INGEST_CHECKS_FILE), shard_name_template="", num_shards=1,
+         compression_type=beam.io.filesystem.CompressionTypes.GZIP))
     ((hashed.report, resolved.report, decoded.report, pipeline | "ListingSkips" >> beam.Create(listing_skips))
      | "MergeReport" >> beam.Flatten()
      | "WriteReport" >> beam.io.WriteToText(
          os.path.join(report_uri, INGESTION_REPORT_FILE), shard_name_template="", num_shards=1))
     return decoded.ok | "ToExample" >> beam.Map(_example)
+
+
+def checks_key(settings: IngestSettings) -> str:
+    """The key of the checks this ingestion writes and may reuse (ingest_checks.key)."""
+    return ingest_checks.key(settings.max_pixels, settings.min_image_side)
 
 
 def _serialized(split: str, example: tf.train.Example) -> List[Tuple[str, bytes]]:
@@ -312,10 +182,22 @@ class Executor(BaseExampleGenExecutor):
                                                   write_split.DEFAULT_FILE_NAME), ".gz", record_sink.GZIP_STORED)
             for name in split_names})
         sink.clear()
-        with self._make_beam_pipeline() as pipeline:
-            sink.commit_after([split | f"Write[{name}]" >> beam.ParDo(sink.writer(functools.partial(_serialized, name)))
-                               for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items()])
+        pipeline = self._make_beam_pipeline()
+        sink.commit_after([split | f"Write[{name}]" >> beam.ParDo(sink.writer(functools.partial(_serialized, name)))
+                           for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items()])
+        result = pipeline.run()
+        result.wait_until_finish()
         sink.finish()
+        counts = {DECODED: 0, REUSED: 0}  # one result per step using a counter: add them up
+        for m in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+            if m.key.metric.name in counts:
+                counts[m.key.metric.name] += int(m.committed)
+        for name, n in counts.items():  # images decoded and checked, images whose checks were reused
+            examples.set_int_custom_property(f"images_{name}", n)
+        where = exec_properties.get(CHECKS_LOCATION_KEY) or ""
+        if where:
+            ingest_checks.record(where, examples.uri, checks_key(IngestSettings.from_json(
+                exec_properties[INGEST_CONFIG_KEY])), counts[DECODED])
         examples_utils.set_payload_format(examples, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
         examples_utils.set_file_format(examples, write_split.to_file_format_str(
             exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
@@ -372,7 +254,10 @@ class ImageExampleGen(FileBasedExampleGen):
                  extensions: Iterable[str] = image_io.DEFAULT_EXTENSIONS,
                  max_file_bytes: int = image_io.DEFAULT_MAX_FILE_BYTES,
                  min_image_side: int = image_io.DEFAULT_MIN_IMAGE_SIDE,
-                 follow_external_symlinks: bool = False):
+                 follow_external_symlinks: bool = False, checks_location: str = ""):
+        """``checks_location``: where runs record their ingestion checks, so that the next
+        one need not decode again what they accepted (components/ingest_checks.py);
+        empty: every image is decoded."""
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 classes, got {list(label_names)}")
         ingest = IngestSettings(
@@ -396,5 +281,6 @@ class ImageExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             ingest_config=ingest.to_json(),
+            checks_location=checks_location or None,
             examples=types.Channel(type=standard_artifacts.Examples))
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -66,13 +66,17 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental import simple_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.contracts import SERVING_MODEL_DIR
+from components.contracts import INGEST_CHECKS_FILE, SERVING_MODEL_DIR
 from components.contracts import join as _join
 
 REGISTRY_DIR = "_registry"
 BLESSED_MODEL = "blessed_model"
 FEATURE_CACHE = "feature_cache"
-KINDS = (BLESSED_MODEL, FEATURE_CACHE)
+KINDS = (BLESSED_MODEL, FEATURE_CACHE)  # what the lookup steps look up
+# ImageExampleGen's checks, recorded (in every mode) and read by it alone, under their own
+# location rather than this registry (components/ingest_checks.py): no lookup step passes them on.
+INGEST_CHECKS = "ingest_checks"
+RECORDED_KINDS = KINDS + (INGEST_CHECKS,)
 POINTER_FILE = "pointer.json"
 LOOKUP_FILE = "lookup.json"
 FOUND = "found"  # a lookup output's custom property: 1, or 0 for "nothing found"
@@ -96,8 +100,8 @@ def record(registry: str, kind: str, entry: Dict[str, Any]) -> str:
     names, so they never see half a record (on object stores, where rename is a
     copy, the final object still appears whole: object writes are atomic).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown registry kind {kind!r} (known: {', '.join(KINDS)})")
+    if kind not in RECORDED_KINDS:
+        raise ValueError(f"unknown registry kind {kind!r} (known: {', '.join(RECORDED_KINDS)})")
     folder = _join(registry, kind)
     tf.io.gfile.makedirs(folder)
     now = time.time()
@@ -157,6 +161,9 @@ def _target_problem(kind: str, entry: Dict[str, Any]) -> Optional[str]:
     if kind == BLESSED_MODEL:
         if not tf.io.gfile.exists(_join(uri, SERVING_MODEL_DIR, "saved_model.pb")):
             return f"no SavedModel under {uri}/{SERVING_MODEL_DIR}"
+    elif kind == INGEST_CHECKS:
+        if not tf.io.gfile.exists(_join(uri, INGEST_CHECKS_FILE)):
+            return f"no {INGEST_CHECKS_FILE} under {uri}"
     elif not tf.io.gfile.glob(_join(uri, "*")):
         return f"{uri} is empty or gone"
     return None

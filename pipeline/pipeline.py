@@ -9,7 +9,7 @@ from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Trainer, 
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import trainer_pb2
 
-from components import evaluation
+from components import evaluation, ingest_checks
 from components.bottleneck_gen import BottleneckGen
 from components.data_audit import DataAudit
 from components.evaluator import Evaluator
@@ -34,7 +34,8 @@ def create_components(config: PipelineConfig) -> list:
         eval_percent=config.eval_percent, max_pixels=config.max_pixels,
         extensions=config.extensions, exclude_label_conflicts=config.exclude_label_conflicts,
         max_file_bytes=config.max_file_bytes, min_image_side=config.min_image_side,
-        follow_external_symlinks=config.follow_external_symlinks)
+        follow_external_symlinks=config.follow_external_symlinks,
+        checks_location=ingest_checks.location(config.pipeline_root, config.pipeline_name))
     # On open-source Kubeflow the rest runs only when ChangeCheck finds new
     # inputs (kubeflow/change_gate.py); elsewhere the gate adds nothing.
     with change_gate.gate(config, example_gen) as gate:

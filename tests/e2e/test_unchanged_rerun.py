@@ -101,15 +101,16 @@ def test_same_input_rerun_pushes_nothing_and_says_why(reruns, capsys):
     assert not unchanged.check(config, *unchanged.fingerprint(config)).unchanged
 
 
-def _bottleneck_gen_runs(workdir):
-    """BottleneckGen's bottlenecks artifacts, oldest first (MLMD, read directly)."""
+def _artifacts_with(workdir, marked_by):
+    """The artifacts with custom property ``marked_by``, oldest first (MLMD, read directly):
+    "computed" marks BottleneckGen's bottlenecks, "images_reused_checks" ImageExampleGen's Examples."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = str(workdir / "metadata.sqlite")
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     found = [a for a in metadata_store.MetadataStore(config).get_artifacts()
-             if "computed" in a.custom_properties]
+             if marked_by in a.custom_properties]
     return sorted(found, key=lambda a: a.id)
 
 
@@ -137,12 +138,18 @@ def test_other_backbone_with_two_workers_recomputes_every_feature_and_runs_whole
         "--max-accuracy-drop", "1"])  # whatever 2 epochs score: blessed, so pushed
     out, err = capsys.readouterr()
     # The MobileNet run's cache was there and was not used: all 20 computed anew.
-    runs = _bottleneck_gen_runs(reruns["workdir"])
+    runs = _artifacts_with(reruns["workdir"], "computed")
     counts = [{k: a.custom_properties[k].int_value for k in ("computed", "cache_hits", "reused_cache")}
               for a in runs]
     assert len(runs) == 2 and counts[0] == {"computed": 20, "cache_hits": 0, "reused_cache": 0}
     assert counts[1] == {"computed": 20, "cache_hits": 0, "reused_cache": 0}, counts
     assert code == 0, err[-2000:]
+    # Ingestion took the first run's checks (ingest_checks.py) for the 19 images it had
+    # accepted and decoded only the one the test above appended a byte to.
+    ingested = [{k: a.custom_properties[k].int_value for k in ("images_decoded", "images_reused_checks")}
+                for a in _artifacts_with(reruns["workdir"], "images_reused_checks")]
+    assert ingested == [{"images_decoded": 20, "images_reused_checks": 0},
+                        {"images_decoded": 1, "images_reused_checks": 19}], ingested
     lite = json.loads(out.strip().splitlines()[-1])
     assert not lite.get("unchanged") and lite["pushed_version"] == 2, lite
     assert lite["label_names"] == ["banners", "meals"] and sum(lite["examples"].values()) == 20

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components import image_example_gen, image_io, pixel_signature, progress_counts
+from components import image_example_gen, image_io, ingest_passes, pixel_signature, progress_counts
 from components.image_example_gen import ImageExampleGen
 from conftest import png_bytes, read_examples, run_example_gen
 
@@ -151,19 +151,19 @@ def test_ingest_config_is_written_as_before():
 
 
 def _pass_two(*groups, threads=1):
-    """ImageExampleGen's pass 2 (_DecodeFn) on one batch of groups: (records, report rows)."""
+    """ImageExampleGen's pass 2 (ingest_passes.DecodeFn) on one batch of groups: (records, report rows)."""
     from apache_beam.pvalue import TaggedOutput
     from components.settings import IngestSettings
     settings = IngestSettings(source="/unused", label_names=("ant", "bee"), max_pixels=image_io.DEFAULT_MAX_PIXELS,
                               extensions=tuple(image_io.DEFAULT_EXTENSIONS), exclude_label_conflicts=True,
                               max_file_bytes=image_io.DEFAULT_MAX_FILE_BYTES,
                               min_image_side=image_io.DEFAULT_MIN_IMAGE_SIDE, follow_external_symlinks=False)
-    fn = image_example_gen._DecodeFn({"ant": 0, "bee": 1}, settings, threads)
+    fn = ingest_passes.DecodeFn({"ant": 0, "bee": 1}, settings, threads)
     fn.setup()
     out = list(fn.process(list(groups)))
     fn.finish_bundle()
     fn.teardown()
-    rows = [json.loads(o.value) for o in out if isinstance(o, TaggedOutput)]
+    rows = [json.loads(o.value) for o in out if isinstance(o, TaggedOutput) and o.tag == ingest_passes.REPORT_TAG]
     return [o for o in out if not isinstance(o, TaggedOutput)], rows
 
 
