@@ -16,11 +16,36 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     """One encoded image (JPEG/PNG/GIF/BMP) -> float32 [H, W, 3] RGB in 0..255.
 
     GIFs give their first frame. Transparency is composited on white, the same
-    rule image_io applies to the files it re-encodes.
+    rule image_io applies to the files it re-encodes. JPEGs and GIFs have no alpha:
+    they skip the compositing, whose result on an opaque image is its pixels
+    exactly (x * 1 + 255 * 0); on a 2.5-megapixel JPEG it cost 70 of decode_rgb's
+    86 ms (the RGBA copy and float passes over it).
     """
-    rgba = tf.cast(decode_rgba(image_bytes), tf.float32)
-    alpha = rgba[..., 3:] / 255.0
-    return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    def composited():
+        rgba = tf.cast(_decode_any_rgba(image_bytes), tf.float32)
+        alpha = rgba[..., 3:] / 255.0
+        return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+
+    magic = tf.strings.substr(image_bytes, 0, 3)
+    rgb = tf.cond(tf.equal(magic, b"GIF"), lambda: tf.cast(_decode_gif(image_bytes), tf.float32),
+                  lambda: tf.cond(tf.equal(magic, _JPEG_MAGIC),
+                                  lambda: tf.cast(_decode_jpeg(image_bytes), tf.float32), composited))
+    return tf.ensure_shape(rgb, [None, None, 3])
+
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _decode_jpeg(image_bytes):
+    return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+
+
+def _decode_gif(image_bytes):
+    return tf.io.decode_gif(image_bytes)[0]
+
+
+def _decode_any_rgba(image_bytes):
+    return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
 
 
 def decode_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -31,16 +56,12 @@ def decode_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
     def opaque(rgb):
         return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
 
-    def other():
-        return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
-
     # GIF and JPEG decoders refuse channels=4 ("JPEG does not support 4 channels"):
     # they have no alpha, so they are decoded as RGB and made opaque.
     magic = tf.strings.substr(image_bytes, 0, 3)
-    rgba = tf.cond(tf.equal(magic, b"GIF"), lambda: opaque(tf.io.decode_gif(image_bytes)[0]),
-                   lambda: tf.cond(tf.equal(magic, b"\xff\xd8\xff"), lambda: opaque(
-                       tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")),
-                       other))
+    rgba = tf.cond(tf.equal(magic, b"GIF"), lambda: opaque(_decode_gif(image_bytes)),
+                   lambda: tf.cond(tf.equal(magic, _JPEG_MAGIC), lambda: opaque(_decode_jpeg(image_bytes)),
+                                   lambda: _decode_any_rgba(image_bytes)))
     return tf.ensure_shape(rgba, [None, None, 4])
 
 

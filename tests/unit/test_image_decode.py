@@ -74,3 +74,19 @@ def test_decoding_needs_no_analysis_pass_in_transform():
         return {"x": image_decode.decode_and_resize(inputs["image"], 8)}
     spec = {"image": tf.TensorSpec([None], tf.string)}
     assert tft.get_analyze_input_columns(preprocessing_fn, spec) == []
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("L", "JPEG"), ("P", "GIF"), ("RGB", "GIF"),
+                                      ("RGBA", "PNG"), ("LA", "PNG"), ("RGB", "PNG"), ("RGB", "BMP")])
+def test_every_format_gives_its_rgba_composited_on_white_exactly(mode, fmt):
+    """JPEGs and GIFs skip the compositing (they have no alpha; 70 of 86 ms on a photo):
+    the result must still be, bit for bit, decode_rgba's pixels composited on white."""
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA")
+    data = _encode(rgba.convert(mode), fmt)
+    pixels = tf.cast(image_decode.decode_rgba(tf.constant(data)), tf.float32)
+    alpha = pixels[..., 3:] / 255.0
+    composited = (pixels[..., :3] * alpha + 255.0 * (1.0 - alpha)).numpy()
+    ours = image_decode.decode_rgb(tf.constant(data)).numpy()
+    assert ours.dtype == np.float32 and ours.shape == (30, 40, 3)
+    np.testing.assert_array_equal(ours, composited)
