@@ -16,8 +16,10 @@ are kept once; under different labels they are a conflict and left out.
 
 Next to the splits, in the Examples artifact's folder, the executor writes
 ``labels.txt`` (the vocabulary, one per line, index = line number) and
-``ingestion_report.jsonl`` (every file: used or skipped, with a reason), and
-records ``label_names``, ``skipped_files`` and per-split counts as custom
+``ingestion_report.jsonl`` (every file: used or skipped, with a reason) and
+``image_checks.jsonl.gz`` (what the next run need not decode again:
+components/ingest_checks.py), and records ``label_names``, ``skipped_files``,
+per-split counts and ``images_decoded`` / ``images_reused_checks`` as custom
 properties, so every later step and the TFLite labels agree.
 """
 
