@@ -9,7 +9,7 @@ the header and decodes it (image_io.decode), then TF's own decoders must read it
 5 KB images, where none of this shows; photos of a few megapixels make it the
 cost of a rerun. Builds a JPEG and a PNG of `side` x 2/3 `side` pixels from
 scikit-learn's offline sample photo (load_sample_image), then times, per image:
-Pillow's check, the TF check ImageExampleGen runs (`image_decode.decode_rgba`:
+Pillow's check, the TF check ImageExampleGen runs (`image_decode.decodes`:
 the decoders alone) and the full float `decode_rgb` it ran before.
 """
 

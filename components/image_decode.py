@@ -21,48 +21,37 @@ def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     exactly (x * 1 + 255 * 0); on a 2.5-megapixel JPEG it cost 70 of decode_rgb's
     86 ms (the RGBA copy and float passes over it).
     """
-    def composited():
-        rgba = tf.cast(_decode_any_rgba(image_bytes), tf.float32)
+    def composited(rgba):
+        rgba = tf.cast(rgba, tf.float32)
         alpha = rgba[..., 3:] / 255.0
         return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
 
-    magic = tf.strings.substr(image_bytes, 0, 3)
-    rgb = tf.cond(tf.equal(magic, b"GIF"), lambda: tf.cast(_decode_gif(image_bytes), tf.float32),
-                  lambda: tf.cond(tf.equal(magic, _JPEG_MAGIC),
-                                  lambda: tf.cast(_decode_jpeg(image_bytes), tf.float32), composited))
-    return tf.ensure_shape(rgb, [None, None, 3])
+    def rgb(pixels):
+        return tf.cast(pixels, tf.float32)
+    return tf.ensure_shape(_by_format(image_bytes, rgb, rgb, composited), [None, None, 3])
+
+
+def decode_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
+    """decode_rgb's decoders: one encoded image -> uint8 [H, W, 4] RGBA (opaque where
+    the format has no alpha); decode_rgb is these pixels composited on white."""
+    def opaque(rgb):
+        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
+    return tf.ensure_shape(_by_format(image_bytes, opaque, opaque, tf.identity), [None, None, 4])
 
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def _decode_jpeg(image_bytes):
-    return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
-
-
-def _decode_gif(image_bytes):
-    return tf.io.decode_gif(image_bytes)[0]
-
-
-def _decode_any_rgba(image_bytes):
-    return tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8)
-
-
-def decode_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The decoders decode_rgb runs: one encoded image -> uint8 [H, W, 4] RGBA (opaque
-    where the format has no alpha). Alone, it checks that those decoders read the
-    bytes (ImageExampleGen) without decode_rgb's float compositing: 4x its cost on a
-    2.5-megapixel JPEG."""
-    def opaque(rgb):
-        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], -1)
-
-    # GIF and JPEG decoders refuse channels=4 ("JPEG does not support 4 channels"):
-    # they have no alpha, so they are decoded as RGB and made opaque.
+def _by_format(image_bytes, gif, jpeg, other):
+    """``gif``, ``jpeg`` or ``other`` applied to what that format's decoder gives:
+    GIF's first frame and JPEG as uint8 RGB (their decoders refuse channels=4: "JPEG
+    does not support 4 channels"; they have no alpha), any other format as RGBA."""
     magic = tf.strings.substr(image_bytes, 0, 3)
-    rgba = tf.cond(tf.equal(magic, b"GIF"), lambda: opaque(_decode_gif(image_bytes)),
-                   lambda: tf.cond(tf.equal(magic, _JPEG_MAGIC), lambda: opaque(_decode_jpeg(image_bytes)),
-                                   lambda: _decode_any_rgba(image_bytes)))
-    return tf.ensure_shape(rgba, [None, None, 4])
+    return tf.cond(
+        tf.equal(magic, b"GIF"), lambda: gif(tf.io.decode_gif(image_bytes)[0]),
+        lambda: tf.cond(tf.equal(magic, _JPEG_MAGIC), lambda: jpeg(
+            tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")),
+            lambda: other(tf.io.decode_image(image_bytes, channels=4, expand_animations=False, dtype=tf.uint8))))
 
 
 def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
@@ -96,13 +85,15 @@ def decode_batch(image_bytes, size: int) -> tf.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _decodes_graph():
-    return tf.function(lambda b: tf.shape(decode_rgba(b)), autograph=False,
+    # The decoders alone: decode_rgba's opaque copy of a JPEG cost 17 of its 35 ms on a
+    # 2.5-megapixel photo, for nothing a check needs.
+    return tf.function(lambda b: _by_format(b, tf.shape, tf.shape, tf.shape), autograph=False,
                        input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def decodes(image_bytes: bytes) -> bool:
-    """Whether decode_rgb's decoders read these bytes: decode_rgba for eager callers
-    (ImageExampleGen), one traced graph reused (eagerly its ops cost twice as much)."""
+    """Whether decode_rgb's decoders read these bytes (ImageExampleGen's check): the
+    decoders alone, in one traced graph reused (eagerly its ops cost twice as much)."""
     try:
         _decodes_graph()(tf.constant(image_bytes))
         return True

@@ -90,3 +90,18 @@ def test_every_format_gives_its_rgba_composited_on_white_exactly(mode, fmt):
     ours = image_decode.decode_rgb(tf.constant(data)).numpy()
     assert ours.dtype == np.float32 and ours.shape == (30, 40, 3)
     np.testing.assert_array_equal(ours, composited)
+
+
+def test_the_check_refuses_what_the_decoders_refuse():
+    """decodes() runs the decoders alone (no RGBA copy): the same verdicts as decoding."""
+    rgb = _smooth("RGB")
+    good = [_encode(rgb, "JPEG"), _encode(rgb, "PNG"), _encode(rgb.convert("P"), "GIF"), _encode(rgb, "BMP")]
+    bad = [good[0][: len(good[0]) // 2], b"\xff\xd8\xff" + b"\0" * 64, b"GIF89a" + b"\0" * 16,
+           b"\x89PNG\r\n\x1a\n" + b"x" * 40, b"not an image"]
+    for data in good:
+        assert image_decode.decodes(data)
+        assert image_decode.decode_rgb(tf.constant(data)).shape == (30, 40, 3)
+    for data in bad:
+        assert not image_decode.decodes(data), data[:12]
+        with pytest.raises(tf.errors.OpError):
+            image_decode.decode_rgb(tf.constant(data))
