@@ -42,7 +42,7 @@ from components import contracts, pixel_signature
 FORMAT = 1
 CACHE_DIR = "_cache"  # under the pipeline root, beside the lookups' _registry
 # The modules whose code decides a verdict: an edit to any of them invalidates every check.
-_VERDICT_MODULES = ("image_io.py", "image_decode.py", "pixel_signature.py", "image_example_gen.py",
+_VERDICT_MODULES = ("image_io.py", "image_decode.py", "pixel_signature.py", "ingest_passes.py",
                     "ingest_checks.py")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
