@@ -46,6 +46,7 @@ SPLIT_COUNT_PREFIX = "split_count"
 HEAD_DIR = "head"                      # in a Model artifact: the Trainer's head alone
 HEAD_FILE = "head.h5"                  # under HEAD_DIR: the Keras head
 HEAD_INFO_FILE = "head.json"           # under HEAD_DIR: what the head was trained on
+TRAIN_ROWS_FILE = "train_rows.sha256"  # under HEAD_DIR: sorted digests of the train rows (continuation.py)
 PARITY_FILE = "parity.json"            # TFLite variants' agreement with the SavedModel
 METRICS_FILE = "metrics.json"          # a pushed version's evaluation and gate
 COMPLETE_MARKER = "_SUCCESS"           # written last into a pushed version

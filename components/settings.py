@@ -188,14 +188,18 @@ class TrainerSettings(_FineTuneFields, Settings):
     class_weights: str = CLASS_WEIGHTS[0]  # "balanced": loss weighted by total / (C x class count)
     trainable_blocks: int = 0  # > 0: the backbone's top N blocks train with the head (fine_tune.py)
     activation_dtype: str = ACTIVATION_DTYPES[0]  # of the cached cut activation (N > 0)
+    # N > 0: start from the ImageNet weights even when the served model could be
+    # continued (components/continuation.py).
+    cold_start: bool = False
 
     # Written only when not the default: the Trainer's cache key stays as before.
-    ADDED_LATER = {"class_weights": CLASS_WEIGHTS[0], **_FineTuneFields.ADDED_LATER}
+    ADDED_LATER = {"class_weights": CLASS_WEIGHTS[0], "cold_start": False, **_FineTuneFields.ADDED_LATER}
 
     def to_config(self) -> Dict[str, Any]:
         config = super().to_config()
-        if self.class_weights == CLASS_WEIGHTS[0]:
-            del config["class_weights"]
+        for key in ("class_weights", "cold_start"):
+            if config[key] == self.ADDED_LATER[key]:
+                del config[key]
         return self._drop_fine_tune_defaults(config)
 
     def __post_init__(self):

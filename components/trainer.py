@@ -28,7 +28,6 @@ Exports, under the Model artifact:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -42,17 +41,15 @@ from tensorflow_transform.saved import saved_transform_io_v2
 import tf_keras
 from absl import logging
 
-from components import backbones, fine_tune, keras_steps, progress_counts
+from components import backbones, continuation, fine_tune, model_info
+# The fitting (head_training.py), re-exported: what the tests and benchmarks call.
+from components.head_training import (FineTuneChoice, STEPS_PER_EXECUTION, build_head,  # noqa: F401
+                                      train, train_head)
 from components.contracts import (FEATURES_KEY, FEATURES_SIGNATURE, HEAD_DIR, HEAD_FILE,
                                   HEAD_INFO_FILE, LABEL_KEY, LABEL_SPACE_FILE,
                                   NON_INPUT_KEYS, SERVING_SIGNATURE, TRAINING_DIR,
                                   TRAINING_HISTORY_FILE)
 from components.settings import ACTIVATION_DTYPES, TrainerSettings
-
-# Batches per call of Keras' train function: the same batches, order and weights
-# (checked bit-identical), a third less of the head's fit time spent in Python.
-STEPS_PER_EXECUTION = 64
-PROGRESS_STAGE = "Trainer"  # the live bar counts epochs (components.progress_counts)
 
 
 def head_dir(model_uri: str) -> str:
@@ -79,152 +76,15 @@ def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransform
 def training_data_fingerprint(splits: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> str:
     """sha256 of what the head is trained and validated on: per split, every
     (label, feature vector) row, in any order (Beam's output order varies)."""
+    return rows_fingerprint({split: continuation.row_digests(x, y) for split, (x, y) in splits.items()})
+
+
+def rows_fingerprint(rows: Dict[str, List[bytes]]) -> str:
+    """:func:`training_data_fingerprint` from each split's sorted row digests."""
     digest = hashlib.sha256()
-    for split in sorted(splits):
-        x, y = splits[split]
-        rows = sorted(hashlib.sha256(np.int64(label).tobytes() + np.ascontiguousarray(row, "<f4").tobytes())
-                      .digest() for row, label in zip(x, y))
-        digest.update(f"{split}:{len(rows)}\n".encode() + b"".join(rows))
+    for split in sorted(rows):
+        digest.update(f"{split}:{len(rows[split])}\n".encode() + b"".join(rows[split]))
     return digest.hexdigest()
-
-
-def build_head(feature_dim: int, num_classes: int, learning_rate: float) -> tf_keras.Model:
-    """The only trainable part: one dense softmax layer, as in retrain.py."""
-    inputs = tf_keras.Input([feature_dim], name=FEATURES_KEY)
-    outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs)
-    model = tf_keras.Model(inputs, outputs, name="head")
-    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=STEPS_PER_EXECUTION)
-    return model
-
-
-class _EpochProgress(tf_keras.callbacks.Callback):
-    """Epochs for the live progress bar (early stopping may end before the total)."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self._epochs = epochs
-
-    def on_train_begin(self, logs=None):
-        progress_counts.set_total(PROGRESS_STAGE, self._epochs, "epochs")
-        self._counter = progress_counts.Counter(PROGRESS_STAGE, interval=0.0)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._counter.add()
-
-
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> Dict[int, float]:
-    """class -> images / (classes x its images) (sklearn's "balanced"); absent classes 1.0."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return {c: float(len(labels) / (num_classes * n)) if n else 1.0 for c, n in enumerate(counts)}
-
-
-def _fit(fit: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
-         callbacks: List[tf_keras.callbacks.Callback]):
-    # Without AutoGraph (keras_steps.py): Keras' steps run eagerly too, so they need
-    # no conversion, and a step that did would fail loudly at trace time.
-    return keras_steps.fit(
-        fit, 
-        x_train, y_train, validation_data=(x_eval, y_eval),
-        epochs=settings.epochs, batch_size=settings.batch_size,
-        class_weight=balanced_class_weights(y_train, num_classes)
-        if settings.class_weights == "balanced" else None,
-        shuffle=True, callbacks=callbacks, verbose=0)
-
-
-def _early_stopping(settings: TrainerSettings) -> tf_keras.callbacks.EarlyStopping:
-    return tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
-                                            restore_best_weights=True)
-
-
-def _frozen_top_head(top: tf_keras.Model, x_train, y_train, x_eval, y_eval, num_classes: int,
-                     settings: TrainerSettings, epochs: int,
-                     pooled: Optional[Tuple[np.ndarray, np.ndarray]] = None
-                     ) -> Tuple[tf_keras.Model, Optional[float]]:
-    """(head, its best eval loss): a head trained alone on the frozen top blocks' pooled
-    output (cheap: the blocks run once), as the head-only path trains it. ``pooled``:
-    that output for (x_train, x_eval), when computed before the blocks trained."""
-    pooled_train, pooled_eval = pooled or (fine_tune.frozen_top_features(top, x_train),
-                                           fine_tune.frozen_top_features(top, x_eval))
-    # Seeded as the head-only path seeds its head: the same start and batches as the
-    # N = 0 model on these features (else a head from another draw: 1.3 points apart
-    # on Fashion-MNIST-2000's 376 eval images, by chance alone).
-    tf_keras.utils.set_random_seed(settings.seed)
-    head = build_head(pooled_train.shape[1], num_classes, settings.learning_rate)
-    history = _fit(head, pooled_train, y_train, pooled_eval, y_eval, num_classes,
-                   dataclasses.replace(settings, epochs=epochs), [_early_stopping(settings)])
-    return head, _best_eval_loss(history.history)
-
-
-def _best_eval_loss(history: Dict[str, List[float]]) -> Optional[float]:
-    losses = [v for v in history.get("val_loss") or [] if np.isfinite(v)]
-    return float(min(losses)) if losses else None
-
-
-@dataclasses.dataclass(frozen=True)
-class FineTuneChoice:
-    """With N > 0, which top model the Trainer kept (head.json ``fine_tune``): the
-    fine-tuned blocks, or the head alone on the frozen top blocks when fine-tuning did
-    not lower the best eval loss (its blocks then keep their ImageNet weights: the
-    same predictions as a head-only model, so N > 0 never serves a worse model by
-    the loss early stopping itself judges by)."""
-    kept: str                          # "fine-tuned" or "head only"
-    fine_tuned_eval_loss: Optional[float]
-    head_only_eval_loss: Optional[float]
-
-    def to_json(self) -> Dict:
-        return dataclasses.asdict(self)
-
-
-def train(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
-          log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
-          ) -> Tuple[tf_keras.Model, Dict[str, List[float]], Optional[FineTuneChoice]]:
-    """Fits the head (N > 0: the top blocks and the head) with early stopping on eval
-    loss; returns (head, history, the fine-tuning choice: None for N = 0).
-    ``recipe``: how top blocks train when ``settings.trainable_blocks`` > 0."""
-    tf_keras.utils.set_random_seed(settings.seed)
-    alone = alone_loss = start = pooled = None
-    if settings.trainable_blocks:  # the top blocks + the head, two learning rates
-        fit, head = fine_tune.build_trainable(settings.backbone, settings.weights, settings.trainable_blocks,
-                                              num_classes, settings.learning_rate, recipe)
-        if recipe.warm_start:
-            alone, alone_loss = _frozen_top_head(head, x_train, y_train, x_eval, y_eval, num_classes,
-                                                 settings, recipe.warm_start_epochs)
-            head.get_layer("head").set_weights(alone.get_layer("head").get_weights())
-        else:  # the head-alone candidate trains after the fine-tuning, whose run is unchanged
-            pooled = (fine_tune.frozen_top_features(head, x_train), fine_tune.frozen_top_features(head, x_eval))
-        start = head.get_weights()  # ImageNet blocks (BatchNorm statistics included)
-    else:
-        fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
-    callbacks = [_early_stopping(settings)]
-    if log_dir:
-        callbacks.append(tf_keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0))
-    callbacks.append(_EpochProgress(settings.epochs))
-    history = {k: [float(v) for v in vals] for k, vals in
-               _fit(fit, x_train, y_train, x_eval, y_eval, num_classes, settings, callbacks).history.items()}
-    if start is None:
-        return head, history, None
-    if alone is None:
-        alone, alone_loss = _frozen_top_head(head, x_train, y_train, x_eval, y_eval, num_classes,
-                                             settings, recipe.warm_start_epochs, pooled)
-    tuned_loss = _best_eval_loss(history)
-    if tuned_loss is None or alone_loss is None or tuned_loss < alone_loss:
-        return head, history, FineTuneChoice("fine-tuned", tuned_loss, alone_loss)
-    head.set_weights(start)
-    head.get_layer("head").set_weights(alone.get_layer("head").get_weights())
-    logging.warning("Fine-tuning %d blocks did not lower the best eval loss (%.4f against %.4f for "
-                    "the head alone on the frozen blocks): keeping the head alone",
-                    settings.trainable_blocks, tuned_loss, alone_loss)
-    return head, history, FineTuneChoice("head only", tuned_loss, alone_loss)
-
-
-def train_head(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerSettings,
-               log_dir: str | None = None, recipe: fine_tune.Recipe = fine_tune.DEFAULT_RECIPE
-               ) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
-    """(head, history) of :func:`train`."""
-    head, history, _ = train(x_train, y_train, x_eval, y_eval, num_classes, settings, log_dir, recipe)
-    return head, history
 
 
 class ServingModule(tf.Module):
@@ -315,7 +175,8 @@ def feature_namespace(backbone: str, weights: str, trainable_blocks: int = 0,
 def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
               label_names: List[str], training: Optional[Dict[str, str]] = None,
               trainable_blocks: int = 0, activation_dtype: str = ACTIVATION_DTYPES[0],
-              fine_tune_choice: Optional[FineTuneChoice] = None) -> str:
+              fine_tune_choice: Optional[FineTuneChoice] = None,
+              start: Optional[continuation.Plan] = None) -> str:
     """Writes head/head.h5 and head/head.json into the Model artifact; returns the dir.
     `training`: {"data": training_data_fingerprint, "settings": TrainerSettings JSON},
     what the Pusher compares with the served version's (components/tflite_pusher.py)."""
@@ -338,6 +199,8 @@ def save_head(model_uri: str, head: tf_keras.Model, backbone: str, weights: str,
         info.update(trainable_blocks=trainable_blocks, activation_dtype=activation_dtype)
         if fine_tune_choice is not None:
             info["fine_tune"] = fine_tune_choice.to_json()
+        if start is not None:  # from the served model or ImageNet weights, and why
+            info["start"] = start.to_json()
     with tf.io.gfile.GFile(os.path.join(out, HEAD_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return out
@@ -366,8 +229,8 @@ def run_fn(fn_args) -> None:
 
     x_train, y_train = load_features(fn_args.train_files, tf_transform_output)
     x_eval, y_eval = load_features(fn_args.eval_files, tf_transform_output)
-    training = {"data": training_data_fingerprint({"train": (x_train, y_train), "eval": (x_eval, y_eval)}),
-                "settings": settings.to_json()}
+    rows = {"train": continuation.row_digests(x_train, y_train), "eval": continuation.row_digests(x_eval, y_eval)}
+    training = {"data": rows_fingerprint(rows), "settings": settings.to_json()}
     if y_train.size and int(y_train.max()) >= len(label_names):
         raise ValueError(f"label {int(y_train.max())} outside the vocabulary {label_names}")
     if settings.corrupt_train_labels:
@@ -377,9 +240,13 @@ def run_fn(fn_args) -> None:
     logging.info("Training head on %d examples (%d eval), %d classes, %d features",
                  len(y_train), len(y_eval), len(label_names), x_train.shape[1])
 
+    start, served = _start(fn_args.base_model, settings, rows["train"])
     training_dir = os.path.join(fn_args.model_run_dir, TRAINING_DIR)
     head, history, choice = train(x_train, y_train, x_eval, y_eval, len(label_names), settings,
-                                  log_dir=training_dir)
+                                  log_dir=training_dir, served=served, served_epochs=start.epochs)
+    if start.warm and (choice is None or choice.served_eval_loss is None):
+        start = continuation.Plan(None, "the served model's top blocks do not fit this run's: "
+                                        "from the ImageNet weights")
     tf.io.gfile.makedirs(training_dir)
     with tf.io.gfile.GFile(os.path.join(training_dir, TRAINING_HISTORY_FILE), "w") as f:
         json.dump(history, f)
@@ -392,4 +259,30 @@ def run_fn(fn_args) -> None:
         json.dump({"label_names": label_names,
                    "class_counts": {n: int(c) for n, c in zip(label_names, counts)}}, f)
     save_head(model_uri, head, settings.backbone, settings.weights, label_names, training,
-              settings.trainable_blocks, settings.activation_dtype, choice)
+              settings.trainable_blocks, settings.activation_dtype, choice,
+              start if settings.trainable_blocks else None)
+    if settings.trainable_blocks:  # what the next run continuing this model counts as new
+        continuation.write_rows(model_uri, rows["train"])
+
+
+def _start(base_model: Optional[str], settings: TrainerSettings, train_rows: List[bytes]
+           ) -> Tuple[continuation.Plan, Optional[tf_keras.Model]]:
+    """(how fine-tuning starts, the served top model to continue or None). ``base_model``:
+    fn_args.base_model, the served model's Format-Serving (TFX's path_utils) or None."""
+    if not settings.trainable_blocks:
+        return continuation.Plan(None, "head only: trained from scratch"), None
+    base_uri = os.path.dirname(base_model.rstrip("/")) if base_model else None
+    start = continuation.plan(
+        base_uri, model_info.read_head_info(base_uri) if base_uri else None, settings.to_json(),
+        feature_namespace(settings.backbone, settings.weights, settings.trainable_blocks, settings.activation_dtype),
+        train_rows, settings.epochs, settings.cold_start)
+    logging.info("Fine-tuning start: %s", start.reason)
+    if not start.warm:
+        return start, None
+    try:
+        served, _ = load_head(base_uri)
+    except (OSError, ValueError, tf.errors.OpError) as e:  # a damaged served head: start cold
+        logging.warning("The served model's head could not be read (%s): fine-tuning from ImageNet weights", e)
+        return continuation.Plan(None, f"the served model's head could not be read ({type(e).__name__}): "
+                                       "from the ImageNet weights"), None
+    return start, served

@@ -25,7 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 # PipelineConfig fields `retrain compile` takes as flags (pipeline/config_flags.py);
 # --beam-workers is added beside --beam-runner.
 COMPILE_FLAGS = ("pipeline_name", "backbone", "min_accuracy", "max_accuracy_drop", "eval_percent",
-                 "min_images_per_class", "epochs", "seed", "trainable_blocks", "enable_cache",
+                 "min_images_per_class", "epochs", "seed", "trainable_blocks", "cold_start", "enable_cache",
                  "class_weights", "max_class_recall_drop")
 
 

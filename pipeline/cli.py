@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # PipelineConfig fields `retrain run` takes as flags (pipeline/config_flags.py).
 RUN_FLAGS = ("backbone", "weights", "min_accuracy", "max_accuracy_drop", "max_class_recall_drop",
              "eval_percent", "min_images_per_class", "epochs", "seed", "class_weights",
-             "trainable_blocks", "activation_dtype", "allow_label_change",
+             "trainable_blocks", "activation_dtype", "cold_start", "allow_label_change",
              "max_class_share_change", "feature_batch_size", "augment_views",
              config_flags.BEAM_WORKERS, "tflite_variants", "parity_bounds", "calibration_images",
              "max_file_bytes", "min_image_side", "follow_external_symlinks", "enable_cache")

@@ -104,6 +104,9 @@ class PipelineConfig:
     # an image at N = 1) for a rounding of 2^-11 relative (docs/performance.md).
     trainable_blocks: int = 0
     activation_dtype: str = ACTIVATION_DTYPES[0]
+    # N > 0: a rerun continues the served model's fine-tuning when it was trained with
+    # the same settings (components/continuation.py); True starts from ImageNet weights.
+    cold_start: bool = False
     # Fault injection for testing the gate: train on shuffled labels.
     corrupt_train_labels: bool = False
     # The Evaluator's gate: bless when eval accuracy >= min_accuracy (better than
@@ -174,7 +177,7 @@ class PipelineConfig:
             epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             patience=self.patience, seed=self.seed, corrupt_train_labels=self.corrupt_train_labels,
             class_weights=self.class_weights, trainable_blocks=self.trainable_blocks,
-            activation_dtype=self.activation_dtype)
+            activation_dtype=self.activation_dtype, cold_start=self.cold_start)
 
     def validate(self) -> Optional[str]:
         """One-line description of the first invalid setting, or None."""

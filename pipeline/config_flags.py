@@ -46,6 +46,8 @@ FLAGS: Dict[str, Flag] = {f.field: f for f in (
          "fine-tune the backbone's top N blocks with the head, on cached activations (0: head only)"),
     Flag("--activation-dtype", "activation_dtype",
          "float16 or float32: how the activations below the trainable blocks are cached"),
+    Flag("--cold-start", "cold_start",
+         "with --trainable-blocks: fine-tune from the ImageNet weights, not from the served model"),
     Flag("--allow-label-change", "allow_label_change",
          "accept classes that differ from the blessed model's (deliberate change)"),
     Flag("--max-class-share-change", "max_class_share_change",

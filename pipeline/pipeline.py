@@ -5,7 +5,7 @@ from __future__ import annotations
 # Not `from tfx import v1`: that package also imports TFX's Google Cloud extensions
 # (Vertex AI, BigQuery clients), which no step uses: ~1/5 of every run's and every
 # pod's start-up (python -X importtime). tests/unit/test_local_runner.py checks.
-from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform
+from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Transform
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import trainer_pb2
 
@@ -17,6 +17,7 @@ from components.image_example_gen import ImageExampleGen
 from components.label_guard import LabelGuard
 from components.tflite.component import TFLiteExport
 from components.tflite_pusher import TFLitePusher
+from components.trainer_component import Trainer
 from kubeflow import change_gate
 from pipeline import previous_runs, unchanged
 from pipeline.config import PipelineConfig
@@ -76,11 +77,14 @@ def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> 
         preprocessing_fn=PREPROCESSING_FN, custom_config=config.transform_settings().to_config(),
         materialize=False, disable_statistics=True)
     transform.add_upstream_node(label_guard)
+    # base_model: the served model, which a fine-tuning rerun (N > 0) continues when it
+    # was trained with the same settings (components/continuation.py).
     trainer = Trainer(
         run_fn=RUN_FN,
         examples=bottleneck_gen.outputs["bottlenecks"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
+        base_model=baseline,
         train_args=trainer_pb2.TrainArgs(splits=["train"]),
         eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         custom_config=config.trainer_settings().to_config())

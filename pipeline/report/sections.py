@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from components import contracts
+from components import contracts, continuation
 from pipeline.config import PipelineConfig
 from pipeline.report import plots
 from pipeline.report.html import (DASH, delta, e, figure_or_error, mark, num, pct, size,
@@ -283,9 +283,18 @@ def section_backbone(record: RunRecord, export_backbone: Optional[str],
                 return "n/a" if value is None else f"{float(value):.4f}"
             losses = (f"best eval loss {loss('fine_tuned_eval_loss')} fine-tuned, "
                       f"{loss('head_only_eval_loss')} for the head alone")
-            rows.append(["kept", e(f"the fine-tuned blocks ({losses})") if fine_tune.get("kept") == "fine-tuned"
-                         else '<span class="bad">' + e(f"the head alone on the ImageNet blocks: fine-tuning "
-                                                       f"did not lower the eval loss ({losses})") + "</span>"])
+            start = continuation.describe(fine_tune.get("start"))
+            if start:
+                rows.append(["start", e(start)])
+            kept = fine_tune.get("kept")
+            if kept == "served":
+                rows.append(["kept", e(f"the served model's blocks and head: no epoch lowered their eval loss "
+                                       f"{loss('served_eval_loss')} ({losses})")])
+            elif kept == "fine-tuned":
+                rows.append(["kept", e(f"the fine-tuned blocks ({losses})")])
+            elif kept:
+                rows.append(["kept", '<span class="bad">' + e(f"the head alone on the ImageNet blocks: fine-tuning "
+                                                              f"did not lower the eval loss ({losses})") + "</span>"])
     for key in ("epochs", "batch_size", "learning_rate", "patience", "seed"):
         if key in cfg:
             rows.append([e(key), e(cfg[key])])

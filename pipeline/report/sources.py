@@ -117,12 +117,16 @@ def served_models(serving_dir: str) -> Dict[int, str]:
 
 
 def fine_tune_choice(record: RunRecord) -> Optional[Dict[str, Any]]:
-    """With N > 0, what the Trainer kept: head.json's ``fine_tune`` (components/trainer.py
-    FineTuneChoice), None when absent."""
+    """With N > 0, what the Trainer kept: head.json's ``fine_tune`` (components/
+    head_training.py FineTuneChoice) with its ``start`` (components/continuation.py
+    Plan) as ``start``; None when neither is recorded."""
     if record.uris.model is None:
         return None
-    info = model_info.read_head_info(record.uris.model)
-    return info.get("fine_tune") if info else None
+    info = model_info.read_head_info(record.uris.model) or {}
+    choice = info.get("fine_tune") if isinstance(info.get("fine_tune"), dict) else {}
+    if "start" in info:
+        choice = dict(choice, start=info["start"])
+    return choice or None
 
 
 def export_backbone(record: RunRecord) -> Optional[str]:

@@ -3,11 +3,13 @@ classes x 10 images, 1 epoch, the float32 TFLite variant only. The pushed model 
 whole network (frozen lower part + trained top block + head): its TFLite predictions
 match the SavedModel's, the Evaluator's accuracy is the SavedModel's on the eval
 images, TFLiteExport's parity reference comes from the cached cut activations, and N
-shows in head.json, the run record and `retrain runs`."""
+shows in head.json, the run record and `retrain runs`. A rerun with two new images a
+class continues the served model (components/continuation.py)."""
 
 import glob
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -32,6 +34,22 @@ def run(tmp_path_factory, emoji_root, imagenet_weights):
     summary = local_runner.run(config)
     (model,) = glob.glob(str(root / "work" / "pipeline_root" / "Trainer" / "model" / "*"))
     return config, summary, model
+
+
+@pytest.fixture(scope="module")
+def rerun(run, emoji_root):
+    """The same settings after two more images a class: a second run in the same workdir."""
+    config, first, first_model = run
+    copy_subset(emoji_root, pathlib.Path(config.images), CLASSES, per_class=12)
+    summary = local_runner.run(config)
+    models = set(glob.glob(str(pathlib.Path(config.pipeline_root) / "Trainer" / "model" / "*")))
+    (model,) = models - {first_model}
+    return first, first_model, summary, model
+
+
+def _head_info(model):
+    with open(os.path.join(model, contracts.HEAD_DIR, contracts.HEAD_INFO_FILE)) as f:
+        return json.load(f)
 
 
 def _saved_model_probabilities(model_uri, images):
@@ -100,3 +118,24 @@ def test_parity_reference_is_the_top_model_on_the_cached_cut_activations(run):
         eval_files, choice.probabilities, 224, timer)])
     print("max abs difference", float(np.abs(saved - cached).max()))
     np.testing.assert_allclose(cached, saved, atol=1e-5, rtol=0)
+
+
+def test_a_rerun_with_new_images_continues_the_served_model(rerun):
+    """The second run's Trainer started from the first run's (served) top model, counted
+    as new the train rows the first did not train on, and trained the epochs they owe."""
+    from components import continuation
+    first, first_model, summary, model = rerun
+    assert first["pushed_version"] == 1 and summary["blessed"] is not None
+    start = _head_info(model)["start"]
+    assert start["source"] == first_model, start
+    assert start["rows"] == summary["examples"]["train"]
+    assert start["new_rows"] == summary["examples"]["train"] - first["examples"]["train"] > 0
+    assert start["epochs"] == continuation.warm_epochs(1, start["new_rows"], start["rows"]) == 1
+    choice = _head_info(model)["fine_tune"]
+    assert isinstance(choice["served_eval_loss"], float)
+    assert choice["kept"] in ("served", "fine-tuned", "head only")
+    # What the next run compares against: this run's train rows, 32 bytes each.
+    assert os.path.getsize(continuation.rows_path(model)) == 32 * summary["examples"]["train"]
+    # The first run had nothing to continue.
+    first_start = _head_info(first_model)["start"]
+    assert first_start["source"] is None and "no served model" in first_start["reason"]

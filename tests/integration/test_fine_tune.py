@@ -59,7 +59,7 @@ def test_warm_start_fits_the_head_on_the_frozen_top_and_leaves_the_blocks(imagen
     (the features the head-only path trains on), before the blocks unfreeze."""
     import tf_keras
 
-    from components import fine_tune, trainer
+    from components import fine_tune, head_training
     from conftest import head_settings
     x = synthetic_images(16, 224, seed=7)
     y = np.arange(16) % 2
@@ -71,7 +71,7 @@ def test_warm_start_fits_the_head_on_the_frozen_top_and_leaves_the_blocks(imagen
     blocks_before = [w.numpy().copy() for w in top.weights if not w.name.startswith("head/")]
     loss = tf_keras.losses.SparseCategoricalCrossentropy()
     before = float(loss(y, top(cut, training=False)))
-    alone, alone_loss = trainer._frozen_top_head(top, cut, y, cut, y, 2,
+    alone, alone_loss = head_training._frozen_top_head(top, cut, y, cut, y, 2,
                                                  head_settings(trainable_blocks=1, learning_rate=0.01), 100)
     top.get_layer("head").set_weights(alone.get_layer("head").get_weights())
     after = float(loss(y, top(cut, training=False)))
@@ -136,6 +136,54 @@ def test_fine_tuning_that_does_not_beat_the_head_alone_keeps_the_head_alone(imag
     moved = any(not np.array_equal(w.numpy(), f.numpy()) for w, f in zip(tuned.weights, fresh.weights)
                 if not w.name.startswith("head/"))
     assert moved == (choice.kept == "fine-tuned")
+
+
+def test_a_continued_run_starts_from_the_served_weights_and_keeps_them_when_no_epoch_is_better(
+        imagenet_weights, tmp_path):
+    """components/continuation.py: with a served top model (through head.h5, as the Trainer
+    reads it), train() starts from its weights at a tenth of the step sizes for the epochs
+    asked; the served weights' eval loss is measured before training, and when no epoch
+    lowers it (provoked: a block step size that wrecks the blocks) the served weights are
+    kept exactly. Weights that do not fit (another N) start from ImageNet as before."""
+    import tf_keras
+
+    from components import continuation, fine_tune, trainer
+    from conftest import head_settings
+    x = synthetic_images(24, 224, seed=13)
+    y = np.arange(24) % 2
+    lower, _ = backbone_model.build_split("mobilenet_v1", 1)
+    cut = lower(x).numpy().reshape(24, -1)
+    cfg = head_settings(trainable_blocks=1, learning_rate=0.01, epochs=4, patience=1)
+    first, _, _ = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2, cfg)
+    trainer.save_head(str(tmp_path), first, "mobilenet_v1", "imagenet", ["a", "b"], trainable_blocks=1)
+    served, _ = trainer.load_head(str(tmp_path))
+    loss = tf_keras.losses.SparseCategoricalCrossentropy()
+    served_loss = float(loss(y[16:], served(cut[16:], training=False)))
+
+    wrecking = fine_tune.Recipe(block_learning_rate_factor=1e5)
+    top, history, choice = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2, cfg, recipe=wrecking,
+                                         served=served, served_epochs=2)
+    assert len(history["loss"]) <= 2 and choice.served_eval_loss == pytest.approx(served_loss, abs=1e-5)
+    if choice.kept == "served":
+        assert choice.served_eval_loss <= min(history["val_loss"])
+        for a, b in zip(top.get_weights(), served.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    else:  # the head alone beat the served weights, a fallback as in a cold run
+        assert choice.kept == "head only" and choice.head_only_eval_loss <= choice.served_eval_loss
+    # The default recipe: the continued fit moves from the served weights, by smaller steps.
+    tuned, history, choice = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2, cfg,
+                                           served=served, served_epochs=1)
+    assert len(history["loss"]) == 1 and choice.served_eval_loss is not None
+    assert choice.kept in ("served", "fine-tuned", "head only")
+    if choice.kept == "fine-tuned":
+        assert choice.fine_tuned_eval_loss < choice.served_eval_loss
+    assert continuation.LEARNING_RATE_FACTOR < 1
+    # Another N's weights do not fit: a cold start (no served loss), all the epochs.
+    other = fine_tune.build_top("mobilenet_v1", "imagenet", 2, 2)
+    _, history, choice = trainer.train(cut[:16], y[:16], cut[16:], y[16:], 2,
+                                       head_settings(trainable_blocks=1, learning_rate=0.01, epochs=2, patience=5),
+                                       served=other, served_epochs=1)
+    assert choice.served_eval_loss is None and len(history["loss"]) == 2
 
 
 def test_the_exported_top_blocks_get_bias_correction_like_the_rest(imagenet_weights, tmp_path):

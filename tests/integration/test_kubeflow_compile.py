@@ -106,7 +106,7 @@ def test_every_component_is_a_task_with_the_image_and_the_entry_point_shim(compi
 
 
 def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
-    from components import previous_artifacts
+    from components import previous_artifacts, trainer_component
     from tfx.dsl.components.common.resolver import Resolver
     doc, tasks = compiled["doc"], compiled["doc"]["root"]["dag"]["tasks"]
     assert compiled["config"].lookup == "registry"
@@ -130,9 +130,12 @@ def test_kfp_spec_has_registry_lookups_and_no_resolver_task(compiled):
                for key, a in task["inputs"].get("artifacts", {}).items() if _source(a)[0] in lookups}
     assert readers == {("LabelGuard", "baseline_model"): ("latest-blessed-model-lookup", "model"),
                        ("Evaluator", "baseline_model"): ("latest-blessed-model-lookup", "model"),
-                       ("BottleneckGen", "previous_cache"): ("latest-feature-cache-lookup", "cache")}
+                       ("BottleneckGen", "previous_cache"): ("latest-feature-cache-lookup", "cache"),
+                       ("Trainer", "base_model"): ("latest-blessed-model-lookup", "model")}
     assert next(n for n in compiled["nodes"] if n.id == "Evaluator").executor_spec.executor_class \
         is previous_artifacts.EvaluatorExecutor
+    assert next(n for n in compiled["nodes"] if n.id == "Trainer").executor_spec.executor_class \
+        is trainer_component.TrainerExecutor
     for task, inputs in recorders.items():
         assert {k: _source(a) for k, a in tasks[task]["inputs"]["artifacts"].items()
                 if not k.startswith("_")} == inputs  # "_change-check.result": the early exit's

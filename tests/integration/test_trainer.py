@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import backbones, feature_records, preprocessing, trainer
+from components import backbones, feature_records, head_training, preprocessing, trainer
 from conftest import head_settings
 
 
@@ -43,11 +43,11 @@ def test_several_steps_per_call_fit_the_same_head_as_one(monkeypatch):
     x, y = _blobs(301, spread=2.0)
     cfg = head_settings(epochs=12, seed=3, learning_rate=0.01, class_weights="balanced")
     runs = []
-    for steps in (1, trainer.STEPS_PER_EXECUTION):
-        monkeypatch.setattr(trainer, "STEPS_PER_EXECUTION", steps)
+    for steps in (1, head_training.STEPS_PER_EXECUTION):
+        monkeypatch.setattr(head_training, "STEPS_PER_EXECUTION", steps)
         runs.append(trainer.train_head(x[:237], y[:237], x[237:], y[237:], 3, cfg))
     (one, history_one), (many, history_many) = runs
-    assert trainer.STEPS_PER_EXECUTION > 1 and many._steps_per_execution.numpy() > 1
+    assert head_training.STEPS_PER_EXECUTION > 1 and many._steps_per_execution.numpy() > 1
     for a, b in zip(one.get_weights(), many.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert history_one == history_many
@@ -62,7 +62,7 @@ def test_the_head_alone_candidate_of_fine_tuning_is_the_head_only_model():
     head, history = trainer.train_head(x[:150], y[:150], x[150:], y[150:], 3, cfg)
     np.random.default_rng(0).random(10)  # other draws in between change nothing: it re-seeds
     tf.random.uniform([3])
-    alone, loss = trainer._frozen_top_head(None, x[:150], y[:150], x[150:], y[150:], 3, cfg,
+    alone, loss = head_training._frozen_top_head(None, x[:150], y[:150], x[150:], y[150:], 3, cfg,
                                            cfg.epochs, pooled=(x[:150], x[150:]))
     for a, b in zip(head.get_weights(), alone.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -148,7 +148,7 @@ def test_head_is_saved_and_pixel_model_matches_saved_model(trained, tmp_path):
 def test_balanced_class_weights_lift_the_minority_class():
     """--class-weights balanced: weights are images / (classes x class images); on
     overlapping, 9:1 imbalanced blobs the minority class's recall goes up."""
-    assert trainer.balanced_class_weights(np.array([0, 0, 0, 1]), 3) == {0: 4 / 9, 1: 4 / 3, 2: 1.0}
+    assert head_training.balanced_class_weights(np.array([0, 0, 0, 1]), 3) == {0: 4 / 9, 1: 4 / 3, 2: 1.0}
     x, y = _blobs(1000, classes=2, spread=4.0)
     keep = (y == 0) | (np.arange(len(y)) % 9 == 0)
     x, y = x[keep], y[keep]

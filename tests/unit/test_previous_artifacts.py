@@ -212,7 +212,8 @@ def test_every_reader_of_an_earlier_runs_artifact_is_wrapped(tmp_path, lookup):
     readers = {(node, key) for node in create_components(config) for key, channel in node.inputs.items()
                if getattr(channel, "producer_component_id", None) in sources}
     assert {(node.id, key) for node, key in readers} == {
-        ("LabelGuard", "baseline_model"), ("Evaluator", "baseline_model"), ("BottleneckGen", "previous_cache")}
+        ("LabelGuard", "baseline_model"), ("Evaluator", "baseline_model"), ("BottleneckGen", "previous_cache"),
+        ("Trainer", "base_model")}
     for node, key in readers:
         assert key in node.executor_spec.executor_class.AS_RESOLVED, (node.id, key)
 
