@@ -1,7 +1,7 @@
 """Speed targets (issue 6), measured in one process on this machine.
 
     python -m benchmarks.speed --images 2000 [--output benchmarks/results/speed.json]
-        [--trainable-blocks N --epochs E] [--reruns-only]
+        [--trainable-blocks N --epochs E [--cold-start]] [--reruns-only]
 
 1. Feature step (BottleneckGen) images/s vs raw batched backbone inference
    (measured before and after the first pipeline run; the faster of the two is
@@ -88,7 +88,8 @@ def retrain_run(images, workdir, batch_size: int, overrides: Optional[dict] = No
             "--workdir", str(workdir), "--min-accuracy", "0", "--min-images-per-class", "1",
             "--feature-batch-size", str(batch_size), "--json", "--quiet"]
     for field, value in (overrides or {}).items():
-        argv += [f"--{field.replace('_', '-')}", str(value)]
+        flag = f"--{field.replace('_', '-')}"
+        argv += [flag] if value is True else [flag, str(value)]  # a switch takes no value
     t0 = time.perf_counter()
     out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
     summary = json.loads(out.strip().splitlines()[-1])
@@ -226,6 +227,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--trainable-blocks", type=int, default=0,
                     help="fine-tune the top N backbone blocks in the first and +10 %% runs (issue 19)")
     ap.add_argument("--epochs", type=int, default=0, help="most training epochs (0: the pipeline's default)")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="with --trainable-blocks: the rerun fine-tunes from ImageNet weights (components/continuation.py)")
     ap.add_argument("--reruns-only", action="store_true",
                     help="only the first run and its reruns: no augmented, 100-image or naive runs")
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
@@ -244,7 +247,8 @@ def main(argv=None) -> dict:
         build_dataset(src, more, int(args.images * 1.1))
         build_dataset(src, small, 100)
         raw_before = in_child("raw", images=str(base), backbone="mobilenet_v1", batch_size=args.batch_size)
-        tuned = {"trainable_blocks": args.trainable_blocks, **({"epochs": args.epochs} if args.epochs else {})}
+        tuned = {"trainable_blocks": args.trainable_blocks, **({"epochs": args.epochs} if args.epochs else {}),
+                 **({"cold_start": True} if args.cold_start else {})}
         first = run_pipeline(base, root / "work", feature_batch_size=args.batch_size, **tuned)
         raw_after = in_child("raw", images=str(base), backbone="mobilenet_v1", batch_size=args.batch_size)
         raw = max(raw_before, raw_after, key=lambda r: r["inference_images_per_s"])
@@ -288,8 +292,10 @@ def main(argv=None) -> dict:
                   "(info)")]
     result = {
         "images": n, "trainable_blocks": args.trainable_blocks, "raw": raw, "naive": naive,
-        "runs": {k: {f: v[f] for f in ("examples", "seconds", "accuracy", "epochs", "wall_seconds",
-                                       "process_seconds", "peak_rss_mb", "peak_rss_mb_by_step")}
+        "runs": {k: {**{f: v[f] for f in ("examples", "seconds", "accuracy", "epochs", "wall_seconds",
+                                          "process_seconds", "peak_rss_mb", "peak_rss_mb_by_step")},
+                     # the gate's decision: a refused candidate skips the TFLite export
+                     **{f: v.get(f) for f in ("baseline_accuracy", "blessed", "pushed_version")}}
                  for k, v in (("first", first), ("plus10", second), ("augmented", augmented),
                               ("images_100", overhead)) if v is not None},
         "same_images_rerun": {k: same.get(k) for k in ("process_seconds", "unchanged",

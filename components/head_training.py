@@ -117,6 +117,16 @@ class FineTuneChoice:
         return out
 
 
+def eval_loss(top: tf_keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Keras' sparse categorical cross-entropy of ``top`` (probabilities) on (x, y), as
+    fit reports val_loss, computed eagerly: Model.evaluate would trace a test function
+    first, seconds on a fine-tuning top model, for one pass."""
+    probs = np.concatenate([top(x[i:i + batch_size], training=False).numpy()
+                            for i in range(0, len(x), batch_size)])
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1 - 1e-7)  # Keras' epsilon clip
+    return float(-np.log(picked).mean())
+
+
 def _fitting_weights(served: Optional[tf_keras.Model], top: tf_keras.Model) -> Optional[List[np.ndarray]]:
     """The served top model's weights when they fit ``top`` (same shapes, same order), else None."""
     if served is None:
@@ -162,7 +172,7 @@ def train(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerS
         start = head.get_weights()  # ImageNet blocks (BatchNorm statistics included)
         if served_weights is not None:
             head.set_weights(served_weights)
-            served_loss = float(fit.evaluate(x_eval, y_eval, batch_size=settings.batch_size, verbose=0)[0])
+            served_loss = eval_loss(head, x_eval, y_eval)
             continued = head.get_weights()
     else:
         fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)

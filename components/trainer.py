@@ -1,7 +1,8 @@
 """Trainer module: a new softmax head on precomputed backbone features.
 
 Referenced by the pipeline as ``components.trainer.run_fn``. The backbone never
-runs here during training: the inputs are Transform's feature vectors. The
+runs here during training: the inputs are Transform's feature vectors. This module
+reads the data and writes the model; the fit itself is components/head_training.py. The
 head is saved on its own too: the TFLiteExport component
 (components/tflite/) puts it on top of the backbone to map pixels to
 probabilities on a phone.
@@ -22,7 +23,10 @@ Exports, under the Model artifact:
                     fingerprint), feature_dim, label_names (line i = output i),
                     feature_namespace (BottleneckGen's: backbone, weights
                     fingerprint, preprocessing; None for random weights);
-                    trainable_blocks and activation_dtype when N > 0.
+                    trainable_blocks, activation_dtype, fine_tune (what was kept) and
+                    start (from the served model or ImageNet weights, and why) when N > 0.
+  head/train_rows.sha256  N > 0: the sorted digests of the train rows, what a rerun
+                    continuing this model counts as new (components/continuation.py).
   training/history.json and TensorBoard logs (in the model-run artifact).
 """
 
