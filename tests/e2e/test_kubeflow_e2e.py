@@ -172,7 +172,7 @@ def test_a_rerun_with_the_same_images_ends_early_and_pushes_nothing(kfp, unchang
 
 def test_first_run_records_its_blessed_model_and_feature_cache(kfp):
     first, doc, recorded = kfp["first"], kfp["doc"], kfp["recorded"]
-    model = first.artifact(_task_of(doc, "trainer.executor.GenericExecutor"), "model")
+    model = first.artifact(_task_of(doc, "trainer_component.TrainerExecutor"), "model")
     cache = first.artifact(_task_of(doc, "bottleneck_gen.Executor"), "feature_cache")
     assert [r["uri"] for r in recorded["blessed_model"]] == [model["uri"]]
     assert [r["uri"] for r in recorded["feature_cache"]] == [cache["uri"]]
@@ -215,7 +215,7 @@ def test_first_run_pushes_a_working_tflite_model(kfp):
 def test_second_run_uses_the_first_runs_blessed_model_and_feature_cache(kfp, second_run):
     from components import evaluation
     first, doc, config = kfp["first"], kfp["doc"], kfp["config"]
-    trainer = _task_of(doc, "trainer.executor.GenericExecutor")
+    trainer = _task_of(doc, "trainer_component.TrainerExecutor")
     features = _task_of(doc, "bottleneck_gen.Executor")
     model = first.artifact(trainer, "model")
     # New images after an early exit: a full run.
@@ -285,7 +285,7 @@ def test_bless_and_reset_write_registry_records_the_lookup_follows(kfp, second_r
     """`retrain bless --pipeline-root`: the registry, not MLMD, is what Kubeflow runs read."""
     from pipeline import cli
     config, registry, tmp = kfp["config"], kfp["registry"], kfp["tmp"]
-    trainer = _task_of(kfp["doc"], "trainer.executor.GenericExecutor")
+    trainer = _task_of(kfp["doc"], "trainer_component.TrainerExecutor")
     v1_model = kfp["first"].artifact(trainer, "model")["uri"]
     v2_model = second_run.artifact(trainer, "model")["uri"]
     root = ["--pipeline-root", config.pipeline_root, "--serving-dir", config.serving_dir]
