@@ -187,6 +187,26 @@ def test_backbone_section_says_which_top_model_a_fine_tuned_run_kept(tmp_path):
     assert "<td>kept</td>" not in sections.section_backbone(record, None, config)
 
 
+def test_backbone_section_says_how_fine_tuning_started(tmp_path):
+    """A continued run (components/continuation.py): where it started, and the served
+    weights kept when no epoch beat them; a cold start says why."""
+    config = _config(tmp_path)
+    record = _record(trainer_settings={"backbone": "mobilenet_v1", "trainable_blocks": 1,
+                                       "activation_dtype": "float16"})
+    continued = sections.section_backbone(record, None, config, {
+        "kept": "served", "fine_tuned_eval_loss": 0.52, "head_only_eval_loss": 0.7, "served_eval_loss": 0.5,
+        "start": {"source": "/root/Trainer/model/7", "epochs": 2, "new_rows": 10, "rows": 100,
+                  "reason": "continued from the served model: 10 of 100 train rows new"}})
+    assert "<td>start</td><td>continued from the served model: 10 of 100 train rows new; 2 epochs at " \
+           "0.1 x the step sizes</td>" in continued
+    assert "<td>kept</td><td>the served model&#x27;s blocks and head: no epoch lowered their eval loss " \
+           "0.5000 (best eval loss 0.5200 fine-tuned, 0.7000 for the head alone)</td>" in continued
+    cold = sections.section_backbone(record, None, config, {
+        "kept": "fine-tuned", "fine_tuned_eval_loss": 0.4, "head_only_eval_loss": 0.5,
+        "start": {"source": None, "reason": "--cold-start: from the ImageNet weights"}})
+    assert "<td>start</td><td>--cold-start: from the ImageNet weights</td>" in cold
+
+
 def test_timing_section():
     html = sections.section_timing(_record())
     assert "<td>Trainer</td><td>COMPLETE</td><td>7.2</td>" in html  # 7.25 rounded half-even
