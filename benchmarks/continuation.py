@@ -46,9 +46,9 @@ def _is_new(images, percent: int) -> np.ndarray:
 
 
 def _row(name, top, history, choice, seconds, x_eval, y_eval) -> dict:
-    probs = np.concatenate([top(x_eval[i:i + 256], training=False).numpy() for i in range(0, len(x_eval), 256)])
+    probs = head_training.predict_eagerly(top, x_eval)
     return {"run": name, "accuracy": float((probs.argmax(1) == y_eval).mean()),
-            "eval_loss": round(head_training.eval_loss(top, x_eval, y_eval), 4),
+            "eval_loss": round(head_training.cross_entropy(probs, y_eval), 4),
             "train_s": round(seconds, 1), "epochs": len(history["loss"]),
             "kept": choice.kept if choice else None}
 

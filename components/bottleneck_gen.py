@@ -44,7 +44,7 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import (backbones, contracts, feature_records, fine_tune, image_example_gen,
+from components import (backbones, beam_metrics, contracts, feature_records, fine_tune, image_example_gen,
                         preprocessing, previous_artifacts, progress_counts, record_sink)
 from components.augmentation import augment
 from components.previous_artifacts import FeatureCache
@@ -292,10 +292,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         result.wait_until_finish()
         sink.finish()
 
-        counters: Dict[str, int] = {}  # one result per step using the counter: add them up
-        for m in result.metrics().query(
-                beam.metrics.MetricsFilter().with_namespace("bottleneck_gen"))["counters"]:
-            counters[m.key.metric.name] = counters.get(m.key.metric.name, 0) + int(m.committed)
+        counters = beam_metrics.counters(result, "bottleneck_gen")
         out.set_int_custom_property("cache_hits", int(counters.get("cache_hits", 0)))
         out.set_int_custom_property("computed", int(counters.get("computed", 0)))
         out.set_int_custom_property("reused_cache", int(reuse))

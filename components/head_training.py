@@ -118,12 +118,20 @@ class FineTuneChoice:
 
 
 def eval_loss(top: tf_keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Keras' sparse categorical cross-entropy of ``top`` (probabilities) on (x, y), as
-    fit reports val_loss, computed eagerly: Model.evaluate would trace a test function
-    first, seconds on a fine-tuning top model, for one pass."""
-    probs = np.concatenate([top(x[i:i + batch_size], training=False).numpy()
-                            for i in range(0, len(x), batch_size)])
-    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1 - 1e-7)  # Keras' epsilon clip
+    """Keras' sparse categorical cross-entropy of ``top`` on (x, y), as fit reports val_loss,
+    computed eagerly: Model.evaluate would trace a test function first, seconds on a
+    fine-tuning top model, for one pass."""
+    return cross_entropy(predict_eagerly(top, x, batch_size), y)
+
+
+def predict_eagerly(top: tf_keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``top``'s outputs on ``x`` in inference mode, batch by batch, without tracing."""
+    return np.concatenate([top(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)])
+
+
+def cross_entropy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy of probabilities, with Keras' epsilon clip."""
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1 - 1e-7)
     return float(-np.log(picked).mean())
 
 
@@ -173,7 +181,6 @@ def train(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerS
         if served_weights is not None:
             head.set_weights(served_weights)
             served_loss = eval_loss(head, x_eval, y_eval)
-            continued = head.get_weights()
     else:
         fit = head = build_head(x_train.shape[1], num_classes, settings.learning_rate)
     callbacks = [_early_stopping(settings)]
@@ -189,7 +196,7 @@ def train(x_train, y_train, x_eval, y_eval, num_classes: int, settings: TrainerS
                                              settings, recipe.warm_start_epochs, pooled)
     tuned_loss, kept = _best_eval_loss(history), "fine-tuned"
     if served_loss is not None and (tuned_loss is None or served_loss <= tuned_loss):
-        head.set_weights(continued)  # no epoch did better than where it started
+        head.set_weights(served_weights)  # no epoch did better than where it started
         tuned_loss, kept = served_loss, "served"
     if tuned_loss is None or alone_loss is None or tuned_loss < alone_loss:
         return head, history, FineTuneChoice(kept, _best_eval_loss(history), alone_loss, served_loss)

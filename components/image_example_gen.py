@@ -43,7 +43,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
-from components import contracts, image_io, ingest_checks, ingest_passes, progress_counts, record_sink
+from components import beam_metrics, contracts, image_io, ingest_checks, ingest_passes, progress_counts, record_sink
 from components.ingest_passes import CHECKS_TAG, DECODED, METRICS_NAMESPACE, PROGRESS_STAGE, REPORT_TAG, REUSED
 from components.contracts import INGESTION_REPORT_FILE, LABELS_FILE, SPLIT_COUNT_PREFIX
 from components.settings import IngestSettings
@@ -190,10 +190,8 @@ class Executor(BaseExampleGenExecutor):
         result = pipeline.run()
         result.wait_until_finish()
         sink.finish()
-        counts = {DECODED: 0, REUSED: 0}  # one result per step using a counter: add them up
-        for m in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-            if m.key.metric.name in counts:
-                counts[m.key.metric.name] += int(m.committed)
+        totals = beam_metrics.counters(result, METRICS_NAMESPACE)
+        counts = {name: totals.get(name, 0) for name in (DECODED, REUSED)}
         for name, n in counts.items():  # images decoded and checked, images whose checks were reused
             examples.set_int_custom_property(f"images_{name}", n)
         where = exec_properties.get(CHECKS_LOCATION_KEY) or ""
