@@ -9,7 +9,7 @@ from tfx.components import ExampleValidator, SchemaGen, StatisticsGen, Transform
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import trainer_pb2
 
-from components import evaluation, ingest_checks
+from components import evaluation, ingest_checks, statistics_options
 from components.bottleneck_gen import BottleneckGen
 from components.data_audit import DataAudit
 from components.evaluator import Evaluator
@@ -45,7 +45,9 @@ def create_components(config: PipelineConfig) -> list:
 
 
 def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> list:
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    # The image is bytes, not a categorical string: no top-k sketch of every image.
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
+                                   stats_options=statistics_options.stats_options())
     schema_gen = SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = ExampleValidator(
