@@ -18,7 +18,8 @@ rounding (about 1e-6 relative).  :func:`quantized_int8` therefore
    EfficientNet-Lite0: 26): the union over a set holding every extreme is the union
    over all images, in the calibrator's own floats, and is checked against the pass
    (a min above 0 or a max below 0 is left at the anchor's: the quantizer widens
-   every range to include 0, so it does not change the file);
+   every range to include 0, so it does not change the file; a softmax's output
+   is left at the anchor's too: its int8 range is fixed, ``_FIXED_OUTPUT_RANGE``);
 4. quantizes with ``mlir_quantize`` exactly as ``TFLiteConverter`` does after
    calibration (tensorflow/lite/python/lite.py ``_quantize``; the same calibrate-only
    + ``mlir_quantize`` pair as TF's QuantizationDebugger,
@@ -56,6 +57,13 @@ TIE_TOLERANCE = 1e-5
 # Elementwise ops with constant operands: applied to the pixels alone, the anchor
 # (0..255 in every channel) already holds their extreme values.
 _ELEMENTWISE = ("ADD", "SUB", "MUL")
+# Ops whose int8 output range is fixed whatever was recorded: TFLite's int8 softmax
+# takes only scale 1/256, zero point -128 (tensorflow/lite/kernels/activations.cc,
+# SoftmaxPrepare), and the quantizer writes those.  Their records need not be the
+# calibrator's floats.  A fitted head's softmax is within float noise of 1.0 on
+# almost every image, so each image would otherwise be a possible holder of its
+# maximum: on 100 photos, 99 were recalibrated for that tensor alone.
+_FIXED_OUTPUT_RANGE = ("SOFTMAX",)
 CONVERSION_METADATA = b"CONVERSION_METADATA"
 
 
@@ -252,6 +260,7 @@ def union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
         if _op_name(flat, op) in _ELEMENTWISE and len(variable) == 1 and variable[0] in fixed and per_channel:
             fixed.update(op.outputs)
     aliases = _aliases(calibrated, flat)
+    fixed_output = {o for op in graph.operators if _op_name(flat, op) in _FIXED_OUTPUT_RANGE for o in op.outputs}
     for t in tensors:
         if t.index in fixed and any(a not in fixed for a in aliases.get(t.index, [])):
             raise Unmappable(f"{t.name} shares its buffer with a tensor that is not fixed by the anchor")
@@ -270,6 +279,8 @@ def union_ranges(model, calibrated: bytes, flat, anchor: np.ndarray,
     for t in tensors:
         if t.index in fixed:
             continue  # the anchor's record is the union already
+        if t.index in fixed_output and not any(a != t.index for a in aliases.get(t.index, [])):
+            continue  # the quantizer ignores its record (_FIXED_OUTPUT_RANGE)
         mins, maxs = per_image(t.index)
         # The calibrator's max starts at FLT_MIN (numeric_limits<float>::min(), calibration_logger.h).
         anchor_max = max(float(maxs[0]), float(np.finfo(np.float32).tiny))

@@ -84,9 +84,11 @@ def test_ranges_equal_the_calibrators_under_bias_correction(images, backbone, bl
     # record, as the quantizer widens every range to include 0 anyway.
     fast_ranges = _ranges(fast)
     assert fast_ranges.keys() == full.keys()
-    for k, (lo, hi) in full.items():
-        assert (lo > 0 or fast_ranges[k][0] == lo) and (hi < 0 or fast_ranges[k][1] == hi), k
     names = {t.index: t.name for t in calibration_ranges.stat_tensors(flat)}
+    softmax = {names[i] for i in _softmax_outputs(flat)}
+    assert len(softmax) == 1 and not softmax & {names[i] for i in union}  # its record is the anchor's
+    for k, (lo, hi) in full.items():
+        assert k in softmax or (lo > 0 or fast_ranges[k][0] == lo) and (hi < 0 or fast_ranges[k][1] == hi), k
     worst = max(max(abs(lo - full[names[i]][0]), abs(hi - full[names[i]][1])) /
                 max(1.0, abs(full[names[i]][0]), abs(full[names[i]][1])) for i, (lo, hi) in union.items())
     # The comparison bites where the images widen the anchor's ranges.  The anchor
@@ -97,6 +99,41 @@ def test_ranges_equal_the_calibrators_under_bias_correction(images, backbone, bl
     print(backbone, blocks, "tensors", len(full), "widened", widened, "by images", len(widening), "worst", worst)
     assert worst <= RANGE_TOLERANCE, worst
     assert widened >= 3 and 0 < len(widening) < len(images)
+
+
+def _softmax_outputs(flat):
+    graph = flat.subgraphs[0]
+    return {o for op in graph.operators if calibration_ranges._op_name(flat, op) == "SOFTMAX" for o in op.outputs}
+
+
+def test_a_saturated_softmax_widens_nothing_and_the_file_is_the_calibrators(images):
+    """A fitted head's softmax is within float noise of 1.0 on most images: each would
+    be a possible holder of its maximum.  Its int8 range is fixed (scale 1/256, zero
+    point -128), so the fast path recalibrates none of them for it, and the int8 file
+    is still the full calibrator's byte for byte."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = _pixel_model("mobilenet_v1")
+    anchor = convert.range_anchor_image(224)
+    # Head weights that put class 0's logit at 11.6..12.6 on each image (top probability
+    # 1 - 7e-6 .. 1 - 2e-5, all distinct) and at 0 on the anchor (1/3): the features
+    # (1,024) outnumber the constraints (25), so least squares fits them exactly.
+    extractor = model.get_layer(index=1)
+    features = extractor(np.concatenate([images, anchor[None]])).numpy().astype(np.float64)
+    targets = np.append(np.linspace(11.6, 12.6, len(images)), 0.0)
+    w = np.linalg.lstsq(features, targets, rcond=None)[0]
+    kernel = np.zeros(model.get_layer("head").get_weights()[0].shape, np.float32)
+    kernel[:, 0] = w
+    model.get_layer("head").set_weights([kernel, np.zeros(CLASSES, np.float32)])
+    gap = 1.0 - model.predict(images, verbose=0).max(axis=1)
+    assert ((gap > 0) & (gap < 2e-5)).all() and len(set(gap.tolist())) > len(images) // 2
+    anchor_only = calibration_ranges._calibrate_on(_int8_converter(model, images), anchor)
+    flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(anchor_only))
+    union, widening = calibration_ranges.union_ranges(model, anchor_only, flat, anchor, lambda: iter(images))
+    assert not _softmax_outputs(flat) & set(union)
+    assert len(widening) < len(images) // 2, widening
+    data = convert.convert(model, "int8", lambda: iter(images), bias_correction=False)
+    assert data == convert.convert(model, "int8", lambda: iter(images), bias_correction=False,
+                                   fast_calibration=False)
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v1", "efficientnet_lite0"])
