@@ -136,6 +136,7 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         r = RunRecord.from_store(store, run_ctx, config, read_files=False)
     class_failures = [f for f in (r.evaluation.failures if r.evaluation else ())
                       if f.startswith(contracts.CLASS_RECALL_FAILURE_PREFIX)]
+    start = _start(r) if r.trainer_settings.get("trainable_blocks") and not error else None
     return {
         "kind": "run", "id": r.run_id, "time": _iso(r.created_ms), "time_ms": r.created_ms,
         "status": r.status, "examples": dict(r.examples), "accuracy": r.accuracy,
@@ -147,8 +148,19 @@ def _run_row(store, run_ctx, config: PipelineConfig) -> Dict[str, Any]:
         **({"reason": "; ".join(class_failures)} if class_failures else {}),
         # fine-tuned backbone blocks (--trainable-blocks; absent from head-only settings)
         "trainable_blocks": int(r.trainer_settings.get("trainable_blocks", 0)),
+        **({"start": start} if start else {}),
         **({"error": error} if error else {}),
     }
+
+
+def _start(record: RunRecord) -> Optional[str]:
+    """How an N > 0 run's Trainer started: head.json's ``start`` as the report words it
+    (continued from the served model, or from the ImageNet weights and why); None when
+    the model or its record is missing."""
+    if record.uris.model is None:
+        return None
+    from components import continuation, model_info
+    return continuation.describe((model_info.read_head_info(record.uris.model) or {}).get("start"))
 
 
 def _operation_rows(store, pipeline_ctx) -> List[Dict[str, Any]]:
@@ -177,7 +189,9 @@ def list_runs(config: PipelineConfig, limit: Optional[int] = None) -> List[Dict[
     baseline_accuracy, blessed, revoked (its blessing was revoked by a reset),
     pushed_version, baseline (its model is the next run's baseline); a rerun that
     ended early (pipeline/unchanged.py) has status "unchanged", reason and
-    since_run. Operation rows: kind "bless" / "reset", version, reason, user, baseline.
+    since_run; with N > 0, trainable_blocks and start (how the Trainer started:
+    continued from the served model, or from the ImageNet weights and why).
+    Operation rows: kind "bless" / "reset", version, reason, user, baseline.
     """
     store = open_store(config)
     pipeline_ctx = _pipeline_context(store, config.pipeline_name)
@@ -222,7 +236,8 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
                 f"{_fmt(r['accuracy']):>8} {_fmt(r['baseline_accuracy']):>8} "
                 f"{('revoked' if r.get('revoked') else 'yes') if r['blessed'] else 'no':7} "
                 f"{_fmt(r['pushed_version']):>6}  {r['id']}"
-                + (f" (top {r['trainable_blocks']} blocks fine-tuned)" if r.get("trainable_blocks") else "")
+                + (f" (top {r['trainable_blocks']} blocks fine-tuned"
+                   + (f"; {r['start']}" if r.get("start") else "") + ")" if r.get("trainable_blocks") else "")
                 + (f": {r['reason']}" if r.get("reason") else "")
                 + ("  (push read from the version's manifest: MLMD lacks it)"
                    if r.get("push_recorded") is False else ""))

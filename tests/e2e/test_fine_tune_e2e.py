@@ -87,7 +87,9 @@ def test_n_is_recorded_in_head_json_the_run_record_and_runs(run):
                               else "head only")
     (row,) = [r for r in history.list_runs(config) if r["kind"] == "run"]
     assert row["trainable_blocks"] == 1 and row["id"] == summary["run_id"]
-    assert "(top 1 blocks fine-tuned)" in history.format_runs([row])
+    # How the Trainer started, as the report words it: nothing to continue yet.
+    assert row["start"] == _head_info(model)["start"]["reason"] and "no served model" in row["start"]
+    assert f"(top 1 blocks fine-tuned; {row['start']})" in history.format_runs([row])
 
 
 def test_parity_reference_is_the_top_model_on_the_cached_cut_activations(run):
@@ -139,3 +141,12 @@ def test_a_rerun_with_new_images_continues_the_served_model(rerun):
     # The first run had nothing to continue.
     first_start = _head_info(first_model)["start"]
     assert first_start["source"] is None and "no served model" in first_start["reason"]
+
+
+def test_runs_shows_the_rerun_continued(run, rerun):
+    from components import continuation
+    first, _, summary, model = rerun
+    rows = {r["id"]: r for r in history.list_runs(run[0]) if r["kind"] == "run"}
+    assert rows[summary["run_id"]]["start"] == continuation.describe(_head_info(model)["start"])
+    assert rows[summary["run_id"]]["start"].startswith("continued from the served model: ")
+    assert "no served model" in rows[first["run_id"]]["start"]
