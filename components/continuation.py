@@ -123,7 +123,9 @@ def describe(plan_json: Optional[Dict[str, Any]]) -> Optional[str]:
     if not isinstance(plan_json, dict) or not isinstance(plan_json.get("reason"), str):
         return None
     if plan_json.get("source"):
-        return f"{plan_json['reason']}; {plan_json.get('epochs')} epochs at {LEARNING_RATE_FACTOR:g} x the step sizes"
+        epochs = plan_json.get("epochs")
+        return (f"{plan_json['reason']}; {epochs} epoch{'' if epochs == 1 else 's'} at "
+                f"{LEARNING_RATE_FACTOR:g} x the step sizes")
     return plan_json["reason"]
 
 

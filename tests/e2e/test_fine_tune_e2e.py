@@ -149,4 +149,5 @@ def test_runs_shows_the_rerun_continued(run, rerun):
     rows = {r["id"]: r for r in history.list_runs(run[0]) if r["kind"] == "run"}
     assert rows[summary["run_id"]]["start"] == continuation.describe(_head_info(model)["start"])
     assert rows[summary["run_id"]]["start"].startswith("continued from the served model: ")
+    assert rows[summary["run_id"]]["start"].endswith("; 1 epoch at 0.1 x the step sizes")  # start["epochs"] == 1
     assert "no served model" in rows[first["run_id"]]["start"]

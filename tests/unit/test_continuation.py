@@ -95,5 +95,7 @@ def test_the_report_line(tmp_path):
     line = continuation.describe(plan.to_json())
     assert line.startswith("continued from the served model: 2 of 12 train rows new")
     assert "2 epochs at 0.1 x the step sizes" in line
+    one = dict(plan.to_json(), epochs=1)
+    assert continuation.describe(one).endswith("; 1 epoch at 0.1 x the step sizes")
     assert continuation.describe(continuation.Plan(None, "no served model").to_json()) == "no served model"
     assert continuation.describe({"reason": 3}) is None and continuation.describe(None) is None
