@@ -51,15 +51,23 @@ def scan(config: PipelineConfig) -> PipelineConfig:
             f"({', '.join(labels) or 'none'}"
             + (f"; empty: {', '.join(empty)}" if empty else "") + "); "
             "need at least 2: put images in <images>/<label>/<file>")
-    for label in labels:
-        if counts[label] < config.min_images_per_class:
-            raise PreflightError(
-                f"class '{label}' has {counts[label]} images, the minimum is "
-                f"{config.min_images_per_class}")
+    small = [label for label in labels if counts[label] < config.min_images_per_class]
+    if len(small) == 1:
+        raise PreflightError(f"class '{small[0]}' has {counts[small[0]]} images, the minimum is "
+                             f"{config.min_images_per_class}")
+    if small:  # all of them at once: a user should not rerun once per class to find the next
+        named = ", ".join(f"'{label}' ({counts[label]})" for label in small[:SMALL_CLASSES_NAMED])
+        more = f" and {len(small) - SMALL_CLASSES_NAMED} more" if len(small) > SMALL_CLASSES_NAMED else ""
+        raise PreflightError(
+            f"{len(small)} classes have fewer than {config.min_images_per_class} images (the minimum): "
+            f"{named}{more}; add images, remove those folders or lower --min-images-per-class")
     config = dataclasses.replace(config, label_names=tuple(labels), empty_classes=empty)
     check_free_space(config, _local_bytes(found, config.max_file_bytes))
     return config
 
+
+# Classes named in the too-few-images error; the rest are counted.
+SMALL_CLASSES_NAMED = 20
 
 # What a run writes besides its images' copies: models (the backbone is in the
 # Transform graph, the SavedModel and each TFLite variant), features, statistics.

@@ -45,6 +45,17 @@ def test_class_below_minimum(tmp_path, capsys):
     assert code == 2 and "no_such_net" in err[0] and "mobilenet_v1" in err[0]
 
 
+def test_every_class_below_minimum_named_in_one_error(tmp_path, capsys):
+    # 98 emoji subcategories had 9 classes under 10 images: one error names them
+    # all, sorted as the classes are, with their counts (not one class per rerun).
+    images = _folder(tmp_path / "images", {"ant": 2, "bee": 12, "cat": 4, "dog": 9})
+    code, err = _run(capsys, "--images", images, "--workdir", tmp_path / "w")
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("retrain: error: 3 classes have fewer than 10 images (the minimum): "
+                      "'ant' (2), 'cat' (4), 'dog' (9); add images, remove those folders "
+                      "or lower --min-images-per-class")
+
+
 def test_missing_offline_weights_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TFX_RETRAIN_CACHE", str(tmp_path / "empty-cache"))
     images = _folder(tmp_path / "images", {"a": 10, "b": 10})
