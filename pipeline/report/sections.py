@@ -8,7 +8,7 @@ by its error by the page (pipeline/report/page.py).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from components import contracts, continuation
 from pipeline.config import PipelineConfig
@@ -196,6 +196,7 @@ def section_evaluation(record: RunRecord, counts: Optional[ClassCounts]) -> str:
             "confusion matrix", "confusion-matrix",
             "confusion matrix: rows actual class, columns predicted class",
             lambda: plots.plot_confusion(ev.confusion_matrix, record.label_names)))
+        parts.append(_most_confused(ev.confusion_matrix, record.label_names))
     else:
         parts.append("<p>No confusion matrix recorded.</p>")
     eval_images = (counts.counts if counts is not None and "eval" in counts.splits else None)
@@ -221,6 +222,23 @@ def section_evaluation(record: RunRecord, counts: Optional[ClassCounts]) -> str:
     else:
         note = "<p>No baseline: nothing to compare per class.</p>"
     return "".join(parts) + note + table(head, rows, "num per-class")
+
+
+MOST_CONFUSED = 10  # rows of the most-confused table
+
+
+def _most_confused(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+    """The largest off-diagonal cells: which class is taken for which, most often
+    (what a 100-class matrix image cannot show legibly)."""
+    cells = sorted(((-count, a, p) for a, row in enumerate(matrix) for p, count in enumerate(row)
+                    if a != p and count > 0 and a < len(labels) and p < len(labels)))[:MOST_CONFUSED]
+    if not cells:
+        return "<p>No eval image was misclassified.</p>"
+    rows = [[e(labels[a]), e(labels[p]), str(-neg), num(-neg / max(sum(matrix[a]), 1), 2)]
+            for neg, a, p in cells]
+    return ("<p>Most often confused (actual class taken for the predicted one):</p>"
+            + table(["actual", "predicted as", "eval images", "share of the actual class"], rows,
+                    "num most-confused"))
 
 
 # ------------------------------------------------------------ models, timing

@@ -145,6 +145,38 @@ def test_evaluation_section_marks_classes_that_got_worse():
     assert "No baseline: nothing to compare per class" in html
     assert "No confusion matrix recorded" in html
     assert "No evaluation" in sections.section_evaluation(_record(evaluation=None), None)
+    # _record's matrix: one fox image taken for a dog, the only confusion.
+    assert ("<tbody><tr><td>fox</td><td>dog</td><td>1</td><td>0.50</td></tr></tbody>"
+            in sections.section_evaluation(_record(), counts))
+
+
+def test_most_confused_lists_the_largest_off_diagonal_cells_first():
+    labels = ["ant", "bee", "cat", "dog"]
+    matrix = [[5, 3, 0, 0],
+              [1, 6, 0, 0],
+              [0, 0, 4, 4],
+              [0, 0, 0, 9]]
+    html = sections._most_confused(matrix, labels)
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\w+)</td><td>(\d+)</td><td>([\d.]+)</td></tr>", html)
+    assert rows == [("cat", "dog", "4", "0.50"), ("ant", "bee", "3", "0.38"), ("bee", "ant", "1", "0.14")]
+    assert "No eval image was misclassified" in sections._most_confused([[2, 0], [0, 3]], ["a", "b"])
+
+
+def _png_size(data_uri: str):
+    import struct
+    return struct.unpack(">II", _png_bytes(data_uri)[16:24])  # IHDR width, height
+
+
+def test_charts_stay_bounded_with_many_classes():
+    # 89 classes once made a 5,760 px square confusion matrix: 19 s and 1.4 GB of a report.
+    n = 120
+    labels = [f"breed_{i:03d}" for i in range(n)]
+    matrix = [[10 if i == j else (1 if j == (i + 1) % n else 0) for j in range(n)] for i in range(n)]
+    limit = (plots.MAX_INCHES + 1.5) * 96
+    width, height = _png_size(plots.plot_confusion(matrix, labels))
+    assert width <= limit and height <= limit
+    width, height = _png_size(plots.plot_class_counts(labels, ["train"], {c: {"train": 3} for c in labels}))
+    assert width <= limit and height <= limit
 
 
 def test_tflite_section():
