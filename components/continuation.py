@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -54,10 +54,25 @@ class Plan:
         return dataclasses.asdict(self)
 
 
+def _digest(row: np.ndarray, label) -> bytes:
+    return hashlib.sha256(np.int64(label).tobytes() + np.ascontiguousarray(row, "<f4").tobytes()).digest()
+
+
 def row_digests(x: np.ndarray, y: np.ndarray) -> List[bytes]:
     """Sorted sha256 of each (label, float32 feature row): the rows' identity in any order."""
-    return sorted(hashlib.sha256(np.int64(label).tobytes() + np.ascontiguousarray(row, "<f4").tobytes())
-                  .digest() for row, label in zip(x, y))
+    return sorted(_digest(row, label) for row, label in zip(x, y))
+
+
+def in_digest_order(x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray, List[bytes]]:
+    """(x, y, row_digests(x, y)) with the rows sorted by their digests.
+
+    Beam writes BottleneckGen's records in an order that varies from run to run,
+    and a seeded shuffle of rows in another order is another shuffle: the same
+    2,200 emoji trained 25 or 27 epochs (eval accuracy 0.8349 or 0.8394) from one
+    run to the next. In this order the same rows give the same model."""
+    digests = [_digest(row, label) for row, label in zip(x, y)]
+    order = np.asarray(sorted(range(len(digests)), key=digests.__getitem__), dtype=np.int64)
+    return x[order], y[order], [digests[i] for i in order]
 
 
 def rows_path(model_uri: str) -> str:

@@ -77,6 +77,13 @@ def load_features(file_patterns: List[str], tf_transform_output: tft.TFTransform
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
+def load_split(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput
+               ) -> Tuple[np.ndarray, np.ndarray, List[bytes]]:
+    """load_features in the rows' digest order, not Beam's, with the digests: the
+    same rows give the same model (continuation.in_digest_order)."""
+    return continuation.in_digest_order(*load_features(file_patterns, tf_transform_output))
+
+
 def training_data_fingerprint(splits: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> str:
     """sha256 of what the head is trained and validated on: per split, every
     (label, feature vector) row, in any order (Beam's output order varies)."""
@@ -231,9 +238,9 @@ def run_fn(fn_args) -> None:
     label_names: List[str] = list(settings.label_names)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    x_train, y_train = load_features(fn_args.train_files, tf_transform_output)
-    x_eval, y_eval = load_features(fn_args.eval_files, tf_transform_output)
-    rows = {"train": continuation.row_digests(x_train, y_train), "eval": continuation.row_digests(x_eval, y_eval)}
+    x_train, y_train, train_rows = load_split(fn_args.train_files, tf_transform_output)
+    x_eval, y_eval, eval_rows = load_split(fn_args.eval_files, tf_transform_output)
+    rows = {"train": train_rows, "eval": eval_rows}
     training = {"data": rows_fingerprint(rows), "settings": settings.to_json()}
     if y_train.size and int(y_train.max()) >= len(label_names):
         raise ValueError(f"label {int(y_train.max())} outside the vocabulary {label_names}")

@@ -99,3 +99,15 @@ def test_the_report_line(tmp_path):
     assert continuation.describe(one).endswith("; 1 epoch at 0.1 x the step sizes")
     assert continuation.describe(continuation.Plan(None, "no served model").to_json()) == "no served model"
     assert continuation.describe({"reason": 3}) is None and continuation.describe(None) is None
+
+
+def test_in_digest_order_is_the_same_for_any_order_of_the_rows():
+    rng = np.random.default_rng(4)
+    x, y = rng.random((50, 4)).astype(np.float32), rng.integers(0, 3, 50)
+    perm = rng.permutation(50)
+    xa, ya, da = continuation.in_digest_order(x, y)
+    xb, yb, db = continuation.in_digest_order(x[perm], y[perm])
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+    assert da == db == continuation.row_digests(x, y)  # the sorted digests, as before
+
