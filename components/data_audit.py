@@ -137,6 +137,10 @@ def run_audit(bottlenecks_uri: str, examples_uri: str, splits: List[str],
         x, y, shas = read_vectors(bottlenecks_uri, split)
         if not len(y):
             continue
+        # By content, not in Beam's varying order: the regression's folds, and so
+        # the scores, are the same for the same images on every run.
+        order = sorted(range(len(shas)), key=shas.__getitem__)
+        x, y, shas = x[order], y[order], [shas[i] for i in order]
         if cut_channels:
             x = x.reshape(len(x), -1, cut_channels).mean(axis=1)
         vectors.append(x)
