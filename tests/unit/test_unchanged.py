@@ -211,4 +211,4 @@ def test_cli_rerun_ends_early_without_tensorflow_and_force_bypasses_it(completed
     # In process: the unit tier has TensorFlow loaded already.
     from pipeline import cli
     assert cli.main([*argv, "--force"]) == 2
-    assert "has 3 images, the minimum is 10" in capsys.readouterr().err
+    assert "2 classes have fewer than 10 images (the minimum): 'cats' (3), 'dogs' (3)" in capsys.readouterr().err
