@@ -36,7 +36,7 @@ precision and recall come from the confusion matrix (summarize), each example
 counted once at its argmax. A binarized top-k Recall and Precision per class,
 computed on every run until 2026-12-01 and read by nothing, cost the same
 per-class pass on the calibration-histogram path: the Evaluator took 8.1 s
-instead of 5.7 s on 401 eval examples of 9 classes with a baseline, and TFMA
+instead of 5.7 s on 436 eval examples of 9 classes with a baseline, and TFMA
 36 s instead of 4.1 s on 2,000 examples of 120 classes, one model
 (python -m benchmarks.evaluator_classes: results/evaluator_classes.json).
 
