@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import tempfile
 import time
 from typing import Dict, List
 
+from pipeline import datasets
+
 PACKAGES = {  # vendor -> sha256 of emoji-datasource-<vendor>-16.0.0.tgz (npm pack)
     "google": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
     "apple": "b34d1665e136f163b0d4433318df151895b785186e8c729b2211b43017945075",
@@ -41,10 +42,6 @@ PACKAGES = {  # vendor -> sha256 of emoji-datasource-<vendor>-16.0.0.tgz (npm pa
 VERSION = "16.0.0"
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "many_classes.json"
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower().replace("&", " and ")).strip("_")[:100]
 
 
 def build_dataset(dest: pathlib.Path, vendors: List[str], min_images: int) -> Dict[str, int]:
@@ -65,9 +62,9 @@ def build_dataset(dest: pathlib.Path, vendors: List[str], min_images: int) -> Di
                         member = tar.getmember(f"package/img/{vendor}/64/{entry['image']}")
                     except KeyError:
                         continue
-                    folder = dest / _slug(entry["subcategory"])
+                    folder = dest / datasets.slug(entry["subcategory"])
                     folder.mkdir(parents=True, exist_ok=True)
-                    (folder / f"{vendor}_{_slug(entry['unified'])}.png").write_bytes(
+                    (folder / f"{vendor}_{datasets.slug(entry['unified'])}.png").write_bytes(
                         tar.extractfile(member).read())
     counts = {}
     for folder in sorted(p for p in dest.iterdir() if p.is_dir()):
@@ -87,13 +84,13 @@ def retrain_run(code: pathlib.Path, images: pathlib.Path, workdir: pathlib.Path)
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(argv, cwd=str(code), env=env, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not the largest so far
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        exit_code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         lines = out.read().strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"many_classes: retrain run with {code} exited {proc.returncode}")
+    if exit_code != 0 or not lines:
+        raise SystemExit(f"many_classes: retrain run with {code} exited {exit_code}")
     summary = json.loads(lines[-1])
     parity = {}
     for path in pathlib.Path(workdir).glob("pipeline_root/TFLiteExport/tflite_models/*/parity.json"):
