@@ -29,14 +29,15 @@ from benchmarks.pipeline_throughput import machine_facts, write_result
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "statistics_gen.json"
 
 
-def statistics(examples, folder: pathlib.Path, declared: bool):
-    """Runs StatisticsGen's executor into `folder`: (seconds, its statistics artifact)."""
+def statistics(examples, folder: pathlib.Path, declared: bool, classes: int = 0):
+    """Runs StatisticsGen's executor into `folder`: (seconds, its statistics artifact).
+    `declared`: with the pipeline's options for `classes` classes, else TFX's defaults."""
     from tfx.components import StatisticsGen
     from tfx.components.statistics_gen import executor
     from tfx.types import channel_utils, standard_artifacts
     from components import statistics_options
     component = StatisticsGen(examples=channel_utils.as_channel([examples]),
-                              stats_options=statistics_options.stats_options() if declared else None)
+                              stats_options=statistics_options.stats_options(classes) if declared else None)
     out = standard_artifacts.ExampleStatistics()
     out.uri = str(folder)
     props = {k: v for k, v in component.exec_properties.items() if v is not None}

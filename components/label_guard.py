@@ -37,6 +37,10 @@ class LabelSpaceError(RuntimeError):
     """The data's label space differs from the blessed model's; message names the class."""
 
 
+class IncompleteClassCounts(RuntimeError):
+    """The statistics' label histogram leaves classes out (TFDV cuts it at a size)."""
+
+
 class LabelCheck(Artifact):
     TYPE_NAME = LABEL_CHECK_TYPE  # importable: see components/__init__.py
 
@@ -54,13 +58,22 @@ class LabelGuardSpec(ComponentSpec):
 
 
 def class_counts_from_statistics(stats_uri: str, splits: List[str]) -> Dict[str, int]:
+    """Images per class name in `splits`, from the label name's rank histogram. Raises
+    IncompleteClassCounts when the histogram holds fewer classes than the split has."""
     counts: Dict[str, int] = {}
     for split in splits:
         path = os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb")
         stats = tfdv.load_stats_binary(path)
         for feature in stats.datasets[0].features:
             if feature.path.step and feature.path.step[0] == LABEL_NAME_KEY:
-                for bucket in feature.string_stats.rank_histogram.buckets:
+                buckets = feature.string_stats.rank_histogram.buckets
+                if feature.string_stats.unique > len(buckets):
+                    raise IncompleteClassCounts(
+                        f"the {split} split's statistics count {len(buckets)} of its "
+                        f"{feature.string_stats.unique} classes: StatisticsGen's stats_options "
+                        f"need num_rank_histogram_buckets >= {feature.string_stats.unique} "
+                        "(components/statistics_options.py)")
+                for bucket in buckets:
                     counts[bucket.label] = counts.get(bucket.label, 0) + int(bucket.sample_count)
     return counts
 

@@ -47,7 +47,7 @@ def create_components(config: PipelineConfig) -> list:
 def _after_example_gen(config: PipelineConfig, example_gen: ImageExampleGen) -> list:
     # The image is bytes, not a categorical string: no top-k sketch of every image.
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
-                                   stats_options=statistics_options.stats_options())
+                                   stats_options=statistics_options.stats_options(len(config.label_names)))
     schema_gen = SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = ExampleValidator(

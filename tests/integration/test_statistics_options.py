@@ -80,3 +80,38 @@ def test_schema_gen_and_label_guard_read_the_same(both, tmp_path):
     counts = class_counts_from_statistics(declared.uri, ["train", "eval"])
     assert counts == class_counts_from_statistics(default.uri, ["train", "eval"])
     assert set(counts) == set(CLASSES) and sum(counts.values()) == 36
+
+
+def _label_examples(folder, classes: int, per_class: int):
+    """An Examples artifact of `classes` x `per_class` tf.Examples holding only the label
+    fields, in one gzipped train split as ExampleGen writes it."""
+    import tensorflow as tf
+    from tfx.types import artifact_utils, standard_artifacts
+    split = folder / "Split-train"
+    split.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(split / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
+        for i in range(classes * per_class):
+            example = tf.train.Example()
+            example.features.feature[contracts.LABEL_NAME_KEY].bytes_list.value.append(
+                f"class_{i % classes:04d}".encode())
+            example.features.feature[contracts.LABEL_KEY].int64_list.value.append(i % classes)
+            w.write(example.SerializeToString())
+    a = standard_artifacts.Examples()
+    a.uri = str(folder)
+    a.split_names = artifact_utils.encode_split_names(["train"])
+    return a
+
+
+def test_label_guard_counts_every_class_beyond_tfdvs_default_histogram(tmp_path):
+    """TFDV keeps 1,000 values of a rank histogram by default: with 1,050 classes the
+    rarest 50 had no count, and LabelGuard took them for gone. The pipeline's options
+    size the histogram to the classes; a histogram that is short says so."""
+    from components.label_guard import IncompleteClassCounts, class_counts_from_statistics
+    classes = 1050
+    examples = _label_examples(tmp_path / "examples", classes, per_class=2)
+    _, sized = statistics(examples, tmp_path / "sized", declared=True, classes=classes)
+    counts = class_counts_from_statistics(sized.uri, ["train"])
+    assert len(counts) == classes and set(counts.values()) == {2}
+    _, default = statistics(examples, tmp_path / "default", declared=False)
+    with pytest.raises(IncompleteClassCounts, match="count 1000 of its 1050 classes"):
+        class_counts_from_statistics(default.uri, ["train"])
