@@ -53,13 +53,13 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.pipeline_throughput import machine_facts, write_result  # noqa: E402
 from components import backbones, preprocessing, trainer  # noqa: E402
-from components.tflite import convert, metadata, variants as tflite_variants  # noqa: E402
+from components.tflite import convert, metadata, parity, variants as tflite_variants  # noqa: E402
 from components.tflite.runtime import Classifier  # noqa: E402
 from pipeline import datasets  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 
 DEFAULT_OUTPUT = pathlib.Path(__file__).parent / "results" / "tflite_variants.json"
-CONFIDENT = 0.5  # float top-1 probability from which a prediction counts as confident
+CONFIDENT = parity.CONFIDENT  # float top-1 probability from which a prediction counts as confident
 RANDOM_CALIBRATION = 32  # random weights: calibration only shapes the ranges, not reported accuracy
 
 

@@ -61,7 +61,8 @@ FLAGS: Dict[str, Flag] = {f.field: f for f in (
     Flag("--tflite-variants", "tflite_variants",
          "comma-separated TFLite variants to convert and push: " + ", ".join(tflite_variants.VARIANTS)),
     Flag("--parity-bound", "parity_bounds",
-         "minimum top-1 agreement with the SavedModel for a variant to be pushed; repeatable"),
+         "minimum top-1 agreement with the SavedModel for a variant to be pushed, on all eval "
+         "images or on the confident ones (top-1 >= 0.5) at most 1 point of accuracy lost; repeatable"),
     Flag("--calibration-images", "calibration_images",
          "training images used to calibrate the int8 variant"),
     Flag("--max-file-bytes", "max_file_bytes",

@@ -236,3 +236,14 @@ def read_examples(uri):
             })
         out[split] = rows
     return out
+
+
+def meets_gate(entry) -> bool:
+    """The TFLite parity gate restated from docs/tflite.md: the bound on all eval images,
+    or on the confident ones (the SavedModel's top-1 >= 0.5) with at most 1 point of
+    eval accuracy lost."""
+    m = entry.measured
+    if m.agreement >= entry.bound:
+        return True
+    return (m.confident > 0 and m.confident_agree / m.confident >= entry.bound
+            and m.reference_accuracy - m.accuracy <= 0.01 + 1e-12)

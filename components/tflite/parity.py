@@ -23,6 +23,12 @@ from components.tflite.variants import FILE_NAMES, VARIANTS
 
 REFERENCE = f"SavedModel serving_default ({contracts.SERVING_MODEL_DIR})"
 NO_EXAMPLES = "no eval examples to measure parity on"
+# The gate's second way through (VariantParity.judged): a prediction is confident when the
+# reference's top-1 probability is at least CONFIDENT, and the variant may cost at most
+# MAX_ACCURACY_DROP of eval accuracy.  With many classes most flips are near-ties the
+# SavedModel itself is unsure of (docs/tflite.md, "The parity gate").
+CONFIDENT = 0.5
+MAX_ACCURACY_DROP = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,20 @@ class Agreement:
     agree: Optional[int] = None
     max_abs_diff: Optional[float] = None  # of the probabilities
     mean_max_abs_diff: Optional[float] = None
+    # Recorded since the confident rule; None in older files.
+    confident: Optional[int] = None  # examples whose reference top-1 probability >= CONFIDENT
+    confident_agree: Optional[int] = None  # of those, the ones whose top-1 agrees
+    reference_accuracy: Optional[float] = None  # the reference's, on the same examples
+
+    @property
+    def confident_agreement(self) -> Optional[float]:
+        return self.confident_agree / self.confident if self.confident else None
+
+    @property
+    def accuracy_drop(self) -> Optional[float]:
+        if self.accuracy is None or self.reference_accuracy is None:
+            return None
+        return self.reference_accuracy - self.accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +87,28 @@ class VariantParity:
     @classmethod
     def judged(cls, variant: str, bound: float, conversion: Optional[Conversion],
                measured: Agreement) -> "VariantParity":
-        """Passed when the agreement meets ``bound``; the reason says why not otherwise."""
+        """Passed when the top-1 agreement meets ``bound``, or when the agreement on the
+        confident predictions meets it and eval accuracy drops by at most
+        MAX_ACCURACY_DROP; the reason says why not otherwise."""
         a = measured.agreement
-        passed = a is not None and a >= bound
-        reason = None if passed else NO_EXAMPLES if a is None else (
-            f"top-1 agreement with the SavedModel {a:.4f} ({measured.agree}/{measured.examples}) "
-            f"is below the bound {bound:.4f}")
-        return cls(variant, FILE_NAMES[variant], bound, passed, reason, conversion, measured)
+        if a is None:
+            return cls(variant, FILE_NAMES[variant], bound, False, NO_EXAMPLES, conversion, measured)
+        if a >= bound:
+            return cls(variant, FILE_NAMES[variant], bound, True, None, conversion, measured)
+        reason = (f"top-1 agreement with the SavedModel {a:.4f} ({measured.agree}/{measured.examples}) "
+                  f"is below the bound {bound:.4f}")
+        confident, drop = measured.confident_agreement, measured.accuracy_drop
+        if confident is None or drop is None:  # nothing confident, no labels, or an older record
+            return cls(variant, FILE_NAMES[variant], bound, False,
+                       reason + (" (no confident prediction)" if measured.confident == 0 else ""),
+                       conversion, measured)
+        passed = confident >= bound and drop <= MAX_ACCURACY_DROP + 1e-12
+        if not passed:
+            reason += (f"; on the confident predictions {confident:.4f} "
+                       f"({measured.confident_agree}/{measured.confident}), eval accuracy "
+                       f"{-drop:+.4f} (needs >= {bound:.4f} and >= {-MAX_ACCURACY_DROP:+.4f})")
+        return cls(variant, FILE_NAMES[variant], bound, passed, None if passed else reason,
+                   conversion, measured)
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"file": self.file, "bound": self.bound, "passed": self.passed,
@@ -81,8 +116,9 @@ class VariantParity:
         if self.conversion:
             out.update(dataclasses.asdict(self.conversion),
                        input_quantization=list(self.conversion.input_quantization))
-        if self.measured:
-            out.update(dataclasses.asdict(self.measured))
+        if self.measured:  # the confident rule's fields only where recorded: older files read back as written
+            out.update({k: v for k, v in dataclasses.asdict(self.measured).items()
+                        if v is not None or k not in _RECORDED_SINCE_CONFIDENT})
         return out
 
 
@@ -157,6 +193,7 @@ class ParityReport:
             "pushed": {v: FILE_NAMES[v] for v in self.passed},
             "not_pushed": self.failed,
             "parity": {v.variant: {"agreement": v.agreement, "bound": v.bound, "accuracy": v.accuracy,
+                                   "confident_agreement": v.measured.confident_agreement if v.measured else None,
                                    "bytes": v.conversion.bytes if v.conversion else None,
                                    "examples": v.measured.examples if v.measured else None}
                        for v in self.variants},
@@ -167,8 +204,8 @@ class ParityReport:
 
 
 def pushed_variants(record: Mapping[str, Any], source: str = contracts.METRICS_FILE) -> List[VariantParity]:
-    """The pushed variants of a metrics.json ``tflite`` record (pushed_record()):
-    passed when their agreement met the bound; no conversion details."""
+    """The pushed variants of a metrics.json ``tflite`` record (pushed_record()): passed,
+    since they were pushed (by either way through the gate); no conversion details."""
     r = _Reader(source)
     out = []
     for variant, entry in r.mapping(record, "parity").items():
@@ -180,10 +217,12 @@ def pushed_variants(record: Mapping[str, Any], source: str = contracts.METRICS_F
         measured = Agreement(examples=r.int(entry.get("examples") or 0, f"parity.{variant}.examples"),
                              agreement=agreement,
                              accuracy=r.number(entry.get("accuracy"), f"parity.{variant}.accuracy", True))
-        passed = agreement is not None and bound is not None and agreement >= bound
-        out.append(VariantParity(variant, r.string(file, f"pushed.{variant}"), bound, passed, None,
+        out.append(VariantParity(variant, r.string(file, f"pushed.{variant}"), bound, True, None,
                                  measured=measured))
     return out
+
+
+_RECORDED_SINCE_CONFIDENT = ("confident", "confident_agree", "reference_accuracy")
 
 
 class ParityCounter:
@@ -191,6 +230,8 @@ class ParityCounter:
 
     def __init__(self):
         self.n = self.agree = self.correct = self.reference_correct = 0
+        self.confident = self.confident_agree = 0
+        self.labelled = True
         self.max_abs_diff = 0.0
         self.sum_abs_diff = 0.0
 
@@ -198,19 +239,28 @@ class ParityCounter:
         top, ref_top = probs.argmax(1), reference.argmax(1)
         self.n += len(probs)
         self.agree += int((top == ref_top).sum())
+        confident = reference.max(1) >= CONFIDENT if len(probs) else np.zeros(0, bool)
+        self.confident += int(confident.sum())
+        self.confident_agree += int(((top == ref_top) & confident).sum())
         if len(probs):
             diff = np.abs(probs - reference)
             self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
             self.sum_abs_diff += float(diff.max(axis=1).sum())
-        if labels is not None:
+        if labels is None:
+            self.labelled = False
+        else:
             self.correct += int((top == labels).sum())
             self.reference_correct += int((ref_top == labels).sum())
 
     def result(self) -> Agreement:
         n = self.n
+        labelled = bool(n) and self.labelled
         return Agreement(examples=n, agreement=self.agree / n if n else None,
-                         accuracy=self.correct / n if n else None, agree=self.agree,
-                         max_abs_diff=self.max_abs_diff, mean_max_abs_diff=self.sum_abs_diff / n if n else None)
+                         accuracy=self.correct / n if labelled else None, agree=self.agree,
+                         max_abs_diff=self.max_abs_diff, mean_max_abs_diff=self.sum_abs_diff / n if n else None,
+                         confident=self.confident if n else None,
+                         confident_agree=self.confident_agree if n else None,
+                         reference_accuracy=self.reference_correct / n if labelled else None)
 
 
 class _Reader:
@@ -282,7 +332,10 @@ def _variant_from_dict(r: _Reader, name: str, e: Any) -> VariantParity:
             accuracy=r.number(e.get("accuracy"), f"{where}.accuracy", True),
             agree=r.int(e.get("agree"), f"{where}.agree"),
             max_abs_diff=r.number(e.get("max_abs_diff"), f"{where}.max_abs_diff"),
-            mean_max_abs_diff=r.number(e.get("mean_max_abs_diff"), f"{where}.mean_max_abs_diff", True))
+            mean_max_abs_diff=r.number(e.get("mean_max_abs_diff"), f"{where}.mean_max_abs_diff", True),
+            confident=r.int(e.get("confident"), f"{where}.confident", True),
+            confident_agree=r.int(e.get("confident_agree"), f"{where}.confident_agree", True),
+            reference_accuracy=r.number(e.get("reference_accuracy"), f"{where}.reference_accuracy", True))
     return VariantParity(
         variant=name, file=r.string(e.get("file"), f"{where}.file"),
         bound=r.number(e.get("bound"), f"{where}.bound"), passed=e["passed"],

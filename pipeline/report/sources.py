@@ -45,6 +45,7 @@ class Parity:
     bound: Optional[float] = None
     passed: Optional[bool] = None
     accuracy: Optional[float] = None
+    confident_agreement: Optional[float] = None  # where the SavedModel's top-1 is >= 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _parity(folder: str) -> Dict[str, Parity]:
 
     def entry(v) -> Parity:
         return Parity(variant=v.variant, agreement=v.agreement, bound=v.bound, passed=v.passed,
-                      accuracy=v.accuracy)
+                      accuracy=v.accuracy,
+                      confident_agreement=v.measured.confident_agreement if v.measured else None)
 
     by_file: Dict[str, Parity] = {}
     if _read_json(os.path.join(folder, contracts.PARITY_FILE)) is not None:

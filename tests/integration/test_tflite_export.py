@@ -23,7 +23,7 @@ from components.tflite.component import (PARITY_REFERENCE, PARITY_REFERENCE_REAS
 from components.tflite.parity import ParityReport
 from components.tflite.runtime import Classifier
 from components.tflite.variants import FILE_NAMES, VARIANTS
-from conftest import head_settings
+from conftest import head_settings, meets_gate
 from conftest import tiny_conv_bn_model as _tiny_conv_bn_model
 
 TRAIN_PER_CLASS = 40
@@ -154,7 +154,7 @@ def test_every_variant_loads_has_labels_and_meets_its_bound(exported, model_and_
         classifier = Classifier.from_bytes_with_metadata(data)
         assert classifier.input_size == (224, 224) and classifier.num_classes == len(labels)
         assert entry.bound == variants.DEFAULT_PARITY_BOUNDS[variant]
-        assert entry.passed and entry.agreement >= entry.bound and entry.reason is None
+        assert entry.passed and entry.reason is None and meets_gate(entry)
         assert entry.measured.examples == len(eval_rows)
     assert report.passed == VARIANTS and report.failed == {}
     sizes = {v: report.variant(v).conversion.bytes for v in VARIANTS}
@@ -304,6 +304,62 @@ def test_parity_counter_and_reasons():
     assert empty.reason == "no eval examples to measure parity on" and not empty.passed
 
 
+def _judged(probs, reference, labels, bound=0.97):
+    c = parity.ParityCounter()
+    c.update(np.asarray(probs, float), np.asarray(reference, float),
+             None if labels is None else np.asarray(labels))
+    return parity.VariantParity.judged("int8", bound, None, c.result())
+
+
+def test_the_gate_passes_flips_among_unsure_predictions_that_cost_no_accuracy():
+    # 100 eval images: 80 the SavedModel is sure of (0.9), 20 it is not (0.4 / 0.35 / 0.25).
+    sure = [[0.9, 0.05, 0.05]] * 80
+    unsure = [[0.4, 0.35, 0.25]] * 20
+    reference = sure + unsure
+    flipped = [[0.35, 0.4, 0.25]]
+    labels = [0] * 80 + [0] * 10 + [1] * 10  # the unsure ones: half right
+    # 5 flips among the unsure (agreement 0.95 < 0.97), each to the right class: passes.
+    probs = sure + flipped * 5 + unsure[:15]
+    gains = [0] * 80 + [1] * 5 + [0] * 10 + [1] * 5
+    r = _judged(probs, reference, gains)
+    m = r.measured
+    assert (m.agreement, m.confident, m.confident_agree) == (0.95, 80, 80)
+    assert (m.accuracy, m.reference_accuracy) == (0.95, 0.9)
+    assert r.passed and r.reason is None
+    # The same flips costing 5 points of accuracy: held back, and the reason says both figures.
+    r = _judged(probs, reference, labels)
+    assert (r.measured.agreement, r.measured.accuracy_drop) == (0.95, pytest.approx(0.05))
+    assert not r.passed
+    assert r.reason == ("top-1 agreement with the SavedModel 0.9500 (95/100) is below the bound 0.9700; "
+                        "on the confident predictions 1.0000 (80/80), eval accuracy -0.0500 "
+                        "(needs >= 0.9700 and >= -0.0100)")
+    # Flips among the confident predictions: held back whatever the accuracy.
+    confident_flips = [[0.05, 0.9, 0.05]] * 4
+    r = _judged(confident_flips + sure[4:] + unsure, reference, [1] * 4 + [0] * 96)
+    assert r.measured.confident_agree == 76 and r.measured.accuracy_drop < 0 and not r.passed
+    # No confident prediction, or no labels: only the plain bound counts.
+    r = _judged(flipped * 5 + unsure[:15], unsure, [1] * 20)
+    assert not r.passed and r.reason.endswith("(no confident prediction)")
+    r = _judged(probs, reference, None)
+    assert r.measured.accuracy is None and not r.passed and "confident" not in r.reason
+    assert meets_gate(_judged(probs, reference, gains))
+
+
+def test_the_confident_fields_round_trip_through_parity_json():
+    r = _judged([[0.9, 0.05, 0.05]] * 3 + [[0.3, 0.4, 0.3]], [[0.9, 0.05, 0.05]] * 3 + [[0.4, 0.3, 0.3]],
+                [0, 0, 0, 1])
+    report = ParityReport(variants=(r,), passed=("int8",), backbone="mobilenet_v1",
+                          label_names=("a", "b", "c"), calibration_examples=1, eval_examples=4,
+                          reference_accuracy=0.75)
+    assert r.passed and r.measured.confident_agreement == 1.0
+    back = ParityReport.from_json(report.to_json())
+    assert back.to_json() == report.to_json() and back.variant("int8").measured == r.measured
+    record = report.pushed_record()
+    assert record["parity"]["int8"]["confident_agreement"] == 1.0
+    (pushed,) = parity.pushed_variants(record)
+    assert pushed.passed and pushed.agreement == 0.75  # pushed below the plain bound, by the rule
+
+
 # parity.json as every export so far wrote it (json.dump(..., indent=2, sort_keys=True)):
 # a variant measured and passed, one measured below its bound, one whose conversion
 # failed, and an int8 file rejected before measuring.
@@ -345,7 +401,7 @@ def test_todays_parity_json_reads_back_unchanged():
     record = report.pushed_record()
     assert record["pushed"] == {"float32": "model.tflite"} and record["not_pushed"] == report.failed
     assert record["parity"]["int8"] == {"agreement": None, "bound": 0.97, "accuracy": None,
-                                        "bytes": 3518143, "examples": None}
+                                        "confident_agreement": None, "bytes": 3518143, "examples": None}
     # what a report reads back from a pushed version's metrics.json
     (pushed,) = parity.pushed_variants(record)
     assert (pushed.variant, pushed.file, pushed.agreement, pushed.passed) == ("float32", "model.tflite", 1.0, True)
